@@ -1,0 +1,156 @@
+"""Sites (hook points where an SAE may be spliced) and node ids (DESIGN §3).
+
+A site is ``embed`` (``blocks.0.hook_resid_pre``), ``resid.L`` (``blocks.L.hook_resid_post``),
+``attn.L`` (``blocks.L.hook_attn_out``) or ``mlp.L`` (``blocks.L.hook_mlp_out``).
+
+Node ids:
+    feature   ``resid.3/1234@7``  (``resid.3/1234`` with positions summed)
+    error     ``resid.3/err@7``
+    component ``mlp.3@7``
+    output    ``metric``
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Literal, Optional
+
+SiteKind = Literal["embed", "resid", "attn", "mlp"]
+SITE_KINDS: tuple[str, ...] = ("embed", "resid", "attn", "mlp")
+METRIC = "metric"
+
+_HOOK_OF_KIND = {"resid": "hook_resid_post", "attn": "hook_attn_out", "mlp": "hook_mlp_out"}
+_SITE_RE = re.compile(r"^(embed|(resid|attn|mlp)\.(\d+))$")
+_NODE_RE = re.compile(r"^(?P<site>embed|(?:resid|attn|mlp)\.\d+)(?:/(?P<feat>\d+|err))?(?:@(?P<pos>\d+))?$")
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    """A hook point: ``kind`` in embed/resid/attn/mlp, ``layer`` (-1 for embed)."""
+
+    kind: str
+    layer: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in SITE_KINDS:
+            raise ValueError(f"unknown site kind {self.kind!r}; expected one of {SITE_KINDS}")
+        if (self.kind == "embed") != (self.layer == -1):
+            raise ValueError(f"site {self.kind!r} cannot have layer {self.layer}")
+
+    @property
+    def name(self) -> str:
+        return "embed" if self.kind == "embed" else f"{self.kind}.{self.layer}"
+
+    @property
+    def hook_name(self) -> str:
+        if self.kind == "embed":
+            return "blocks.0.hook_resid_pre"
+        return f"blocks.{self.layer}.{_HOOK_OF_KIND[self.kind]}"
+
+    @property
+    def block(self) -> int:
+        """The transformer block this site is computed in (embed: block 0's input)."""
+        return max(self.layer, 0)
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def parse(cls, name: "str | Site") -> "Site":
+        if isinstance(name, Site):
+            return name
+        m = _SITE_RE.match(name)
+        if not m:
+            raise ValueError(
+                f"not a site: {name!r}; sites are 'embed', 'resid.L', 'attn.L', 'mlp.L'"
+            )
+        if m.group(1) == "embed":
+            return cls("embed", -1)
+        return cls(m.group(2), int(m.group(3)))
+
+    @classmethod
+    def from_hook_name(cls, hook_name: str) -> "Site":
+        if hook_name == "blocks.0.hook_resid_pre":
+            return cls("embed", -1)
+        m = re.match(r"^blocks\.(\d+)\.(hook_resid_post|hook_attn_out|hook_mlp_out)$", hook_name)
+        if not m:
+            raise ValueError(
+                f"hook {hook_name!r} is not a featcirc site; supported hooks are "
+                "blocks.0.hook_resid_pre, blocks.L.hook_resid_post, blocks.L.hook_attn_out, "
+                "blocks.L.hook_mlp_out"
+            )
+        kind = {v: k for k, v in _HOOK_OF_KIND.items()}[m.group(2)]
+        return cls(kind, int(m.group(1)))
+
+
+def all_sites(n_layers: int, kinds: Iterable[str] = SITE_KINDS) -> list[Site]:
+    """Every site of an ``n_layers`` model in forward order: embed, attn.0, mlp.0, resid.0, attn.1, ..."""
+    kinds = set(kinds)
+    out = [Site("embed", -1)] if "embed" in kinds else []
+    for layer in range(n_layers):
+        out += [Site(k, layer) for k in ("attn", "mlp", "resid") if k in kinds]
+    return out
+
+
+def sort_sites(sites: Iterable["str | Site"]) -> list[Site]:
+    """Sites in forward order (embed first; within a block attn, mlp, resid)."""
+    order = {"embed": 0, "attn": 1, "mlp": 2, "resid": 3}
+    return sorted((Site.parse(s) for s in sites), key=lambda s: (s.layer, order[s.kind]))
+
+
+NodeKind = Literal["feature", "error", "component", "metric"]
+
+
+@dataclass(frozen=True)
+class NodeRef:
+    """A parsed node id."""
+
+    site: Optional[Site]
+    kind: str  # feature / error / component / metric
+    feature: Optional[int] = None
+    position: Optional[int] = None
+
+    @property
+    def id(self) -> str:
+        return node_id(self.site, self.kind, self.feature, self.position)
+
+
+def node_id(
+    site: "Site | str | None",
+    kind: str,
+    feature: Optional[int] = None,
+    position: Optional[int] = None,
+) -> str:
+    """Format a node id (DESIGN §3); ``position=None`` means summed over positions."""
+    if kind == "metric":
+        return METRIC
+    name = Site.parse(site).name
+    if kind == "feature":
+        if feature is None:
+            raise ValueError("a feature node needs a feature index")
+        base = f"{name}/{int(feature)}"
+    elif kind == "error":
+        base = f"{name}/err"
+    elif kind == "component":
+        base = name
+    else:
+        raise ValueError(f"unknown node kind {kind!r}")
+    return base if position is None else f"{base}@{int(position)}"
+
+
+def parse_node_id(nid: str) -> NodeRef:
+    """Inverse of :func:`node_id`."""
+    if nid == METRIC:
+        return NodeRef(None, "metric")
+    m = _NODE_RE.match(nid)
+    if not m:
+        raise ValueError(f"not a node id: {nid!r}")
+    site = Site.parse(m.group("site"))
+    pos = None if m.group("pos") is None else int(m.group("pos"))
+    feat = m.group("feat")
+    if feat is None:
+        return NodeRef(site, "component", None, pos)
+    if feat == "err":
+        return NodeRef(site, "error", None, pos)
+    return NodeRef(site, "feature", int(feat), pos)
