@@ -1,0 +1,90 @@
+"""Shared fixtures: small random models of the three architecture families, random SAEs, pairs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sae_lens import StandardSAE, StandardSAEConfig
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from featcirc.data import PairBatch, PairDataset, PromptPair
+from featcirc.sites import all_sites
+
+D_VOCAB = 61
+
+
+def make_model(arch: str = "gpt2", *, seed: int = 0, bias_free: bool = False) -> HookedTransformer:
+    """A random 2-layer model: ``gpt2`` (LN, GELU, learned positions), ``pythia`` (parallel attn/MLP,
+    rotary) or ``gemma3`` (RMSNorm before and after, GeGLU, GQA, qk-norm, local/global attention)."""
+    common = dict(n_layers=2, d_model=32, n_ctx=32, d_head=8, n_heads=4, d_vocab=D_VOCAB, seed=seed,
+                  init_weights=True)
+    if arch == "gpt2":
+        cfg = HookedTransformerConfig(d_mlp=64, act_fn="gelu", normalization_type="LN", **common)
+    elif arch == "pythia":
+        cfg = HookedTransformerConfig(d_mlp=64, act_fn="gelu", normalization_type="LN",
+                                      parallel_attn_mlp=True, positional_embedding_type="rotary",
+                                      rotary_dim=8, **common)
+    elif arch == "gemma3":
+        cfg = HookedTransformerConfig(
+            d_mlp=64, act_fn="gelu_pytorch_tanh", normalization_type="RMS", gated_mlp=True,
+            use_normalization_before_and_after=True, use_qk_norm=True, n_key_value_heads=1,
+            positional_embedding_type="rotary", rotary_base=10000, final_rms=True,
+            use_local_attn=True, window_size=4, attn_types=["local", "global"], **common)
+    else:
+        raise ValueError(arch)
+    model = HookedTransformer(cfg)
+    torch.manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if bias_free and (name.endswith(".b_in") or name.endswith("b_Q") or name.endswith("b_K")
+                              or name.endswith("b_V") or name.endswith("b_O") or name.endswith("b_out")
+                              or name.endswith(".b") or name.endswith("b_U")):
+                p.zero_()
+            elif not bias_free and (name.endswith(".b") or name.split(".")[-1].startswith("b_")):
+                p.normal_(0, 0.1)  # exercise nonzero biases (TL initialises them to zero)
+            elif name.endswith(".w"):
+                p.normal_(1.0, 0.2)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def make_saes(model: HookedTransformer, *, d_sae: int = 48, seed: int = 0, kinds=("embed", "resid", "attn", "mlp")):
+    """Random ReLU SAEs (SAELens ``StandardSAE``) at every site, with nonzero biases."""
+    saes = {}
+    for i, site in enumerate(all_sites(model.cfg.n_layers, kinds=kinds)):
+        torch.manual_seed(seed * 1000 + i)
+        sae = StandardSAE(StandardSAEConfig(d_in=model.cfg.d_model, d_sae=d_sae))
+        with torch.no_grad():
+            sae.W_enc.normal_(0, 0.3)
+            sae.W_dec.normal_(0, 0.3)
+            sae.b_enc.normal_(0, 0.3)
+            sae.b_dec.normal_(0, 0.1)
+        sae.cfg.metadata.hook_name = site.hook_name
+        for p in sae.parameters():
+            p.requires_grad_(False)
+        saes[site.name] = sae.eval()
+    return saes
+
+
+def make_dataset(n_batches: int = 2, batch: int = 3, length: int = 7, seed: int = 0,
+                 diff_from: int = 3) -> PairDataset:
+    """Random token pairs that agree before position ``diff_from`` and may differ after it."""
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for b in range(n_batches):
+        t = length + b  # batches of different lengths
+        clean = torch.randint(1, D_VOCAB, (batch, t), generator=g)
+        patch = clean.clone()
+        patch[:, diff_from:] = torch.randint(1, D_VOCAB, (batch, t - diff_from), generator=g)
+        ca = torch.randint(1, D_VOCAB, (batch,), generator=g)
+        pa = (ca + 1 + torch.randint(0, D_VOCAB - 2, (batch,), generator=g)) % D_VOCAB
+        pairs = [PromptPair("c", "p", " a", " b") for _ in range(batch)]
+        batches.append(PairBatch(clean=clean, patch=patch, clean_answer=ca, patch_answer=pa, pairs=pairs))
+    return PairDataset(batches=batches, n_pairs=n_batches * batch, dropped={}, source="random")
+
+
+@pytest.fixture(params=["gpt2", "pythia", "gemma3"])
+def arch(request) -> str:
+    return request.param

@@ -1,0 +1,173 @@
+"""Node scores: exact equals hand-written patching, IG is complete, RelP without rules is AtP."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_dataset, make_model, make_saes
+from featcirc.attribution import score_nodes
+from featcirc.metric import logit_diff_from_resid
+from featcirc.rules import LRPRules
+from featcirc.sites import Site
+
+
+def metric_with_hook(model, batch, hook_name=None, fn=None):
+    fwd = [] if hook_name is None else [(hook_name, lambda act, hook: fn(act))]
+    with torch.no_grad(), model.hooks(fwd_hooks=fwd):
+        resid = model(batch.clean, stop_at_layer=model.cfg.n_layers)
+        return logit_diff_from_resid(model, resid, batch.clean_answer, batch.patch_answer)
+
+
+def site_values(model, tokens, site, sae=None):
+    store = {}
+
+    def grab(act, hook):
+        store["x"] = act.detach()
+        return act
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(Site.parse(site).hook_name, grab)]):
+        model(tokens, stop_at_layer=model.cfg.n_layers)
+    x = store["x"]
+    if sae is None:
+        return x
+    f = sae.encode(x)
+    return x, f, x - sae.decode(f)
+
+
+def test_exact_component_equals_hand_patch(arch):
+    model = make_model(arch)
+    data = make_dataset(n_batches=1, batch=1, length=6)
+    batch = data.batches[0]
+    scores = score_nodes(model, data, method="exact", level="component", progress=False)
+    m0 = metric_with_hook(model, batch)
+    for site in ("attn.0", "mlp.1", "resid.0"):
+        x_p = site_values(model, batch.patch, site)
+        for pos in (0, 2, 4, 5):
+            def patch_one(act, pos=pos, x_p=x_p):
+                act = act.clone()
+                act[:, pos] = x_p[:, pos]
+                return act
+            want = float(metric_with_hook(model, batch, Site.parse(site).hook_name, patch_one) - m0)
+            got = float(scores.vectors[site][pos])
+            assert got == pytest.approx(want, abs=1e-5), (site, pos)
+    # positions before the first differing token have exactly zero effect
+    assert float(scores.vectors["resid.1"][:3].abs().max()) == 0.0
+
+
+def test_exact_feature_and_error_equal_hand_patch():
+    model = make_model("gpt2")
+    saes = make_saes(model)
+    data = make_dataset(n_batches=1, batch=1, length=6)
+    batch = data.batches[0]
+    scores = score_nodes(model, data, method="exact", level="feature", saes=saes, progress=False)
+    m0 = metric_with_hook(model, batch)
+    site, pos = "resid.0", 4
+    sae = saes[site]
+    _, f_p, e_p = site_values(model, batch.patch, site, sae)
+    _, f_c, _ = site_values(model, batch.clean, site, sae)
+    feats = torch.nonzero(f_p[0, pos] != f_c[0, pos]).flatten()[:3].tolist()
+    assert feats, "random SAE should have differing features"
+    for i in feats:
+        def patch_feature(act, i=i):
+            f = sae.encode(act)
+            eps = act - sae.decode(f)
+            f = f.clone()
+            f[:, pos, i] = f_p[:, pos, i]
+            return sae.decode(f) + eps
+        want = float(metric_with_hook(model, batch, Site.parse(site).hook_name, patch_feature) - m0)
+        assert float(scores.features[site][pos, i]) == pytest.approx(want, abs=1e-5)
+
+    def patch_error(act):
+        f = sae.encode(act)
+        eps = act - sae.decode(f)
+        eps = eps.clone()
+        eps[:, pos] = e_p[:, pos]
+        return sae.decode(f) + eps
+    want = float(metric_with_hook(model, batch, Site.parse(site).hook_name, patch_error) - m0)
+    assert float(scores.vectors[site][pos]) == pytest.approx(want, abs=1e-5)
+
+
+def test_exact_batched_rows_equal_one_row_at_a_time():
+    model = make_model("gpt2")
+    saes = make_saes(model)
+    data = make_dataset(n_batches=2, batch=2)
+    sites = ["embed", "mlp.1"]
+    wide = score_nodes(model, data, method="exact", level="feature", saes=saes, sites=sites, progress=False)
+    narrow = score_nodes(model, data, method="exact", level="feature", saes=saes, sites=sites, max_rows=3,
+                         progress=False)
+    for s in wide.sites:
+        assert torch.allclose(wide.features[s], narrow.features[s], atol=1e-5)
+        assert torch.allclose(wide.vectors[s], narrow.vectors[s], atol=1e-5)
+    assert wide.cost.forward_passes < narrow.cost.forward_passes
+
+
+@pytest.mark.parametrize("level", ["component", "feature"])
+def test_ig_is_complete(arch, level):
+    """Sum over a site's nodes of IG equals m(site patched) - m(clean) (within 2%)."""
+    model = make_model(arch)
+    saes = make_saes(model) if level == "feature" else None
+    data = make_dataset(n_batches=1, batch=1, length=6)
+    batch = data.batches[0]
+    scores = score_nodes(model, data, method="ig", level=level, saes=saes, ig_steps=1000,
+                         aggregation="sum", progress=False)
+    m0 = metric_with_hook(model, batch)
+    checked = 0
+    for site in ("attn.0", "mlp.1", "resid.0"):
+        x_p = site_values(model, batch.patch, site)
+        want = float(metric_with_hook(model, batch, Site.parse(site).hook_name, lambda act: x_p) - m0)
+        got = float(scores.vectors[site])
+        if level == "feature":
+            got += float(scores.features[site].sum())
+        if abs(want) > 1e-3:
+            assert got == pytest.approx(want, rel=0.02, abs=1e-4), site
+            checked += 1
+    assert checked >= 2
+
+
+def test_relp_without_rules_equals_atp(arch):
+    model = make_model(arch)
+    saes = make_saes(model)
+    data = make_dataset()
+    atp = score_nodes(model, data, method="atp", level="feature", saes=saes, progress=False)
+    relp0 = score_nodes(model, data, method="relp", level="feature", saes=saes,
+                        rules=LRPRules.none(), progress=False)
+    relp = score_nodes(model, data, method="relp", level="feature", saes=saes, progress=False)
+    for s in atp.sites:
+        assert torch.equal(atp.features[s], relp0.features[s])
+        assert torch.equal(atp.vectors[s], relp0.vectors[s])
+    assert any(not torch.allclose(atp.vectors[s], relp.vectors[s]) for s in atp.sites)
+    assert atp.cost.forward_passes == relp.cost.forward_passes == 2 * len(data.batches)
+    assert atp.cost.backward_passes == len(data.batches)
+
+
+def test_atp_matches_exact_for_a_linear_patch_of_the_last_site():
+    """Near the output the metric is almost linear in resid.last, so AtP ~ exact there."""
+    model = make_model("gpt2")
+    data = make_dataset(n_batches=1, batch=2)
+    ex = score_nodes(model, data, method="exact", level="component", sites=["resid.1"], progress=False)
+    atp = score_nodes(model, data, method="atp", level="component", sites=["resid.1"], progress=False)
+    # only the last position feeds the metric
+    assert torch.allclose(ex.vectors["resid.1"][:-1], torch.zeros_like(ex.vectors["resid.1"][:-1]), atol=1e-6)
+    assert torch.allclose(atp.vectors["resid.1"][:-1], torch.zeros_like(atp.vectors["resid.1"][:-1]), atol=1e-6)
+
+
+def test_aggregation_sum_equals_sum_of_positions():
+    model = make_model("gpt2")
+    saes = make_saes(model)
+    data = make_dataset()
+    per_pos = score_nodes(model, data, method="atp", level="feature", saes=saes, progress=False)
+    summed = score_nodes(model, data, method="atp", level="feature", saes=saes, aggregation="sum",
+                         progress=False)
+    for s in per_pos.sites:
+        assert torch.allclose(per_pos.features[s].sum(0), summed.features[s], atol=1e-5)
+        assert torch.allclose(per_pos.vectors[s].sum(0), summed.vectors[s], atol=1e-5)
+
+
+def test_bad_settings_raise():
+    model = make_model("gpt2")
+    data = make_dataset()
+    with pytest.raises(ValueError, match="method"):
+        score_nodes(model, data, method="magic", level="component")
+    with pytest.raises(ValueError, match="SAEs"):
+        score_nodes(model, data, method="atp", level="feature")
