@@ -1,0 +1,282 @@
+"""Prompt pairs (DESIGN §2): reading and writing Marks et al.'s feature-circuits JSONL, and
+tokenizing pairs into batches of equal token length.
+
+A pair is (clean prompt, patch prompt, clean answer, patch answer); the metric is
+``m = logit(clean_answer) - logit(patch_answer)`` at the last position. A pair is usable only if both
+answers are single tokens and both prompts have the same token length; other pairs are dropped with
+a count per reason (logged and kept in :attr:`PairDataset.dropped`), never silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from featcirc.io import atomic_path
+
+logger = logging.getLogger(__name__)
+
+KEYS: tuple[str, ...] = ("clean_prefix", "patch_prefix", "clean_answer", "patch_answer")
+"""Required keys of one JSONL line (``case`` is optional)."""
+
+DROP_MULTI_TOKEN = "multi-token answer"
+DROP_SAME_ANSWER = "same answer"
+DROP_UNEQUAL = "unequal clean/patch length"
+DROP_TOO_LONG = "longer than n_ctx"
+DROP_LIMIT = "over max_pairs"
+
+
+class DataError(ValueError):
+    """Invalid or unusable prompt-pair data (the message names the file and line where known)."""
+
+
+@dataclass(frozen=True)
+class PromptPair:
+    """One clean/patch prompt pair with the correct next token of each (answers keep their leading
+    space, e.g. ``" is"``); ``case`` is an optional label such as ``"singular_plural"``."""
+
+    clean_prefix: str
+    patch_prefix: str
+    clean_answer: str
+    patch_answer: str
+    case: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The feature-circuits JSON object (``case`` left out when None)."""
+        d: dict[str, Any] = {k: getattr(self, k) for k in KEYS}
+        if self.case is not None:
+            d["case"] = self.case
+        return d
+
+
+def _parse_line(obj: Any, where: str) -> PromptPair:
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object with keys {list(KEYS)}, got {type(obj).__name__}")
+    missing = [k for k in KEYS if k not in obj]
+    if missing:
+        raise DataError(f"{where}: missing key(s) {missing}; each line needs {list(KEYS)} (and optionally 'case')")
+    for k in KEYS:
+        v = obj[k]
+        if not isinstance(v, str):
+            raise DataError(f"{where}: {k!r} must be a string, got {type(v).__name__} {v!r}")
+        if not v:
+            raise DataError(f"{where}: {k!r} is empty")
+    case = obj.get("case")
+    if case is not None and not isinstance(case, str):
+        raise DataError(f"{where}: 'case' must be a string or null, got {type(case).__name__} {case!r}")
+    return PromptPair(obj["clean_prefix"], obj["patch_prefix"], obj["clean_answer"], obj["patch_answer"], case)
+
+
+def read_pairs(path: "str | os.PathLike[str]") -> list[PromptPair]:
+    """Read a feature-circuits JSONL file (one JSON object per line; blank lines are skipped).
+
+    Raises :class:`DataError` naming the file and the 1-based line for a line that is not JSON, not
+    an object, lacks a key or has a value of the wrong type, and for a file with no pairs.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file; pass a feature-circuits JSONL file of prompt pairs") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e}); expected a JSONL file of prompt pairs") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+    pairs: list[PromptPair] = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {i}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not valid JSON ({e.msg}, column {e.colno}); expected one JSON object "
+                            "per line (JSONL), as in feature-circuits' data files") from None
+        pairs.append(_parse_line(obj, where))
+    if not pairs:
+        raise DataError(f"{path}: empty file, no prompt pairs; expected one JSON object per line with keys {list(KEYS)}")
+    return pairs
+
+
+def write_pairs(path: "str | os.PathLike[str]", pairs: Iterable[PromptPair]) -> Path:
+    """Write pairs as feature-circuits JSONL, atomically; returns the path."""
+    lines = [json.dumps(p.to_json(), ensure_ascii=False) for p in pairs]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return Path(path)
+
+
+@dataclass
+class PairBatch:
+    """``B`` pairs whose prompts all have token length ``T``."""
+
+    clean: torch.Tensor  # [B, T] long
+    patch: torch.Tensor  # [B, T] long
+    clean_answer: torch.Tensor  # [B] long
+    patch_answer: torch.Tensor  # [B] long
+    pairs: list[PromptPair]
+
+
+@dataclass
+class PairDataset:
+    """Tokenized pairs in batches of equal length, with counts of dropped pairs by reason."""
+
+    batches: list[PairBatch]
+    n_pairs: int
+    dropped: dict[str, int] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def max_len(self) -> int:
+        """Longest prompt length T over all batches (0 when empty)."""
+        return max((b.clean.shape[1] for b in self.batches), default=0)
+
+    def summary(self) -> str:
+        """E.g. ``"kept 118 of 120 pairs from FILE; dropped: 2 multi-token answer"``."""
+        total = self.n_pairs + sum(self.dropped.values())
+        drops = ", ".join(f"{v} {k}" for k, v in self.dropped.items() if v) or "none"
+        src = self.source or "input"
+        return f"kept {self.n_pairs} of {total} pairs from {src}; dropped: {drops}"
+
+
+class _Tok:
+    """Uniform tokenization over a HookedTransformer or a Hugging Face tokenizer (with caching)."""
+
+    def __init__(self, model_or_tokenizer: Any, prepend_bos: bool) -> None:
+        self.prepend_bos = prepend_bos
+        self.cache: dict[tuple[str, bool], list[int]] = {}
+        self.n_ctx: int | None = None
+        self.device: torch.device | str = "cpu"
+        obj = model_or_tokenizer
+        if hasattr(obj, "to_tokens") and hasattr(obj, "cfg"):
+            if getattr(obj, "tokenizer", None) is None:
+                raise DataError("the model has no tokenizer; build it with HookedTransformer(cfg, tokenizer=...) "
+                                "or pass a tokenizer to tokenize_pairs")
+            self.model = obj
+            self.n_ctx = int(obj.cfg.n_ctx)
+            self.device = obj.cfg.device or "cpu"
+        elif callable(obj) and hasattr(obj, "encode"):
+            self.model = None
+            self.tokenizer = obj
+            bos = getattr(obj, "bos_token_id", None)
+            if bos is None:
+                bos = getattr(obj, "eos_token_id", None)  # as TransformerLens does for BOS-less tokenizers
+            if prepend_bos and bos is None:
+                raise DataError("prepend_bos=True but the tokenizer has neither a BOS nor an EOS token; "
+                                "pass prepend_bos=False")
+            self.bos = bos
+        else:
+            raise TypeError(f"tokenize_pairs needs a HookedTransformer or a Hugging Face tokenizer, "
+                            f"got {type(obj).__name__}")
+
+    def __call__(self, text: str, bos: bool) -> list[int]:
+        key = (text, bos)
+        if key not in self.cache:
+            if self.model is not None:
+                ids = self.model.to_tokens(text, prepend_bos=bos)[0].tolist()
+            else:
+                ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+                if bos:
+                    ids = [self.bos] + ids
+            self.cache[key] = ids
+        return self.cache[key]
+
+
+def tokenize_pairs(model_or_tokenizer: Any, pairs: Sequence[PromptPair], *, batch_size: int = 16,
+                   prepend_bos: bool = True, source: str = "", max_pairs: int | None = None) -> PairDataset:
+    """Tokenize pairs and group them into batches of equal token length.
+
+    Drops, with a count per reason: answers that are not exactly one token (``"multi-token
+    answer"``), pairs whose two answers are the same token (``"same answer"``: the metric would be 0),
+    clean/patch prompts of different token length (``"unequal clean/patch length"``) and prompts
+    longer than the model's ``n_ctx``. With ``max_pairs``, only the first ``max_pairs`` usable pairs
+    are kept (the rest are counted as ``"over max_pairs"``). Kept pairs are grouped by length
+    (ascending), in input order within a length, and split into batches of at most ``batch_size``.
+
+    Raises :class:`DataError` for empty input or when no pair survives (with the counts).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    pairs = list(pairs)
+    if not pairs:
+        raise DataError(f"no prompt pairs to tokenize{f' in {source}' if source else ''}")
+    tok = _Tok(model_or_tokenizer, prepend_bos)
+    dropped: Counter[str] = Counter()
+    by_len: dict[int, list[tuple[PromptPair, list[int], list[int], int, int]]] = {}
+    kept = 0
+    for p in pairs:
+        ca, pa = tok(p.clean_answer, False), tok(p.patch_answer, False)
+        if len(ca) != 1 or len(pa) != 1:
+            dropped[DROP_MULTI_TOKEN] += 1
+            continue
+        if ca[0] == pa[0]:
+            dropped[DROP_SAME_ANSWER] += 1
+            continue
+        c, q = tok(p.clean_prefix, prepend_bos), tok(p.patch_prefix, prepend_bos)
+        if len(c) != len(q):
+            dropped[DROP_UNEQUAL] += 1
+            continue
+        if tok.n_ctx is not None and len(c) > tok.n_ctx:
+            dropped[DROP_TOO_LONG] += 1
+            continue
+        if max_pairs is not None and kept >= max_pairs:
+            dropped[DROP_LIMIT] += 1
+            continue
+        by_len.setdefault(len(c), []).append((p, c, q, ca[0], pa[0]))
+        kept += 1
+    dropped_d = dict(dropped)
+    if kept == 0:
+        counts = ", ".join(f"{v} {k}" for k, v in dropped_d.items())
+        raise DataError(
+            f"no usable prompt pairs in {source or 'the input'}: all {len(pairs)} dropped ({counts}). "
+            "Each answer must be a single token of this model's tokenizer (with its leading space, "
+            "e.g. ' is'), the two answers must differ, and the clean and patch prompts must tokenize "
+            "to the same length: fix the data or choose words the tokenizer keeps whole.")
+    batches: list[PairBatch] = []
+    for t in sorted(by_len):
+        rows = by_len[t]
+        for s in range(0, len(rows), batch_size):
+            chunk = rows[s:s + batch_size]
+            batches.append(PairBatch(
+                clean=torch.tensor([r[1] for r in chunk], dtype=torch.long, device=tok.device),
+                patch=torch.tensor([r[2] for r in chunk], dtype=torch.long, device=tok.device),
+                clean_answer=torch.tensor([r[3] for r in chunk], dtype=torch.long, device=tok.device),
+                patch_answer=torch.tensor([r[4] for r in chunk], dtype=torch.long, device=tok.device),
+                pairs=[r[0] for r in chunk]))
+    ds = PairDataset(batches=batches, n_pairs=kept, dropped=dropped_d, source=source)
+    quality = {k: v for k, v in dropped_d.items() if k != DROP_LIMIT}
+    if quality:
+        logger.warning("%s", ds.summary())
+    return ds
+
+
+def load_pairs(model: Any, *, data: "str | os.PathLike[str] | None" = None, task: str | None = None,
+               n: int | None = 64, seed: int = 0, batch_size: int = 16) -> PairDataset:
+    """Load pairs from exactly one of ``data`` (a JSONL path) or ``task`` (a name in
+    :data:`featcirc.tasks.TASKS`, generated with ``make_task(task, n, seed)``) and tokenize them.
+
+    For ``task``, ``n`` pairs are generated (some may then be dropped by the tokenizer). For
+    ``data``, the first ``n`` usable pairs of the file are kept (``n=None``: all). Logs the summary.
+    """
+    if (data is None) == (task is None):
+        raise ValueError("pass exactly one of data=<JSONL path> or task=<task name>")
+    if task is not None:
+        from featcirc.tasks import make_task
+
+        if n is None:
+            raise ValueError("n (the number of pairs to generate) is required with task=")
+        pairs = make_task(task, n, seed)
+        source = f"task {task} (n={n}, seed={seed})"
+        ds = tokenize_pairs(model, pairs, batch_size=batch_size, source=source)
+    else:
+        source = str(data)
+        ds = tokenize_pairs(model, read_pairs(data), batch_size=batch_size, source=source, max_pairs=n)
+    logger.info("%s", ds.summary())
+    return ds
