@@ -101,7 +101,7 @@ def _record(splice: Splice, tokens: torch.Tensor, batch: PairBatch, cost: Cost):
 
 
 def _gradient_ie(splice: Splice, batch: PairBatch, patch: dict[str, SiteState], rules: LRPRules,
-                 cost: Cost) -> tuple[SiteIE, dict[str, SiteState], torch.Tensor]:
+                 cost: Cost) -> tuple[SiteIE, dict[str, SiteState], torch.Tensor, dict[str, SiteState]]:
     """AtP (rules off) / RelP (rules on): ``g . (a_p - a_c)`` from one clean forward + backward."""
     model = splice.model
     with torch.enable_grad(), lrp_rules(model, rules), splice.leaves() as leaves:
@@ -120,25 +120,31 @@ def _gradient_ie(splice: Splice, batch: PairBatch, patch: dict[str, SiteState], 
     g = {key: (torch.zeros_like(x) if gr is None else gr) for key, x, gr in zip(index, inputs, grads)}
     out: SiteIE = {}
     clean: dict[str, SiteState] = {}
+    node_grads: dict[str, SiteState] = {}
     for s in splice.site_names:
         st = leaves[s]
         f_c = None if st.features is None else st.features.detach()
         v_c = st.vector.detach()
         clean[s] = SiteState(f_c, v_c)
+        node_grads[s] = SiteState(None if f_c is None else g[(s, "f")], g[(s, "v")])
         ie_f = None if f_c is None else g[(s, "f")] * (patch[s].features - f_c)
         ie_v = (g[(s, "v")] * (patch[s].vector - v_c)).sum(-1)
         out[s] = (ie_f, ie_v)
-    return out, clean, m.detach()
+    return out, clean, m.detach(), node_grads
 
 
 def _ig_ie(splice: Splice, batch: PairBatch, clean: dict[str, SiteState], patch: dict[str, SiteState],
-           resid_pre: dict[int, torch.Tensor], steps: int, max_rows: int, cost: Cost) -> SiteIE:
-    """Integrated gradients, one site at a time, the N interpolation steps batched together."""
+           resid_pre: dict[int, torch.Tensor], steps: int, max_rows: int,
+           cost: Cost) -> tuple[SiteIE, dict[str, SiteState]]:
+    """Integrated gradients, one site at a time, the N interpolation steps batched together.
+
+    Also returns each node's path-averaged gradient ``mean_k grad_a m``."""
     model = splice.model
     B = batch.clean.shape[0]
     alphas = torch.arange(steps, dtype=torch.float32) / steps
     per_chunk = max(1, max_rows // B)
     out: SiteIE = {}
+    node_grads: dict[str, SiteState] = {}
     for s in splice.site_names:
         site = Site.parse(s)
         f_c, v_c = clean[s].features, clean[s].vector
@@ -170,9 +176,11 @@ def _ig_ie(splice: Splice, batch: PairBatch, clean: dict[str, SiteState], patch:
             g_v += grads[-1].view(S, *v_c.shape).sum(0)
             if f_a is not None:
                 g_f += grads[0].view(S, *f_c.shape).sum(0)
-        ie_f = None if f_c is None else (g_f / steps) * df
-        out[s] = (ie_f, ((g_v / steps) * dv).sum(-1))
-    return out
+        g_f = None if f_c is None else g_f / steps
+        g_v = g_v / steps
+        node_grads[s] = SiteState(g_f, g_v)
+        out[s] = (None if f_c is None else g_f * df, (g_v * dv).sum(-1))
+    return out, node_grads
 
 
 def _exact_ie(splice: Splice, batch: PairBatch, clean: dict[str, SiteState], patch: dict[str, SiteState],
@@ -250,6 +258,31 @@ def score_nodes(
     settings = ScoreSettings(method, level, aggregation, ig_steps, max_rows,
                              rules if rules is not None else LRPRules())
     splice = make_splice(model, level, saes, sites)
+    return score_nodes_with_splice(splice, data, settings, progress=progress)[0]
+
+
+@dataclass
+class BatchRecord:
+    """What the edge pass needs from the node pass for one batch."""
+
+    batch: PairBatch
+    clean: dict[str, SiteState]
+    patch: dict[str, SiteState]
+    grads: dict[str, SiteState]  # node gradients (path-averaged for IG)
+    resid_pre: Optional[dict[int, torch.Tensor]] = None
+
+
+def score_nodes_with_splice(
+    splice: Splice, data: PairDataset, settings: ScoreSettings, *, progress: bool = True,
+    keep_records: bool = False,
+) -> tuple[NodeScores, list[BatchRecord]]:
+    """:func:`score_nodes` on a prepared splice; optionally keep per-batch states and gradients."""
+    model = splice.model
+    method, aggregation, ig_steps, max_rows = (settings.method, settings.aggregation,
+                                               settings.ig_steps, settings.max_rows)
+    if data.n_pairs == 0:
+        raise ValueError("no pairs to score: the dataset is empty")
+    records: list[BatchRecord] = []
     T = data.max_len
     cost = Cost()
     sums_f: dict[str, torch.Tensor] = {}
@@ -260,25 +293,26 @@ def score_nodes(
     t0 = time.perf_counter()
     for batch in tqdm(data.batches, desc=f"{method} node scores", disable=not progress, leave=False):
         patch, _, m_patch = _record(splice, batch.patch, batch, cost)
+        resid_pre = grads = None
         if method in ("atp", "relp"):
             rules_used = settings.rules if method == "relp" else LRPRules.none()
-            ie, clean, m_clean = _gradient_ie(splice, batch, patch, rules_used, cost)
+            ie, clean, m_clean, grads = _gradient_ie(splice, batch, patch, rules_used, cost)
         else:
             clean, resid_pre, m_clean = _record(splice, batch.clean, batch, cost)
             if method == "ig":
-                ie = _ig_ie(splice, batch, clean, patch, resid_pre, ig_steps, max_rows, cost)
+                ie, grads = _ig_ie(splice, batch, clean, patch, resid_pre, ig_steps, max_rows, cost)
             else:
                 ie = _exact_ie(splice, batch, clean, patch, resid_pre, m_clean, max_rows, cost)
+        if keep_records:
+            records.append(BatchRecord(batch, clean, patch, grads or {}, resid_pre))
         m_clean_sum += float(m_clean.sum())
         m_patch_sum += float(m_patch.sum())
-        t = batch.clean.shape[1]
         for s, (ie_f, ie_v) in ie.items():
             _accumulate(sums_v, s, ie_v, T, aggregation)
             _accumulate(acts_v, s, clean[s].vector.norm(dim=-1), T, "none")
             if ie_f is not None:
                 _accumulate(sums_f, s, ie_f, T, aggregation)
                 _accumulate(acts_f, s, clean[s].features, T, "none")
-        del t
     cost.seconds = time.perf_counter() - t0
     n = data.n_pairs
     feature_acts = {s: v / n for s, v in acts_f.items()}
@@ -286,8 +320,8 @@ def score_nodes(
     if aggregation == "sum":
         feature_acts = {s: v.sum(0) for s, v in feature_acts.items()}
         vector_acts = {s: v.sum(0) for s, v in vector_acts.items()}
-    return NodeScores(
-        method=method, level=level, aggregation=aggregation, sites=splice.site_names,
+    scores = NodeScores(
+        method=method, level=settings.level, aggregation=aggregation, sites=splice.site_names,
         features={s: v / n for s, v in sums_f.items()},
         vectors={s: v / n for s, v in sums_v.items()},
         feature_acts=feature_acts, vector_acts=vector_acts, n_pairs=n,
@@ -296,6 +330,7 @@ def score_nodes(
                   rules=vars(settings.rules) if method == "relp" else None,
                   n_layers=model.cfg.n_layers),
     )
+    return scores, records
 
 
 def _accumulate(store: dict[str, torch.Tensor], site: str, per_pair: torch.Tensor, T: int,
