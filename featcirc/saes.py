@@ -1,0 +1,479 @@
+"""SAE sets keyed by site (DESIGN §3): load, validate, save.
+
+``load_saes(model, spec)`` returns ``{site name: SAE}`` in forward order (``embed``, ``attn.0``,
+``mlp.0``, ``resid.0``, ``attn.1``, ...), every SAE validated against the model, moved to the
+model's device and dtype, in eval mode, with ``requires_grad=False`` on its parameters.
+
+``spec`` is one of
+
+1. a directory: one SAELens SAE directory (``cfg.json`` + ``sae_weights.safetensors``) or a
+   directory of such directories (any names); each is loaded with ``SAE.load_from_disk`` and keyed
+   by the site of its hook name;
+2. the name of a set description ``featcirc/resources/sae_sets/<name>.json`` (see
+   :data:`NAMED_SETS`), or the path of such a ``.json`` file: per site a SAELens release and SAE id,
+   loaded with ``SAE.from_pretrained(release, sae_id)``;
+3. ``"tiny"``: the SAEs bundled with the project's tiny model (``featcirc.tiny.TINY_SAE_DIR``);
+4. a dict ``{site: SAE}`` (keys may be site names or hook names), validated like the others.
+
+Hook aliasing. TransformerLens feeds block L's output, ``blocks.L.hook_resid_post``, unchanged into
+block L+1, where it passes ``blocks.(L+1).hook_resid_pre``: the two hooks see the same tensor.
+So an SAE trained on ``blocks.(L+1).hook_resid_pre`` (e.g. SAELens's ``gpt2-small-res-jb``) is the
+SAE of site ``resid.L`` and is spliced at ``blocks.L.hook_resid_post``; ``blocks.0.hook_resid_pre``
+is the site ``embed``. :func:`site_from_hook_name` applies this rule; an SAE keeps its own
+``cfg.metadata.hook_name`` unchanged (so :func:`save_saes` round-trips it).
+
+Offline use of named sets. ``SAE.from_pretrained`` downloads through
+``huggingface_hub.hf_hub_download`` (called inside ``sae_lens.loading.pretrained_sae_loaders``).
+Without network access, either fill the Hugging Face cache elsewhere and set
+``HF_HUB_OFFLINE=1``, or keep a plain mirror of the repositories, laid out as
+``<root>/<repo_id>/<path in repo>`` (e.g. ``<root>/jbloom/GPT2-Small-SAEs-Reformatted/
+blocks.0.hook_resid_pre/cfg.json``), and set ``FEATCIRC_SAE_HUB=<root>`` (or use
+:func:`local_sae_hub`): downloads are then answered from the mirror, and everything else
+(registry look-up, config conversion, weight loading) is SAELens's own code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager, nullcontext
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Optional
+
+import torch
+from sae_lens import SAE
+from transformer_lens import HookedTransformer
+
+from featcirc.sites import Site, sort_sites
+
+__all__ = [
+    "NAMED_SETS",
+    "SAE_HUB_ENV",
+    "SAEMismatchError",
+    "load_saes",
+    "load_sae_set_description",
+    "local_sae_hub",
+    "sae_site",
+    "save_saes",
+    "site_from_hook_name",
+    "validate_sae",
+]
+
+SAE_CFG_FILENAME = "cfg.json"
+SAE_HUB_ENV = "FEATCIRC_SAE_HUB"
+"""Environment variable naming a local mirror of Hugging Face SAE repositories (see module doc)."""
+
+_SETS_DIR = resources.files("featcirc").joinpath("resources", "sae_sets")
+NAMED_SETS: tuple[str, ...] = tuple(
+    sorted(p.name[: -len(".json")] for p in _SETS_DIR.iterdir() if p.name.endswith(".json"))
+)
+"""Names of the bundled SAE set descriptions (``featcirc/resources/sae_sets/<name>.json``)."""
+
+_RESID_PRE_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
+
+
+class SAEMismatchError(ValueError):
+    """An SAE (or SAE set) does not fit the model: wrong width, hook or model."""
+
+
+# --------------------------------------------------------------------------- sites of SAEs
+
+
+def site_from_hook_name(hook_name: str) -> Site:
+    """The featcirc site of a TransformerLens hook name, with resid_pre aliasing.
+
+    ``blocks.0.hook_resid_pre -> embed``; ``blocks.(L+1).hook_resid_pre -> resid.L`` (same tensor as
+    ``blocks.L.hook_resid_post``); ``blocks.L.hook_{resid_post,attn_out,mlp_out} -> {resid,attn,mlp}.L``.
+    Raises ``SAEMismatchError`` for any other hook.
+    """
+    m = _RESID_PRE_RE.match(hook_name)
+    if m and int(m.group(1)) > 0:
+        return Site("resid", int(m.group(1)) - 1)
+    try:
+        return Site.from_hook_name(hook_name)
+    except ValueError as e:
+        raise SAEMismatchError(
+            f"{e} (blocks.L.hook_resid_pre for L >= 1 is also accepted, as resid.(L-1)); "
+            "SAEs on other hooks (hook_embed, attn.hook_z, ...) cannot be spliced by featcirc"
+        ) from None
+
+
+def _hook_name(sae: Any) -> Optional[str]:
+    meta = getattr(getattr(sae, "cfg", None), "metadata", None)
+    hook = getattr(meta, "hook_name", None) if meta is not None else None
+    return hook or None
+
+
+def sae_site(sae: Any) -> Site:
+    """The site of an SAE, from ``sae.cfg.metadata.hook_name`` (see :func:`site_from_hook_name`)."""
+    hook = _hook_name(sae)
+    if hook is None:
+        raise SAEMismatchError(
+            "this SAE has no cfg.metadata.hook_name, so its site is unknown; pass it in a dict keyed "
+            "by site ({'resid.3': sae}) or set sae.cfg.metadata.hook_name"
+        )
+    head = getattr(sae.cfg.metadata, "hook_head_index", None)
+    if head is not None:
+        raise SAEMismatchError(
+            f"SAE for {hook} reads attention head {head} only (hook_head_index={head}); featcirc sites "
+            "are whole hook tensors, so per-head SAEs cannot be spliced"
+        )
+    return site_from_hook_name(hook)
+
+
+def _site_of_key(key: "str | Site") -> Site:
+    """A dict key as a site: a site name, a ``Site`` or a hook name."""
+    if isinstance(key, str) and key.startswith("blocks."):
+        return site_from_hook_name(key)
+    return Site.parse(key)
+
+
+def _model_name(model: HookedTransformer) -> str:
+    return str(getattr(model.cfg, "model_name", None) or "custom")
+
+
+def _model_sites_text(model: HookedTransformer) -> str:
+    n = model.cfg.n_layers
+    last = n - 1
+    probes = (Site("attn", 0), Site("mlp", 0), Site("resid", 0))
+    kinds = [s.kind for s in probes if s.hook_name in model.hook_dict]
+    per_layer = ", ".join(f"{k}.0..{last}" for k in kinds)
+    return (
+        f"model {_model_name(model)!r} has d_model={model.cfg.d_model} and {n} layers; its sites are "
+        f"embed, {per_layer} (hooks blocks.0.hook_resid_pre and blocks.L.hook_resid_post/hook_attn_out/"
+        f"hook_mlp_out for L in 0..{last})"
+    )
+
+
+def validate_sae(model: HookedTransformer, site: "str | Site", sae: Any) -> None:
+    """Check that ``sae`` can be spliced into ``model`` at ``site``; raise ``SAEMismatchError`` if not.
+
+    Checks: the site exists in the model (kind and layer range; the hook is in ``model.hook_dict``);
+    the SAE's hook name, if it has one, denotes that site (with resid_pre aliasing); and
+    ``sae.cfg.d_in == model.cfg.d_model``.
+    """
+    site = Site.parse(site)
+    hook = _hook_name(sae)
+    label = hook or f"site {site.name}"
+    if hook is not None:
+        try:
+            own = sae_site(sae)
+        except SAEMismatchError as e:
+            raise SAEMismatchError(f"{e}; {_model_sites_text(model)}") from None
+        if own != site:
+            raise SAEMismatchError(
+                f"SAE for {hook} belongs at site {own.name} ({own.hook_name}), not at site {site.name} "
+                f"({site.hook_name})"
+            )
+    if site.layer >= model.cfg.n_layers or site.hook_name not in model.hook_dict:
+        raise SAEMismatchError(
+            f"SAE for {label} needs hook {site.hook_name}, which {_model_name(model)!r} lacks: "
+            f"{_model_sites_text(model)} — this SAE set was made for another model"
+        )
+    d_in = int(sae.cfg.d_in)
+    if d_in != model.cfg.d_model:
+        raise SAEMismatchError(
+            f"SAE for {label} has d_in={d_in} but model {_model_name(model)!r} has "
+            f"d_model={model.cfg.d_model} — this SAE set was made for another model"
+        )
+
+
+def _model_device(model: HookedTransformer) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device(model.cfg.device or "cpu")
+
+
+def _prepare(sae: Any, device: "str | torch.device", dtype: torch.dtype) -> Any:
+    sae = sae.to(device=device, dtype=dtype)
+    sae.eval()
+    for p in sae.parameters():
+        p.requires_grad_(False)
+    return sae
+
+
+def _finish(
+    model: HookedTransformer,
+    saes: Mapping[Site, Any],
+    device: Optional[str],
+) -> dict[str, Any]:
+    dev = torch.device(device) if device is not None else _model_device(model)
+    out: dict[str, Any] = {}
+    for site in sort_sites(saes):
+        sae = saes[site]
+        validate_sae(model, site, sae)
+        out[site.name] = _prepare(sae, dev, model.cfg.dtype)
+    return out
+
+
+def _wanted(sites: Optional[Iterable[str]]) -> Optional[set[Site]]:
+    if sites is None:
+        return None
+    if isinstance(sites, str):
+        sites = [sites]
+    return {Site.parse(s) for s in sites}
+
+
+def _check_requested(wanted: Optional[set[Site]], available: Iterable[Site], source: str) -> None:
+    if wanted is None:
+        return
+    available = set(available)
+    missing = wanted - available
+    if missing:
+        raise KeyError(
+            f"sites {[s.name for s in sort_sites(missing)]} are not in {source}; it has "
+            f"{[s.name for s in sort_sites(available)]}"
+        )
+
+
+# --------------------------------------------------------------------------- directories
+
+
+def _cfg_hook(cfg_path: Path) -> Optional[str]:
+    """The hook name in a SAELens ``cfg.json`` (``metadata.hook_name``; before 6.0 ``hook_point``)."""
+    from sae_lens.loading.pretrained_sae_loaders import handle_config_defaulting
+
+    cfg = handle_config_defaulting(json.loads(cfg_path.read_text(encoding="utf-8")))
+    meta = cfg.get("metadata") or {}
+    return meta.get("hook_name") or cfg.get("hook_name")
+
+
+def _sae_dirs(root: Path) -> list[Path]:
+    if (root / SAE_CFG_FILENAME).is_file():
+        return [root]
+    dirs = sorted(p for p in root.iterdir() if p.is_dir() and (p / SAE_CFG_FILENAME).is_file())
+    if not dirs:
+        raise FileNotFoundError(
+            f"{root} is neither a SAELens SAE directory (cfg.json + sae_weights.safetensors) nor a "
+            "directory of such directories"
+        )
+    return dirs
+
+
+def _load_dir(root: Path, wanted: Optional[set[Site]]) -> dict[Site, Any]:
+    found: dict[Site, Path] = {}
+    for d in _sae_dirs(root):
+        hook = _cfg_hook(d / SAE_CFG_FILENAME)
+        if hook is None:
+            raise SAEMismatchError(f"{d / SAE_CFG_FILENAME} names no hook_name, so its site is unknown")
+        site = site_from_hook_name(hook)
+        if site in found:
+            raise SAEMismatchError(
+                f"two SAEs for site {site.name} in {root}: {found[site].name} and {d.name}; keep one"
+            )
+        found[site] = d
+    _check_requested(wanted, found, str(root))
+    return {s: SAE.load_from_disk(d) for s, d in found.items() if wanted is None or s in wanted}
+
+
+def save_saes(saes: Mapping[str, Any], directory: "str | os.PathLike[str]") -> Path:
+    """Save each SAE in SAELens format to ``directory/<site name>/`` and return ``directory``.
+
+    Each subdirectory is written to a temporary sibling and renamed into place, replacing an
+    existing one of the same site; other entries of ``directory`` are left alone. An SAE without a
+    hook name gets its site's hook in the saved config, so that ``load_saes`` keys it the same way.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for key, sae in saes.items():
+        site = _site_of_key(key)
+        hook = _hook_name(sae)
+        if hook is not None and sae_site(sae) != site:
+            raise SAEMismatchError(
+                f"SAE for {hook} is stored under site {site.name}; it belongs at {sae_site(sae).name}"
+            )
+        tmp = Path(tempfile.mkdtemp(prefix=f".{site.name}.", suffix=".tmp", dir=directory))
+        try:
+            sae.save_model(tmp)
+            if hook is None:
+                cfg_path = tmp / SAE_CFG_FILENAME
+                cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+                cfg.setdefault("metadata", {})["hook_name"] = site.hook_name
+                cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
+            target = directory / site.name
+            old = None
+            if target.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{site.name}.", suffix=".old", dir=directory))
+                os.replace(target, old / "x")
+            os.replace(tmp, target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+# --------------------------------------------------------------------------- named sets
+
+
+def _set_path(name: str) -> Path:
+    return Path(str(_SETS_DIR.joinpath(f"{name}.json")))
+
+
+def load_sae_set_description(spec: "str | os.PathLike[str]") -> dict[str, Any]:
+    """Read a set description (a name in :data:`NAMED_SETS` or a path to a ``.json`` file) and check it.
+
+    Format: ``{"name", "model", "model_aliases", "n_layers", "d_model", "description", "notes",
+    "saes": {site: {"release", "sae_id", "hook_name"}}}``.
+    """
+    path = Path(spec) if str(spec).endswith(".json") else _set_path(str(spec))
+    desc = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("model", "n_layers", "d_model", "saes"):
+        if key not in desc:
+            raise ValueError(f"SAE set description {path} lacks the key {key!r}")
+    for site, entry in desc["saes"].items():
+        Site.parse(site)
+        for key in ("release", "sae_id"):
+            if key not in entry:
+                raise ValueError(f"SAE set description {path}: entry {site!r} lacks {key!r}")
+    desc.setdefault("name", path.stem)
+    return desc
+
+
+def _check_set_model(model: HookedTransformer, desc: Mapping[str, Any]) -> None:
+    names = {desc["model"], *desc.get("model_aliases", [])}
+    got = (_model_name(model), model.cfg.n_layers, model.cfg.d_model)
+    want = (desc["model"], int(desc["n_layers"]), int(desc["d_model"]))
+    if got[0] not in names or got[1:] != want[1:]:
+        raise SAEMismatchError(
+            f"SAE set {desc['name']!r} was made for model {want[0]!r} (d_model={want[2]}, {want[1]} layers; "
+            f"names {sorted(names)}) but the model is {got[0]!r} (d_model={got[2]}, {got[1]} layers) — "
+            f"load {want[0]!r} or choose another set ({', '.join(NAMED_SETS)}, tiny, or a directory)"
+        )
+
+
+@contextmanager
+def local_sae_hub(root: "str | os.PathLike[str]") -> Iterator[Path]:
+    """Answer SAELens's Hugging Face downloads from a local mirror ``<root>/<repo_id>/<path>``.
+
+    Patches ``hf_hub_download`` in ``sae_lens.loading.pretrained_sae_loaders`` (the function every
+    SAELens pretrained loader downloads with) for the duration of the block. A file absent from the
+    mirror raises ``huggingface_hub`` ``EntryNotFoundError``, which SAELens treats as "optional file
+    missing" for sparsity files and reports otherwise.
+    """
+    from huggingface_hub.errors import EntryNotFoundError
+    from sae_lens.loading import pretrained_sae_loaders as loaders
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"local SAE hub mirror {root} ({SAE_HUB_ENV}) is not a directory")
+
+    def mirror_download(repo_id: str, filename: str, *, subfolder: Optional[str] = None, **_: Any) -> str:
+        path = root / repo_id / (subfolder or "") / filename
+        if not path.is_file():
+            raise EntryNotFoundError(f"{path} is not in the local SAE hub mirror {root}")
+        return str(path)
+
+    original = loaders.hf_hub_download
+    loaders.hf_hub_download = mirror_download
+    try:
+        yield root
+    finally:
+        loaders.hf_hub_download = original
+
+
+def _load_named(
+    model: HookedTransformer, spec: "str | os.PathLike[str]", wanted: Optional[set[Site]], device: str
+) -> dict[Site, Any]:
+    desc = load_sae_set_description(spec)
+    _check_set_model(model, desc)
+    entries = {Site.parse(s): e for s, e in desc["saes"].items()}
+    _check_requested(wanted, entries, f"SAE set {desc['name']!r}")
+    hub = os.environ.get(SAE_HUB_ENV)
+    out: dict[Site, Any] = {}
+    with local_sae_hub(hub) if hub else nullcontext():
+        for site in sort_sites(entries):
+            if wanted is not None and site not in wanted:
+                continue
+            e = entries[site]
+            try:
+                sae = SAE.from_pretrained(e["release"], e["sae_id"], device=device)
+            except Exception as err:  # network, missing files, registry drift: say what to do
+                raise RuntimeError(
+                    f"could not load SAE {e['release']}/{e['sae_id']} for site {site.name} of set "
+                    f"{desc['name']!r}: {type(err).__name__}: {err}. Without network access, fill the "
+                    f"Hugging Face cache and set HF_HUB_OFFLINE=1, or set {SAE_HUB_ENV}=<dir> to a mirror "
+                    "laid out as <dir>/<repo_id>/<path in repo>"
+                ) from err
+            own = sae_site(sae)
+            if own != site:
+                raise SAEMismatchError(
+                    f"SAE {e['release']}/{e['sae_id']} reads {_hook_name(sae)} (site {own.name}) but set "
+                    f"{desc['name']!r} lists it for site {site.name}"
+                )
+            out[site] = sae
+    return out
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _tiny_dir() -> Path:
+    try:
+        from featcirc import tiny  # the tiny model's module, which owns its bundled SAEs
+    except ImportError as e:
+        raise FileNotFoundError(
+            f"SAE set 'tiny' needs featcirc.tiny (the project's tiny model), which cannot be imported: {e}"
+        ) from e
+    path = getattr(tiny, "TINY_SAE_DIR", None)
+    if path is None or not Path(path).is_dir():
+        raise FileNotFoundError(
+            f"the tiny model's SAEs are missing: featcirc.tiny.TINY_SAE_DIR = {path} is not a directory; "
+            "reinstall featcirc or rebuild the tiny model's SAEs with featcirc.tiny"
+        )
+    return Path(path)
+
+
+def _unknown(spec: Any) -> ValueError:
+    return ValueError(
+        f"unknown SAE spec {spec!r}: give a directory of SAELens SAEs, a named set "
+        f"({', '.join(NAMED_SETS)}), 'tiny', a set description .json file, or a dict {{site: SAE}}"
+    )
+
+
+def load_saes(
+    model: HookedTransformer,
+    spec: "str | os.PathLike[str] | Mapping[str, Any]",
+    *,
+    device: Optional[str] = None,
+    sites: Optional[Iterable[str]] = None,
+) -> dict[str, SAE]:
+    """Load SAEs for ``model`` from ``spec`` (see the module doc), keyed by site name in forward order.
+
+    The names ``"tiny"`` and those in :data:`NAMED_SETS` take precedence over directories of the same
+    name in the working directory (write ``./name`` for those).
+
+    Every SAE is checked with :func:`validate_sae` (``SAEMismatchError`` on a wrong ``d_in``, hook or
+    model), moved to ``device`` (default: the model's) and the model's dtype, set to eval mode with
+    ``requires_grad=False``. ``sites`` keeps only those sites (all must be available); named sets then
+    download only those. Dict SAEs are modified in place (device, dtype, eval, grad flags).
+    """
+    wanted = _wanted(sites)
+    dev = str(torch.device(device) if device is not None else _model_device(model))
+    if isinstance(spec, Mapping):
+        raw: dict[Site, Any] = {}
+        for key, sae in spec.items():
+            site = _site_of_key(key)
+            if site in raw:
+                raise SAEMismatchError(f"two SAEs given for site {site.name}")
+            raw[site] = sae
+        _check_requested(wanted, raw, "the SAEs given")
+        raw = {s: v for s, v in raw.items() if wanted is None or s in wanted}
+        return _finish(model, raw, device)
+    if not isinstance(spec, (str, os.PathLike)):
+        raise _unknown(spec)
+    text = os.fspath(spec)
+    path = Path(text)
+    if text == "tiny":
+        return _finish(model, _load_dir(_tiny_dir(), wanted), device)
+    if text in NAMED_SETS or (text.endswith(".json") and path.is_file()):
+        return _finish(model, _load_named(model, text, wanted, dev), device)
+    if path.is_dir():
+        return _finish(model, _load_dir(path, wanted), device)
+    raise _unknown(spec)
