@@ -166,15 +166,17 @@ def _block_forward(splice: Splice, graph: BlockGraph, leaves: dict[str, SiteStat
 def _edge_weights(grad: SiteState, delta: SiteState, cands: SiteCandidates, summed: bool) -> torch.Tensor:
     """``[K, n_candidates(U)]``: the rows' vector-Jacobian products times the upstream deltas."""
     cols = []
+    T = grad.vector.shape[1]
     if len(cands.feat_idx):
         w = grad.features * delta.features  # [K, T, F]
         if summed:
             cols.append(w.sum(1)[:, cands.feat_idx])
-        else:
-            cols.append(w[:, cands.feat_pos, cands.feat_idx])
+        else:  # candidates beyond this batch's length get 0
+            cols.append(w[:, cands.feat_pos.clamp(max=T - 1), cands.feat_idx] * (cands.feat_pos < T))
     if len(cands.vec_pos):
         w = (grad.vector * delta.vector).sum(-1)  # [K, T]
-        cols.append(w.sum(1, keepdim=True) if summed else w[:, cands.vec_pos])
+        cols.append(w.sum(1, keepdim=True) if summed
+                    else w[:, cands.vec_pos.clamp(max=T - 1)] * (cands.vec_pos < T))
     return torch.cat(cols, dim=1)
 
 
