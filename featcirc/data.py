@@ -28,6 +28,9 @@ KEYS: tuple[str, ...] = ("clean_prefix", "patch_prefix", "clean_answer", "patch_
 
 DROP_MULTI_TOKEN = "multi-token answer"
 DROP_SAME_ANSWER = "same answer"
+DROP_UNK_ANSWER = "unknown-token answer"
+DROP_UNK_PROMPT = "unknown token in prompt"
+DROP_IDENTICAL = "identical clean/patch tokens"
 DROP_UNEQUAL = "unequal clean/patch length"
 DROP_TOO_LONG = "longer than n_ctx"
 DROP_LIMIT = "over max_pairs"
@@ -155,6 +158,7 @@ class _Tok:
         self.n_ctx: int | None = None
         self.device: torch.device | str = "cpu"
         obj = model_or_tokenizer
+        self.unk: int | None = None
         if hasattr(obj, "to_tokens") and hasattr(obj, "cfg"):
             if getattr(obj, "tokenizer", None) is None:
                 raise DataError("the model has no tokenizer; build it with HookedTransformer(cfg, tokenizer=...) "
@@ -162,6 +166,7 @@ class _Tok:
             self.model = obj
             self.n_ctx = int(obj.cfg.n_ctx)
             self.device = obj.cfg.device or "cpu"
+            self.unk = self._unk_id(obj.tokenizer)
         elif callable(obj) and hasattr(obj, "encode"):
             self.model = None
             self.tokenizer = obj
@@ -172,15 +177,25 @@ class _Tok:
                 raise DataError("prepend_bos=True but the tokenizer has neither a BOS nor an EOS token; "
                                 "pass prepend_bos=False")
             self.bos = bos
+            self.unk = self._unk_id(obj)
         else:
             raise TypeError(f"tokenize_pairs needs a HookedTransformer or a Hugging Face tokenizer, "
                             f"got {type(obj).__name__}")
+
+    @staticmethod
+    def _unk_id(tokenizer: Any) -> int | None:
+        """The id of a genuine unknown token (word-level vocabularies), or None. GPT-2 style
+        tokenizers whose unk token is also their BOS/EOS/pad token have none."""
+        unk = getattr(tokenizer, "unk_token_id", None)
+        special = {getattr(tokenizer, a, None) for a in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        return None if unk is None or unk in special else int(unk)
 
     def __call__(self, text: str, bos: bool) -> list[int]:
         key = (text, bos)
         if key not in self.cache:
             if self.model is not None:
-                ids = self.model.to_tokens(text, prepend_bos=bos)[0].tolist()
+                ids = self.model.to_tokens(text, prepend_bos=bos, move_to_device=False,
+                                           truncate=False)[0].tolist()
             else:
                 ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
                 if bos:
@@ -193,10 +208,12 @@ def tokenize_pairs(model_or_tokenizer: Any, pairs: Sequence[PromptPair], *, batc
                    prepend_bos: bool = True, source: str = "", max_pairs: int | None = None) -> PairDataset:
     """Tokenize pairs and group them into batches of equal token length.
 
-    Drops, with a count per reason: answers that are not exactly one token (``"multi-token
-    answer"``), pairs whose two answers are the same token (``"same answer"``: the metric would be 0),
-    clean/patch prompts of different token length (``"unequal clean/patch length"``) and prompts
-    longer than the model's ``n_ctx``. With ``max_pairs``, only the first ``max_pairs`` usable pairs
+    Drops, with a count per reason, in this order of checks: answers that are not exactly one token
+    (``"multi-token answer"``), answers that are the tokenizer's unknown token (word-level
+    vocabularies), pairs whose two answers are the same token (``"same answer"``: the metric would
+    be 0), clean/patch prompts of different token length (``"unequal clean/patch length"``),
+    prompts with identical tokens (the patch would change nothing), prompts holding an unknown token,
+    and prompts longer than the model's ``n_ctx``. With ``max_pairs``, only the first ``max_pairs`` usable pairs
     are kept (the rest are counted as ``"over max_pairs"``). Kept pairs are grouped by length
     (ascending), in input order within a length, and split into batches of at most ``batch_size``.
 
@@ -216,12 +233,21 @@ def tokenize_pairs(model_or_tokenizer: Any, pairs: Sequence[PromptPair], *, batc
         if len(ca) != 1 or len(pa) != 1:
             dropped[DROP_MULTI_TOKEN] += 1
             continue
+        if tok.unk is not None and tok.unk in (ca[0], pa[0]):
+            dropped[DROP_UNK_ANSWER] += 1
+            continue
         if ca[0] == pa[0]:
             dropped[DROP_SAME_ANSWER] += 1
             continue
         c, q = tok(p.clean_prefix, prepend_bos), tok(p.patch_prefix, prepend_bos)
         if len(c) != len(q):
             dropped[DROP_UNEQUAL] += 1
+            continue
+        if c == q:
+            dropped[DROP_IDENTICAL] += 1
+            continue
+        if tok.unk is not None and (tok.unk in c or tok.unk in q):
+            dropped[DROP_UNK_PROMPT] += 1
             continue
         if tok.n_ctx is not None and len(c) > tok.n_ctx:
             dropped[DROP_TOO_LONG] += 1

@@ -29,7 +29,9 @@ authors that the guards like"); the relative-clause subject for ``within_rc`` ("
 the chefs" / "The athlete that the chef", answer agreeing with the RC subject). ``case`` is the
 clean prompt's numbers: ``"singular"``/``"plural"`` for simple, ``"<subject>_<pp noun>"`` for
 nounpp, ``"<main subject>_<rc subject>"`` for rc and within_rc. Cases are balanced: the i-th pair
-takes case ``i mod #cases`` before a seeded shuffle.
+takes case ``i mod #cases`` (order ``singular_singular, plural_plural, singular_plural,
+plural_singular``) before a seeded shuffle, so for even n exactly half the clean prompts have a
+singular agreeing noun.
 """
 
 from __future__ import annotations
@@ -230,7 +232,8 @@ def sva_pairs(structure: str, n: int, seed: int = 0, *, nouns: Sequence[tuple[st
     if structure == "simple":
         cases = list(_NUMBERS)
     else:
-        cases = [f"{x}_{y}" for x in _NUMBERS for y in _NUMBERS]
+        # ordered so that every prefix of two is balanced in the agreeing noun's number
+        cases = ["singular_singular", "plural_plural", "singular_plural", "plural_singular"]
 
     def num(name: str) -> int:
         return _NUMBERS.index(name)
