@@ -270,6 +270,7 @@ class BatchRecord:
     patch: dict[str, SiteState]
     grads: dict[str, SiteState]  # node gradients (path-averaged for IG)
     resid_pre: Optional[dict[int, torch.Tensor]] = None
+    ie: Optional[SiteIE] = None  # per-pair indirect effects {site: (features [B,T,F], vector [B,T])}
 
 
 def score_nodes_with_splice(
@@ -304,7 +305,8 @@ def score_nodes_with_splice(
             else:
                 ie = _exact_ie(splice, batch, clean, patch, resid_pre, m_clean, max_rows, cost)
         if keep_records:
-            records.append(BatchRecord(batch, clean, patch, grads or {}, resid_pre))
+            records.append(BatchRecord(batch, clean, patch, grads or {}, resid_pre,
+                                       {k: (None if f is None else f.detach(), v.detach()) for k, (f, v) in ie.items()}))
         m_clean_sum += float(m_clean.sum())
         m_patch_sum += float(m_patch.sum())
         for s, (ie_f, ie_v) in ie.items():
