@@ -1,0 +1,283 @@
+"""Export formats: node-link JSON round trip, GraphML, DOT, Neuronpedia attribution-graph JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import networkx as nx
+import pytest
+import torch
+
+from featcirc.circuit import PruneSettings, full_graph, prune
+from featcirc.export import (export, influence_scores, read_json, to_dot, to_neuronpedia, validate_neuronpedia,
+                             write_dot, write_graphml, write_json, write_neuronpedia)
+from featcirc.scores import EdgeScores, NodeScores
+from featcirc.sites import METRIC
+
+SITES = ["embed", "attn.0", "mlp.0", "resid.0", "resid.1"]
+
+
+def scored_graph(aggregation: str = "none") -> nx.DiGraph:
+    """A small full graph with every node kind's attributes, NaN activations (no acts given for
+    some sites) and edges; per-position (T = 3) or summed."""
+    T = 3
+    feats = {"embed": [[0.0, 0.2], [0.0, 0.0], [0.1, 0.0]], "attn.0": [[0.0, 0.0], [0.0, 0.6], [0.0, 0.0]],
+             "mlp.0": [[0.0, 0.0], [0.0, 0.0], [-0.45, 0.0]], "resid.0": [[0.0, 0.0], [0.0, 0.3], [0.7, 0.0]],
+             "resid.1": [[0.0, 0.0], [0.0, 0.0], [0.9, -0.5]]}
+    features = {s: torch.tensor(v) for s, v in feats.items()}
+    vectors = {s: torch.tensor([0.0, 0.02, 0.15]) for s in SITES}
+    feature_acts = {"resid.1": torch.full((T, 2), 3.0)}
+    if aggregation == "sum":
+        features = {s: v.sum(0) for s, v in features.items()}
+        vectors = {s: v.sum(0) for s, v in vectors.items()}
+        feature_acts = {s: v.sum(0) for s, v in feature_acts.items()}
+    ns = NodeScores(method="relp", level="feature", aggregation=aggregation, sites=list(SITES),
+                    features=features, vectors=vectors, feature_acts=feature_acts, n_pairs=5,
+                    metric_clean=3.25, info={"n_layers": 2, "rules": {"ln": True}, "ig_steps": None})
+    ids = {nid for nid, _ in ns.iter_nodes()}
+    at = (lambda p: f"@{p}") if aggregation == "none" else (lambda p: "")
+    cand = [(f"embed/1{at(0)}", f"attn.0/1{at(1)}", 0.2), (f"embed/0{at(2)}", f"mlp.0/0{at(2)}", -0.3),
+            (f"attn.0/1{at(1)}", f"resid.0/1{at(1)}", 0.5), (f"mlp.0/0{at(2)}", f"resid.0/0{at(2)}", 0.25),
+            (f"resid.0/1{at(1)}", f"resid.1/0{at(2)}", 0.4), (f"resid.0/0{at(2)}", f"resid.1/1{at(2)}", -0.6),
+            (f"resid.0/err{at(2)}", f"resid.1/0{at(2)}", 0.05),
+            (f"resid.1/0{at(2)}", METRIC, 0.9), (f"resid.1/1{at(2)}", METRIC, -0.5),
+            (f"resid.1/err{at(2)}", METRIC, 0.15)]
+    edges = {(u, v): w for u, v, w in cand if u in ids and (v in ids or v == METRIC)}
+    return full_graph(ns, EdgeScores(method="relp", aggregation=aggregation, edges=edges))
+
+
+def _eq(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_eq(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_eq(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def assert_graphs_equal(G: nx.DiGraph, H: nx.DiGraph) -> None:
+    """Equal nodes, edges and attributes (NaN equal to NaN; types must match)."""
+    assert H.is_directed() and not H.is_multigraph()
+    assert set(G.nodes) == set(H.nodes) and set(G.edges) == set(H.edges)
+    for n in G.nodes:
+        assert _eq(G.nodes[n], H.nodes[n]), (n, G.nodes[n], H.nodes[n])
+    for u, v in G.edges:
+        assert _eq(G.edges[u, v], H.edges[u, v]), (u, v)
+    assert _eq(G.graph, H.graph), (G.graph, H.graph)
+
+
+# ---------------------------------------------------------------------------------------- JSON
+@pytest.mark.parametrize("aggregation", ["none", "sum"])
+def test_json_round_trip(tmp_path, aggregation):
+    G = scored_graph(aggregation)
+    assert any(math.isnan(d["activation"]) for _, d in G.nodes(data=True))  # NaN survives the trip
+    for graph in (G, prune(G, PruneSettings(node_threshold=0.1))):
+        path = write_json(graph, tmp_path / "g.json")
+        text = path.read_text()
+        json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+        H = read_json(path)
+        assert_graphs_equal(graph, H)
+    # without NaN attributes networkx's own equality holds too
+    G2 = prune(G, PruneSettings(node_threshold=0.1))
+    for _, d in G2.nodes(data=True):
+        d["activation"] = 0.0 if math.isnan(d["activation"]) else d["activation"]
+    write_json(G2, tmp_path / "g2.json")
+    assert nx.utils.graphs_equal(G2, read_json(tmp_path / "g2.json"))
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave nothing behind
+
+
+def test_read_json_rejects_other_files(tmp_path):
+    (tmp_path / "x.json").write_text('{"a": 1}')
+    with pytest.raises(ValueError, match="node-link"):
+        read_json(tmp_path / "x.json")
+
+
+# ------------------------------------------------------------------------------------- GraphML
+def test_graphml_reads_back(tmp_path):
+    G = prune(scored_graph(), PruneSettings(node_threshold=0.1))
+    path = write_graphml(G, tmp_path / "g.graphml")
+    H = nx.read_graphml(path)
+    assert isinstance(H, nx.DiGraph)
+    assert set(H.nodes) == set(G.nodes) and set(H.edges) == set(G.edges)
+    for n, d in G.nodes(data=True):
+        h = H.nodes[n]
+        assert (h["site"], h["layer"], h["kind"], h["feature"], h["position"]) == \
+               (d["site"], d["layer"], d["kind"], d["feature"], d["position"])
+        assert _eq(h["score"], d["score"]) and _eq(h["activation"], d["activation"])
+    for u, v, d in G.edges(data=True):
+        assert H.edges[u, v]["weight"] == pytest.approx(d["weight"])
+    assert H.graph["method"] == "relp" and H.graph["n_layers"] == 2
+    assert json.loads(H.graph["sites"]) == SITES  # lists travel as JSON strings
+    assert json.loads(H.graph["info"]) == {"n_layers": 2, "rules": {"ln": True}, "ig_steps": None}
+    assert "top_k" not in H.graph  # None attributes are left out (GraphML has no null)
+
+
+# ----------------------------------------------------------------------------------------- DOT
+def test_dot_contains_every_node_and_edge(tmp_path):
+    G = prune(scored_graph(), PruneSettings(node_threshold=0.1))
+    text = write_dot(G, tmp_path / "g.dot", title='a "quoted" title').read_text()
+    assert text.startswith("digraph circuit {") and text.rstrip().endswith("}")
+    assert text.count("{") == text.count("}")
+    assert 'label="a \\"quoted\\" title"' in text
+    for n in G.nodes:
+        assert re.search(rf'^  "{re.escape(n)}" \[label=', text, re.M), n
+    for u, v in G.edges:
+        assert f'"{u}" -> "{v}"' in text
+    assert text.count(" -> ") == G.number_of_edges()
+    # ranks follow the forward order of sites: the metric's rank is the last
+    rank_lines = [ln for ln in text.splitlines() if "rank=same" in ln]
+    assert '"metric"' in rank_lines[-1] and "embed/" in rank_lines[0]
+    # colour by sign: a negative edge is red, a positive one blue
+    assert re.search(r'"resid.0/0@2" -> "resid.1/1@2" \[color="#b2182b"', text)
+    assert re.search(r'"resid.1/0@2" -> "metric" \[color="#2166ac"', text)
+    # error nodes are boxes
+    assert re.search(r'"resid.1/err@2" \[label="resid.1 err @2\\n[^"]*", shape=box', text)
+
+
+def test_dot_of_empty_circuit():
+    text = to_dot(prune(scored_graph(), PruneSettings(node_threshold=100.0)))
+    assert '"metric" [label=' in text and " -> " not in text
+
+
+# --------------------------------------------------------------------------------- Neuronpedia
+TOKENS = ["<bos>", " The", " keys"]
+NODE_KEYS = {"node_id": str, "feature": int, "layer": str, "ctx_idx": int, "feature_type": str,
+             "jsNodeId": str, "clerp": str}
+
+
+def check_neuronpedia_schema(d: dict) -> None:
+    """Every required key at every level of Neuronpedia's attribution-graph schema, by hand."""
+    assert set(d) >= {"metadata", "qParams", "nodes", "links"}
+    md = d["metadata"]
+    for k, t in {"slug": str, "scan": str, "prompt_tokens": list, "prompt": str, "node_threshold": float,
+                 "info": dict}.items():
+        assert isinstance(md[k], t), k
+    assert all(isinstance(t, str) for t in md["prompt_tokens"])
+    qp = d["qParams"]
+    assert isinstance(qp["pinnedIds"], list) and isinstance(qp["supernodes"], list)
+    assert isinstance(qp["linkType"], str)
+    ids = [n["node_id"] for n in d["nodes"]]
+    assert len(ids) == len(set(ids)) and len({n["jsNodeId"] for n in d["nodes"]}) == len(ids)
+    for n in d["nodes"]:
+        for k, t in NODE_KEYS.items():
+            assert isinstance(n[k], t) and not isinstance(n[k], bool), (k, n)
+        assert 0 <= n["ctx_idx"] < len(md["prompt_tokens"])
+        assert n["influence"] is None or isinstance(n["influence"], float)
+        assert n["activation"] is None or isinstance(n["activation"], float)
+    for ln in d["links"]:
+        assert set(ln) >= {"source", "target", "weight"}
+        assert ln["source"] in ids and ln["target"] in ids
+        assert isinstance(ln["weight"], float) and math.isfinite(ln["weight"])
+
+
+@pytest.mark.parametrize("aggregation", ["none", "sum"])
+def test_neuronpedia_schema_and_mapping(aggregation):
+    G = prune(scored_graph(aggregation), PruneSettings(node_threshold=0.1))
+    d = to_neuronpedia(G, slug="sva-relp", prompt="The keys", prompt_tokens=TOKENS, node_threshold=0.8,
+                       info={"description": "test graph"}, scan="gemma-3-270m")
+    check_neuronpedia_schema(d)
+    validate_neuronpedia(d)
+    json.dumps(d, allow_nan=False)
+    md = d["metadata"]
+    assert (md["slug"], md["scan"], md["prompt"], md["prompt_tokens"], md["node_threshold"]) == \
+           ("sva-relp", "gemma-3-270m", "The keys", TOKENS, 0.8)
+    assert md["info"]["description"] == "test graph" and md["info"]["generator"]["name"] == "featcirc"
+    assert md["pruning_settings"]["node_score_threshold"] == 0.1
+    assert md["generation_settings"]["method"] == "relp"
+    nodes = {n["node_id"]: n for n in d["nodes"]}
+    assert set(nodes) == set(G.nodes)
+    assert len(d["links"]) == G.number_of_edges()
+    assert {(ln["source"], ln["target"]): ln["weight"] for ln in d["links"]} == \
+           {(u, v): w for u, v, w in G.edges(data="weight")}
+    at = "@2" if aggregation == "none" else ""
+    f = nodes[f"resid.1/0{at}"]
+    assert (f["feature"], f["layer"], f["feature_type"], f["clerp"]) == \
+           (0, "1", "cross layer transcoder", f"resid.1 f0{' @2' if at else ''}")
+    assert f["ctx_idx"] == (2 if aggregation == "none" else 0)
+    assert f["activation"] == (3.0 if aggregation == "none" else 9.0)
+    e = nodes[f"resid.1/err{at}"]
+    assert (e["feature"], e["feature_type"]) == (-1, "mlp reconstruction error")
+    assert e["activation"] is None  # NaN activations become null
+    emb = [n for n in d["nodes"] if n["site"] == "embed"]
+    assert emb and all(n["layer"] == "E" for n in emb)
+    m = nodes[METRIC]
+    assert m["feature_type"] == "logit" and m["influence"] is None and "(p=" in m["clerp"]
+    assert m["layer"] == "2" and m["ctx_idx"] == (len(TOKENS) - 1 if aggregation == "none" else 0)
+    # influence: cumulative share of |score|, increasing as |score| decreases, last one exactly 1
+    infl = influence_scores(G)
+    ranked = sorted(infl, key=lambda n: infl[n])
+    mags = [abs(G.nodes[n]["score"]) for n in ranked]
+    assert mags == sorted(mags, reverse=True) and infl[ranked[-1]] == 1.0
+    assert infl[ranked[0]] == pytest.approx(mags[0] / sum(mags))
+    assert all(nodes[n]["influence"] == infl[n] for n in infl)
+
+
+def test_neuronpedia_component_nodes():
+    ns = NodeScores(method="atp", level="component", aggregation="sum", sites=["attn.0", "resid.0"],
+                    features={}, vectors={"attn.0": torch.tensor(0.4), "resid.0": torch.tensor(0.8)},
+                    n_pairs=1, metric_clean=1.0)
+    es = EdgeScores(method="atp", aggregation="sum", edges={("attn.0", "resid.0"): 0.4, ("resid.0", METRIC): 0.8})
+    d = to_neuronpedia(full_graph(ns, es), slug="c", prompt="x", prompt_tokens=["x"])
+    validate_neuronpedia(d)
+    comp = {n["node_id"]: n for n in d["nodes"]}["attn.0"]
+    assert (comp["feature"], comp["feature_type"], comp["clerp"], comp["kind"]) == \
+           (-1, "mlp reconstruction error", "attn.0", "component")
+
+
+def test_neuronpedia_validator_catches_problems():
+    G = prune(scored_graph(), PruneSettings(node_threshold=0.1))
+    good = to_neuronpedia(G, slug="s", prompt="p", prompt_tokens=TOKENS)
+    validate_neuronpedia(good)
+
+    def broken(edit):
+        d = json.loads(json.dumps(good))
+        edit(d)
+        with pytest.raises(ValueError, match="invalid Neuronpedia graph"):
+            validate_neuronpedia(d)
+
+    broken(lambda d: d.pop("qParams"))
+    broken(lambda d: d["metadata"].pop("scan"))
+    broken(lambda d: d["qParams"].pop("linkType"))
+    broken(lambda d: d["nodes"][0].pop("jsNodeId"))
+    broken(lambda d: d["nodes"][0].update(layer=None))
+    broken(lambda d: d["nodes"][0].update(ctx_idx=99))
+    broken(lambda d: d["nodes"].append(dict(d["nodes"][0])))  # duplicate node id
+    broken(lambda d: d["links"].append({"source": "nowhere", "target": METRIC, "weight": 1.0}))
+    broken(lambda d: d["links"][0].update(weight="heavy"))
+    broken(lambda d: [n.update(clerp="out") for n in d["nodes"] if n["feature_type"] == "logit"])
+
+
+def test_neuronpedia_argument_checks():
+    G = prune(scored_graph(), PruneSettings(node_threshold=0.1))
+    with pytest.raises(ValueError, match="prompt_tokens"):
+        to_neuronpedia(G, slug="s", prompt="p", prompt_tokens=TOKENS[:2])  # nodes sit at position 2
+    with pytest.raises(ValueError, match="cumulative"):
+        to_neuronpedia(G, slug="s", prompt="p", prompt_tokens=TOKENS, node_threshold=5.0)
+    with pytest.raises(ValueError, match="slug"):
+        to_neuronpedia(G, slug="has space", prompt="p", prompt_tokens=TOKENS)
+    # summed graphs need no particular prompt length
+    to_neuronpedia(prune(scored_graph("sum"), PruneSettings(node_threshold=0.1)), slug="s", prompt="",
+                   prompt_tokens=[])
+
+
+def test_write_neuronpedia_and_export(tmp_path):
+    G = prune(scored_graph(), PruneSettings(node_threshold=0.1))
+    p = write_neuronpedia(G, tmp_path / "np.json", slug="s", prompt="The keys", prompt_tokens=TOKENS)
+    check_neuronpedia_schema(json.loads(p.read_text()))
+    paths = export(G, tmp_path / "out", slug="s", prompt="The keys", prompt_tokens=TOKENS)
+    assert set(paths) == {"json", "graphml", "dot", "neuronpedia"}
+    assert [p.name for p in paths.values()] == ["circuit.json", "circuit.graphml", "circuit.dot",
+                                                "circuit.neuronpedia.json"]
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths.values())
+    assert_graphs_equal(G, read_json(paths["json"]))
+    validate_neuronpedia(json.loads(paths["neuronpedia"].read_text()))
+    assert sorted(x.name for x in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths.values())
+    only = export(G, tmp_path / "o2", formats=("json", "dot"), stem="c")
+    assert sorted(only) == ["dot", "json"] and only["dot"].name == "c.dot"
+    with pytest.raises(ValueError, match="unknown export format"):
+        export(G, tmp_path / "o3", formats=("svg",))
+    with pytest.raises(ValueError, match="slug"):
+        export(G, tmp_path / "o4", formats=("neuronpedia",))
