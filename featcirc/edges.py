@@ -177,6 +177,8 @@ def _edge_weights(grad: SiteState, delta: SiteState, cands: SiteCandidates, summ
         w = (grad.vector * delta.vector).sum(-1)  # [K, T]
         cols.append(w.sum(1, keepdim=True) if summed
                     else w[:, cands.vec_pos.clamp(max=T - 1)] * (cands.vec_pos < T))
+    if not cols:
+        return grad.vector.new_zeros(grad.vector.shape[0], 0)
     return torch.cat(cols, dim=1)
 
 

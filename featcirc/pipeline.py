@@ -84,7 +84,7 @@ def _data(model, cfg: "RunConfig | dict"):
 
 
 def _example_prompt(model, data) -> tuple[str, list[str]]:
-    batch = data.batches[0]
+    batch = max(data.batches, key=lambda b: b.clean.shape[1])  # node positions fit the longest prompt
     toks = batch.clean[0]
     return batch.pairs[0].clean_prefix, [model.tokenizer.decode([int(t)]) for t in toks]
 
