@@ -191,15 +191,28 @@ class _Rows:
     weight: torch.Tensor  # [K] 1/N for IG steps, else 1
 
 
-def _make_rows(graph: BlockGraph, cands: Mapping[str, SiteCandidates], B: int, T: int,
+def _make_rows(graph: BlockGraph, cands: Mapping[str, SiteCandidates], record: BatchRecord,
                alphas: torch.Tensor, summed: bool) -> _Rows:
+    """One row per (pair, downstream candidate[, alpha]). Rows whose node cannot receive an edge are
+    skipped: positions beyond the pair's length and, when the Jacobian is taken on the clean run
+    only (not IG), features inactive there (their encoder's Jacobian is zero for ReLU / JumpReLU /
+    TopK SAEs)."""
+    clean_only = bool((alphas == 0).all())
+    B, T = record.batch.clean.shape
     pair, site, index, alpha = [], [], [], []
     for d in graph.parents:
         c = cands[d]
-        pos = torch.cat([c.feat_pos, c.vec_pos])
-        valid = torch.ones(len(c), dtype=torch.bool) if summed else pos < T
-        idx = torch.nonzero(valid).flatten()
+        nf = len(c.feat_idx)
         for b in range(B):
+            valid = torch.ones(len(c), dtype=torch.bool)
+            if not summed:
+                valid &= torch.cat([c.feat_pos, c.vec_pos]) < T
+            f = record.clean[d].features
+            if nf and f is not None and clean_only:
+                acts = f[b] if summed else f[b, c.feat_pos.clamp(max=T - 1)]
+                active = (acts[:, c.feat_idx] != 0).any(0) if summed else acts[torch.arange(nf), c.feat_idx] != 0
+                valid[:nf] &= active
+            idx = torch.nonzero(valid).flatten()
             for a in alphas:
                 pair.append(torch.full((len(idx),), b))
                 index.append(idx)
@@ -211,26 +224,29 @@ def _make_rows(graph: BlockGraph, cands: Mapping[str, SiteCandidates], B: int, T
                  torch.full((n,), 1.0 / len(alphas)))
 
 
-def _grad_outputs(splice: Splice, d: str, rows_sel: torch.Tensor, rows: _Rows, lo: int,
-                  cands: SiteCandidates, grads: SiteState, like: SiteState, summed: bool) -> SiteState:
-    """One-hot ``grad_outputs`` for site ``d``: row k carries ``g_d`` at its node, zero elsewhere."""
+def _grad_outputs(sel: torch.Tensor, pair: torch.Tensor, index: torch.Tensor, cands: SiteCandidates,
+                  grads: SiteState, like: SiteState, summed: bool) -> SiteState:
+    """One-hot ``grad_outputs`` for one site: row ``sel[k]`` carries ``g_d`` at its node only."""
     gf = None if like.features is None else torch.zeros_like(like.features)
     gv = torch.zeros_like(like.vector)
+    T = gv.shape[1]
     nf = len(cands.feat_idx)
-    for k in rows_sel.tolist():
-        b, j = int(rows.pair[lo + k]), int(rows.index[lo + k])
-        if j < nf:
-            i, p = int(cands.feat_idx[j]), int(cands.feat_pos[j])
-            if summed:
-                gf[k, :, i] = grads.features[b, :, i]
-            else:
-                gf[k, p, i] = grads.features[b, p, i]
+    is_f = index < nf
+    if is_f.any():
+        k, b, j = sel[is_f], pair[is_f], index[is_f]
+        i, p = cands.feat_idx[j], cands.feat_pos[j]
+        if summed:
+            t = torch.arange(T)[None, :]
+            gf[k[:, None], t, i[:, None]] = grads.features[b[:, None], t, i[:, None]]
         else:
-            p = int(cands.vec_pos[j - nf])
-            if summed:
-                gv[k] = grads.vector[b]
-            else:
-                gv[k, p] = grads.vector[b, p]
+            gf[k, p, i] = grads.features[b, p, i]
+    if (~is_f).any():
+        k, b, j = sel[~is_f], pair[~is_f], index[~is_f]
+        if summed:
+            gv[k] = grads.vector[b]
+        else:
+            p = cands.vec_pos[j - nf]
+            gv[k, p] = grads.vector[b, p]
     return SiteState(gf, gv)
 
 
@@ -238,16 +254,16 @@ def block_edges(splice: Splice, graph: BlockGraph, record: BatchRecord, resid_pr
                 cands: Mapping[str, SiteCandidates], alphas: torch.Tensor, rules: LRPRules,
                 summed: bool, max_rows: int, cost: Cost) -> dict[tuple[str, str], torch.Tensor]:
     """Edge sums ``{(d, u): [n_cand(d), n_cand(u)]}`` of one block over the pairs of one batch."""
-    B, T = record.batch.clean.shape
-    rows = _make_rows(graph, cands, B, T, alphas, summed)
+    rows = _make_rows(graph, cands, record, alphas, summed)
+    site_code = {d: n for n, d in enumerate(graph.parents)}
+    row_site = torch.tensor([site_code[s] for s in rows.site], dtype=torch.long)
     out = {(d, u): torch.zeros(len(cands[d]), len(cands[u])) for d, ps in graph.parents.items() for u in ps}
     deltas = {u: SiteState(None if record.clean[u].features is None
                            else record.patch[u].features - record.clean[u].features,
                            record.patch[u].vector - record.clean[u].vector)
               for u in graph.leaf_sites}
-    site_arr = list(rows.site)
-    for lo in range(0, len(site_arr), max_rows):
-        hi = min(lo + max_rows, len(site_arr))
+    for lo in range(0, len(row_site), max_rows):
+        hi = min(lo + max_rows, len(row_site))
         pair, alpha = rows.pair[lo:hi], rows.alpha[lo:hi]
         leaves = {u: _row_values(record.clean[u], record.patch[u], pair, alpha) for u in graph.leaf_sites}
         if graph.upstream_resid:
@@ -256,12 +272,13 @@ def block_edges(splice: Splice, graph: BlockGraph, record: BatchRecord, resid_pr
             resid_in = resid_pre[pair]
         down = _block_forward(splice, graph, leaves, resid_in, rules)
         outputs, grad_outputs = [], []
-        chunk_sites = site_arr[lo:hi]
-        for d in graph.parents:
-            sel = torch.tensor([k for k, s in enumerate(chunk_sites) if s == d], dtype=torch.long)
+        chunk_site = row_site[lo:hi]
+        sels = {d: torch.nonzero(chunk_site == site_code[d]).flatten() for d in graph.parents}
+        for d, sel in sels.items():
             if not len(sel):
                 continue
-            go = _grad_outputs(splice, d, sel, rows, lo, cands[d], record.grads[d], down[d], summed)
+            go = _grad_outputs(sel, rows.pair[lo:hi][sel], rows.index[lo:hi][sel], cands[d],
+                               record.grads[d], down[d], summed)
             if go.features is not None:
                 outputs.append(down[d].features)
                 grad_outputs.append(go.features)
@@ -291,11 +308,8 @@ def block_edges(splice: Splice, graph: BlockGraph, record: BatchRecord, resid_pr
             dl = SiteState(None if deltas[u].features is None else deltas[u].features[pair],
                            deltas[u].vector[pair])
             w = _edge_weights(SiteState(gf, gv), dl, cands[u], summed) * w_row[:, None]
-            for d in graph.parents:
-                if u not in graph.parents[d]:
-                    continue
-                sel = torch.tensor([k for k, s in enumerate(chunk_sites) if s == d], dtype=torch.long)
-                if len(sel):
+            for d, sel in sels.items():
+                if u in graph.parents[d] and len(sel):
                     out[(d, u)].index_add_(0, rows.index[lo:hi][sel], w[sel].detach().float())
     return out
 
