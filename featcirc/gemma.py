@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Union
@@ -265,7 +266,7 @@ def build_cache(cache: Optional[Path] = None, *, log: Callable[[str], None] = la
     cache = gemma_cache_dir() if cache is None else Path(cache)
     path = gguf_path()
     cfg = gemma_config()
-    log(f"converting {path} -> {cache}")
+    log(f"first load of Gemma-3-270M: converting {path} into the cache {cache} (about a minute)")
     sd = convert_gguf_tensors(read_gguf_tensors(path), cfg, tie=False)
     with atomic_path(cache / STATE_FILE) as tmp:
         save_file(sd, str(tmp), metadata={"format": CACHE_FORMAT, "gguf_sha256": gguf_sha256()})
@@ -300,11 +301,12 @@ def load_gemma_3_270m(
     dtype: torch.dtype = torch.float32,
     *,
     cache: Optional[Path] = None,
-    log: Callable[[str], None] = lambda s: None,
+    log: Callable[[str], None] = lambda s: print(f"featcirc: {s}", file=sys.stderr),
 ) -> HookedTransformer:
     """Gemma-3-270M as a ``HookedTransformer`` in eval mode, offline (no weight processing).
 
-    The first call converts the GGUF into the cache (~40 s); later calls read the cache (seconds).
+    The first call converts the GGUF into the cache (40-90 s on 2 cores; ``log`` reports it, on
+    stderr by default); later calls read the cache (~7 s).
     Raises :class:`GemmaUnavailableError` when the ``gemma`` extra is missing.
     """
     from safetensors.torch import load_file

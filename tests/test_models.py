@@ -21,6 +21,18 @@ from conftest import make_model
 # ---------------------------------------------------------------- name dispatch and errors
 
 
+@pytest.fixture(autouse=True)
+def _undo_tiny_import():
+    """Leave ``featcirc.tiny`` un-imported if it was: other tests stub it through ``sys.modules``,
+    which ``from featcirc import tiny`` bypasses once the package has the attribute."""
+    had_attr, had_module = "tiny" in vars(featcirc), "featcirc.tiny" in sys.modules
+    yield
+    if not had_attr:
+        vars(featcirc).pop("tiny", None)
+    if not had_module:
+        sys.modules.pop("featcirc.tiny", None)
+
+
 def test_known_models_and_lazy_export():
     assert KNOWN_MODELS == ("tiny", "gemma-3-270m")
     assert featcirc.load_model is load_model
