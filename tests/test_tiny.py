@@ -49,22 +49,24 @@ def test_every_site_has_an_sae_that_fits(model):
 
     dirs = sorted(p.name for p in TINY_SAE_DIR.iterdir() if p.is_dir())
     assert sorted(s.name for s in all_sites(model.cfg.n_layers)) == dirs
+    hooks = {Site.parse(name).hook_name for name in dirs}
+    acts: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
+    for text in ("The authors near the desk are happy.", "Mary went to the park. Then Mary ate a cake.",
+                 "When Mary and John went to the store, John gave a drink to Mary."):
+        _, cache = model.run_with_cache(model.to_tokens(text), names_filter=lambda n: n in hooks)
+        for h in hooks:
+            acts[h].append(cache[h][0, 1:])  # BOS excluded
     for name in dirs:
         sae = SAE.load_from_disk(str(TINY_SAE_DIR / name))
         assert sae.cfg.d_in == model.cfg.d_model
         assert sae.cfg.metadata.hook_name == Site.parse(name).hook_name
         # the SAE reconstructs its site's activations well (FVE > 0.8) with a sparse code
-        xs = []
-        for text in ("The authors near the desk are happy.", "Mary went to the park. Then Mary ate a cake.",
-                     "When Mary and John went to the store, John gave a drink to Mary."):
-            _, cache = model.run_with_cache(model.to_tokens(text), names_filter=sae.cfg.metadata.hook_name)
-            xs.append(cache[sae.cfg.metadata.hook_name][0, 1:])  # BOS excluded
-        x = torch.cat(xs)
+        x = torch.cat(acts[sae.cfg.metadata.hook_name])
         with torch.no_grad():
             f = sae.encode(x)
             fve = 1 - ((x - sae.decode(f)) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
         assert fve > 0.8, (name, fve)
-        assert (f > 0).sum(-1).float().mean() <= 64
+        assert 1 <= (f > 0).sum(-1).float().mean() <= 64
 
 
 def test_heldout_split_is_disjoint_and_files_use_only_heldout_words():
@@ -122,7 +124,7 @@ def test_behaviour_on_fresh_heldout_pairs(model, task):
 
 
 def test_bundled_heldout_pairs_behave(model):
-    pairs = read_pairs(heldout_path("ioi"))
+    pairs = read_pairs(heldout_path("ioi"))[:120]
     frac = _frac_positive(model, pairs)
     assert frac["ABBA"] >= 0.85 and frac["BABA"] >= 0.85, frac
 
