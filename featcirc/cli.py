@@ -77,6 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="featcirc: %(message)s")
     progress = not args.quiet
     from featcirc import pipeline
+    from featcirc.models import ModelLoadError
 
     try:
         if args.command == "discover":
@@ -119,7 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"demo: {summ['method']} circuit on {summ['data']}: {summ['n_nodes']} nodes, "
                   f"{summ['n_edges']} edges; smallest circuit with faithfulness >= 0.8: "
                   f"{best['n_nodes']} nodes (F = {best['faithfulness']:.3f}) -> {args.out}/")
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError, ModelLoadError) as e:
         print(f"featcirc {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0
