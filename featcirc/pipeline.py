@@ -340,12 +340,12 @@ def compare(model_name: str, saes_spec: Optional[str], out: "str | Path", *, lev
 
 
 def demo(out: "str | Path" = "featcirc-demo", *, force: bool = False, task: str = "sva-nounpp",
-         method: str = "relp", n: int = 32, progress: bool = True) -> dict:
+         method: str = "relp", n: int = 16, max_nodes: int = 300, progress: bool = True) -> dict:
     """Discover and evaluate a circuit on the bundled tiny model with a built-in task."""
     from featcirc.tiny import heldout_path
 
     cfg = RunConfig(model="tiny", saes="tiny", method=method, level="feature", aggregation="none",
-                    data=str(heldout_path(task)), n=n, top_k=100, max_nodes=1000)
+                    data=str(heldout_path(task)), n=n, top_k=100, max_nodes=max_nodes)
     summ = discover(cfg, out, force=force, progress=progress)
     points = evaluate(out, progress=progress)
     best = max(points, key=lambda p: (p.faithfulness >= 0.8, -p.n_nodes if p.faithfulness >= 0.8 else p.faithfulness))
