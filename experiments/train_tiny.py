@@ -107,7 +107,7 @@ def filler_sentence(rng: random.Random, split: dict[str, Any]) -> str:
     noun = rng.choice(tasks.NOUNS)
     pp = rng.choice(tasks.PP_NOUNS)
     num = rng.randrange(2)
-    rv = rng.choice(tasks.RC_VERBS)
+    rv, rv2 = rng.choice(tasks.RC_VERBS), rng.choice(tasks.RC_VERBS)
     vp = rng.choice(tasks.VERB_PAIRS)
     adj = rng.choice(ADJECTIVES)
     prep = rng.choice(tasks.PREPOSITIONS)
@@ -141,6 +141,9 @@ def filler_sentence(rng: random.Random, split: dict[str, Any]) -> str:
         f"{a} saw a {obj}. Then {a} took the {obj} home.",
         f"{a} gave a {obj} to {b}. {b} was {adj}.",
         f"{a} and {b} were at the {place}. Then {who} went home.",
+        # a noun in object position carrying its number into a subject relative clause
+        f"{a} {rv[0]} the {noun[num]} that {rv2[num]} the {pp[rng.randrange(2)]}.",
+        f"{a} met the {noun[num]} that {rv2[num]} {b}.",
     ]
     return templates[rng.randrange(len(templates))]
 
@@ -394,11 +397,11 @@ def write_card(out: Path, info: dict[str, Any]) -> None:
         f"{s['corpus']['ioi'] // 2:,} `featcirc.tasks.ioi_pairs`, each followed by its answer and a full stop), "
         f"{s['corpus']['sva']:,} SVA sentences ({s['corpus']['sva'] // 8:,} pairs of each structure "
         "simple / nounpp / rc / within_rc from `featcirc.tasks.sva_pairs`, both prompts, each with its "
-        f"agreeing verb and a continuation word), and {s['corpus']['filler']:,} filler sentences from 26 "
+        f"agreeing verb and a continuation word), and {s['corpus']['filler']:,} filler sentences from 28 "
         "templates about names, places, objects and nouns.",
         f"Next-token cross-entropy on every real token, AdamW (lr {s['train']['lr']}, warm-up + cosine), "
         f"batch {s['train']['batch']} sentences, {s['train']['steps']:,} steps, final loss "
-        f"{s['train']['final_loss']:.3f}, {s['train']['seconds'] / 60:.1f} min on {s['train']['threads']} CPU threads.",
+        f"{s['train']['final_loss']:.3f}, {s['train']['seconds'] / 60:.1f} min with torch on {s['train']['threads']} CPU thread(s).",
         "",
         "### Held out (never in an IOI or SVA training item)",
         "",
@@ -408,8 +411,10 @@ def write_card(out: Path, info: dict[str, Any]) -> None:
         f"- SVA nouns ({len(s['split']['heldout_nouns'])} of {len(s['split']['heldout_nouns']) + len(s['split']['train_nouns'])}): "
         + ", ".join(f"{a}/{b}" for a, b in s["split"]["heldout_nouns"]) + ". In filler they show their "
         "number only through a transitive verb in simple sentences (\"The authors like the cars.\"), "
-        "never with the answer verbs is/are, has/have, was/were, does/do, goes/go, and never in a "
-        "prepositional-phrase or relative-clause sentence as the agreeing noun.",
+        "or as the object of a main clause whose subject relative clause agrees with them (\"Mary met "
+        "the authors that like John.\"), never with the answer verbs is/are, has/have, was/were, "
+        "does/do, goes/go, and never as the agreeing noun of a simple / nounpp / rc / within_rc "
+        "sentence.",
         "- IOI templates: one per kind, " + "; ".join(f"{k}: \"{v[0]}\"" for k, v in s["split"]["heldout_templates"].items()) + ".",
         "",
         "Held-out pairs (`heldout_*.jsonl`, featcirc JSONL, made after training with a seed the",
@@ -481,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=TINY_DIR, help="bundle directory (default: the package's)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=3500, help="model training steps")
+    ap.add_argument("--steps", type=int, default=5000, help="model training steps")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--n-ioi", type=int, default=12000, help="IOI training pairs (2 sentences each)")
@@ -492,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--sae-batch", type=int, default=1024)
     ap.add_argument("--sae-lr", type=float, default=2e-3)
     ap.add_argument("--d-sae", type=int, default=768)
-    ap.add_argument("--k", type=int, default=24)
+    ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--sae-sentences", type=int, default=8000, help="corpus sentences for SAE activations")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core CPU)")
     args = ap.parse_args(argv)
@@ -500,8 +505,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out: Path = args.out
-    command = "PYTHONPATH=. python experiments/train_tiny.py" + "".join(
-        f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    given = list(argv if argv is not None else sys.argv[1:])
+    for i, a in enumerate(given):  # the output directory does not change the numbers
+        if a == "--out":
+            given[i:i + 2] = ["", ""]
+        elif a.startswith("--out="):
+            given[i] = ""
+    command = "PYTHONPATH=. python experiments/train_tiny.py" + "".join(f" {a}" for a in given if a)
     t_start = time.time()
 
     def log(msg: str) -> None:

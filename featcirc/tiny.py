@@ -142,7 +142,7 @@ def heldout_vocab() -> dict:
     held-out pairs, e.g. ``make_task("ioi", 64, seed, **heldout_vocab()["heldout_kwargs"]["ioi"])``:
     IOI = the held-out templates with training names; SVA = held-out nouns) and
     ``ioi_heldout_names_kwargs`` (``ioi_pairs`` arguments with held-out names in every template: a
-    harder probe that this model does not pass, see the card).
+    harder probe, whose result the card reports).
     """
     path = TINY_DIR / "vocab_split.json"
     if not path.is_file():
