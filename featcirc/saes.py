@@ -416,7 +416,9 @@ def _load_named(
 
 def _tiny_dir() -> Path:
     try:
-        from featcirc import tiny  # the tiny model's module, which owns its bundled SAEs
+        import importlib
+
+        tiny = importlib.import_module("featcirc.tiny")  # the tiny model's module, owner of its SAEs
     except ImportError as e:
         raise FileNotFoundError(
             f"SAE set 'tiny' needs featcirc.tiny (the project's tiny model), which cannot be imported: {e}"
@@ -425,7 +427,7 @@ def _tiny_dir() -> Path:
     if path is None or not Path(path).is_dir():
         raise FileNotFoundError(
             f"the tiny model's SAEs are missing: featcirc.tiny.TINY_SAE_DIR = {path} is not a directory; "
-            "reinstall featcirc or rebuild the tiny model's SAEs with featcirc.tiny"
+            "reinstall featcirc or rebuild the bundle with experiments/train_tiny.py"
         )
     return Path(path)
 

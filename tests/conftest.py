@@ -10,6 +10,10 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from featcirc.data import PairBatch, PairDataset, PromptPair
 from featcirc.sites import all_sites
 
+# One thread: on a small shared CPU torch's default thread pool is many times slower for these
+# tiny tensors.
+torch.set_num_threads(1)
+
 D_VOCAB = 61
 
 
