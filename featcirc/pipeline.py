@@ -340,7 +340,7 @@ def compare(model_name: str, saes_spec: Optional[str], out: "str | Path", *, lev
 
 
 def demo(out: "str | Path" = "featcirc-demo", *, force: bool = False, task: str = "sva-nounpp",
-         method: str = "relp", n: int = 16, max_nodes: int = 300, progress: bool = True) -> dict:
+         method: str = "relp", n: int = 32, max_nodes: int = 500, progress: bool = True) -> dict:
     """Discover and evaluate a circuit on the bundled tiny model with a built-in task."""
     from featcirc.tiny import heldout_path
 
