@@ -14,8 +14,8 @@ import numpy as np
 from featcirc.attribution import ScoreSettings, make_splice, score_nodes_with_splice
 from featcirc.data import load_pairs
 from featcirc.models import load_model
-from featcirc.pipeline import _cells, _pearson
 from featcirc.rules import LRPRules
+from featcirc.stats import pearson, score_cells
 
 RULES = ("ln", "attention", "activation", "gate")
 
@@ -36,7 +36,7 @@ def main() -> None:
 
     def cells(method: str, rules: LRPRules = LRPRules()):
         s = ScoreSettings(method, "component", "none", rules=rules)
-        return _cells(score_nodes_with_splice(splice, data, s, progress=False, keep_records=True)[1], "component")
+        return score_cells(score_nodes_with_splice(splice, data, s, progress=False, keep_records=True)[1], "component")
 
     ref = cells("exact")
     variants = {"atp": cells("atp"), "relp (all rules)": cells("relp")}
@@ -49,7 +49,7 @@ def main() -> None:
         rs = []
         for k in kinds:
             keep = (ref[k] != 0) | (c[k] != 0)
-            rs.append(_pearson(ref[k][keep], c[k][keep]))
+            rs.append(pearson(ref[k][keep], c[k][keep]))
         print(f"{name:28s}" + "".join(f"{r:9.3f}" if np.isfinite(r) else f"{'nan':>9s}" for r in rs))
 
 

@@ -399,11 +399,22 @@ def score_graph(
                              rules if rules is not None else LRPRules())
     splice = make_splice(model, level, saes, sites)
     nodes, records = score_nodes_with_splice(splice, data, settings, progress=progress, keep_records=True)
+    return nodes, score_edges(splice, nodes, records, settings, max_nodes=max_nodes, naive=naive,
+                              progress=progress)
+
+
+def score_edges(splice: Splice, nodes: NodeScores, records: list[BatchRecord], settings: ScoreSettings, *,
+                max_nodes: Optional[int] = 1000, naive: bool = False, progress: bool = True) -> EdgeScores:
+    """Edge scores from a node pass's per-batch records (``score_nodes_with_splice(keep_records=True)``)."""
+    method, model = settings.method, splice.model
+    if method not in ("relp", "atp", "ig"):
+        raise ValueError(f"edges need a gradient method (relp, atp or ig), not {method!r}")
     edge_rules = settings.rules if method == "relp" else LRPRules.none()
-    alphas = torch.arange(ig_steps, dtype=torch.float32) / ig_steps if method == "ig" else torch.zeros(1)
+    alphas = (torch.arange(settings.ig_steps, dtype=torch.float32) / settings.ig_steps if method == "ig"
+              else torch.zeros(1))
     cands = select_candidates(nodes, max_nodes)
     graphs = block_graphs(model, splice)
-    summed = aggregation == "sum"
+    summed = settings.aggregation == "sum"
     cost = Cost()
     t0 = time.perf_counter()
     need_resid_pre = any(g.upstream_resid is None for g in graphs)
@@ -412,20 +423,20 @@ def score_graph(
         resid_pre = _clean_resid_pre(model, record, cost) if need_resid_pre else {}
         for graph in graphs:
             fn = naive_block_edges if naive else block_edges
-            kwargs = {} if naive else dict(max_rows=max_rows)
+            kwargs = {} if naive else dict(max_rows=settings.max_rows)
             part = fn(splice, graph, record, resid_pre.get(graph.layer), cands, alphas, edge_rules,
                       summed, cost=cost, **kwargs)
             for key, val in part.items():
                 totals[key] = totals[key] + val if key in totals else val
     edges: dict[tuple[str, str], float] = {}
     for (d, u), w in totals.items():
-        w = w / data.n_pairs
+        w = w / nodes.n_pairs
         for j, i in torch.nonzero(w).tolist():
             edges[(cands[u].ids[i], cands[d].ids[j])] = float(w[j, i])
     for u, w in _metric_edges(nodes, cands, splice).items():
         edges[(u, METRIC)] = w
     cost.seconds = time.perf_counter() - t0
-    return nodes, EdgeScores(method=method, aggregation=aggregation, edges=edges, cost=cost,
+    return EdgeScores(method=method, aggregation=settings.aggregation, edges=edges, cost=cost,
                              info=dict(max_nodes=max_nodes, n_candidates=sum(len(c) for c in cands.values()),
                                        naive=naive))
 

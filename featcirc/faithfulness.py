@@ -32,7 +32,7 @@ from featcirc.attribution import make_splice
 from featcirc.circuit import PruneSettings, circuit_nodes, prune
 from featcirc.data import PairBatch, PairDataset
 from featcirc.metric import logit_diff_from_resid
-from featcirc.sites import METRIC, Site, parse_node_id
+from featcirc.sites import METRIC, parse_node_id
 from featcirc.splice import SiteState, Splice
 
 ABLATIONS = ("mean", "zero", "resample")

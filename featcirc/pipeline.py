@@ -13,11 +13,9 @@ import io
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
-
-import numpy as np
 
 from featcirc.io import prepare_out_dir, write_json, write_text
 
@@ -127,7 +125,7 @@ def discover(cfg: RunConfig, out: "str | Path", *, force: bool = False, progress
     write_dot(C, out / "circuit.dot", title=f"{cfg.model} {cfg.method}")
     slug = f"featcirc-{cfg.model}-{cfg.method}".replace("/", "-")
     write_neuronpedia(C, out / "neuronpedia.json", slug=slug, prompt=prompt,
-                      prompt_tokens=tokens if cfg.aggregation == "none" else tokens,
+                      prompt_tokens=tokens,
                       info=dict(description=f"featcirc {cfg.method} circuit on {data.source}"))
     draw_circuit(C, out / "circuit.png", title=f"{cfg.model} — {cfg.method} circuit ({data.source})")
     phases["circuit+export"] = time.perf_counter() - t0
@@ -221,37 +219,6 @@ def export_run(run_dir: "str | Path", fmt: str) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-def _cells(records, level: str) -> dict[str, dict[str, np.ndarray]]:
-    """Per-pair, per-position cells of one method's scores, grouped by site kind and node kind."""
-    from featcirc.sites import Site
-
-    groups: dict[str, list[np.ndarray]] = {}
-    for rec in records:
-        for s, (ie_f, ie_v) in rec.ie.items():
-            kind = Site.parse(s).kind
-            vkind = "error" if level == "feature" else None
-            v = ie_v.flatten().numpy()
-            groups.setdefault(kind, []).append(v)
-            if vkind:
-                groups.setdefault(vkind, []).append(v)
-            if ie_f is not None:
-                f = ie_f.flatten().numpy()
-                groups[kind].append(f)
-                groups.setdefault("feature", []).append(f)
-    return {k: np.concatenate(v) for k, v in groups.items()}
-
-
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    if len(x) < 2 or np.std(x) == 0 or np.std(y) == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
-
-
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    rank = lambda a: np.argsort(np.argsort(a, kind="stable"), kind="stable").astype(float)  # noqa: E731
-    return _pearson(rank(x), rank(y))
-
-
 def compare(model_name: str, saes_spec: Optional[str], out: "str | Path", *, level: str = "component",
             methods: Sequence[str] = ("exact", "atp", "relp", "ig"), data: Optional[str] = None,
             task: Optional[str] = None, n: int = 32, seed: int = 0, batch_size: int = 16, ig_steps: int = 10,
@@ -260,6 +227,7 @@ def compare(model_name: str, saes_spec: Optional[str], out: "str | Path", *, lev
     level faithfulness curves of each method's circuits."""
     from featcirc.attribution import ScoreSettings, make_splice, score_nodes_with_splice
     from featcirc.plot import plot_faithfulness, plot_scatter
+    from featcirc.stats import pearson, score_cells, spearman
 
     out = prepare_out_dir(out, force, "correlations.csv")
     methods = list(dict.fromkeys(methods))
@@ -273,20 +241,19 @@ def compare(model_name: str, saes_spec: Optional[str], out: "str | Path", *, lev
     for method in methods:
         logger.info("compare: %s", method)
         if level == "feature" and method != "exact":
-            from featcirc.edges import score_graph
+            from featcirc.edges import score_edges
 
-            nodes, edges = score_graph(model, dataset, method=method, level=level, saes=saes,
-                                       ig_steps=ig_steps, max_nodes=max_nodes, progress=progress)
-            # per-pair cells need the records: score nodes again without timing them
-            _, records = score_nodes_with_splice(splice, dataset, ScoreSettings(method, level, "none", ig_steps),
-                                                 progress=False, keep_records=True)
+            settings = ScoreSettings(method, level, "none", ig_steps)
+            nodes, records = score_nodes_with_splice(splice, dataset, settings, progress=progress,
+                                                     keep_records=True)
+            edges = score_edges(splice, nodes, records, settings, max_nodes=max_nodes, progress=progress)
             edge_costs[method] = edges.cost
             graphs[method] = (nodes, edges)
         else:
             nodes, records = score_nodes_with_splice(
                 splice, dataset, ScoreSettings(method, level, "none", ig_steps), progress=progress,
                 keep_records=True)
-        cells[method] = _cells(records, level)
+        cells[method] = score_cells(records, level)
         costs[method] = nodes.cost
         del records
     ref = cells["exact"]
@@ -298,7 +265,7 @@ def compare(model_name: str, saes_spec: Optional[str], out: "str | Path", *, lev
             ys = cells[method][kind]
             keep = (xs != 0) | (ys != 0)
             x, y = xs[keep], ys[keep]
-            corr_rows.append([level, kind, method, _pearson(x, y), _spearman(x, y), int(keep.sum())])
+            corr_rows.append([level, kind, method, pearson(x, y), spearman(x, y), int(keep.sum())])
             plot_scatter(x, y, out / f"scatter_{kind}_{method}.png", xlabel="exact (activation patching)",
                          ylabel=method, title=f"{model_name} {level} {kind}: exact vs {method}")
     _write_csv(out / "correlations.csv", ["level", "site_kind", "method", "pearson_r", "spearman_r", "n"], corr_rows)

@@ -21,6 +21,7 @@ from matplotlib.lines import Line2D
 
 from featcirc.circuit import graph_n_layers, node_label
 from featcirc.export import METRIC_COLOUR, NEGATIVE_COLOUR, NEUTRAL_COLOUR, POSITIVE_COLOUR, sign_colour
+from featcirc.stats import pearson
 from featcirc.io import atomic_path
 from featcirc.sites import METRIC
 
@@ -184,12 +185,6 @@ def plot_faithfulness(curves: dict[str, Sequence[tuple[int, float]]], path: "str
     return _save(fig, path)
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    if len(x) < 2 or np.std(x) == 0 or np.std(y) == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
-
-
 def plot_scatter(x: Iterable[float], y: Iterable[float], path: "str | os.PathLike[str]", *, xlabel: str,
                  ylabel: str, title: str = "") -> Path:
     """Scatter of estimates against references (e.g. exact patching vs AtP / RelP), with the
@@ -200,7 +195,7 @@ def plot_scatter(x: Iterable[float], y: Iterable[float], path: "str | os.PathLik
         raise ValueError(f"x and y must have the same length, got {xa.size} and {ya.size}")
     ok = np.isfinite(xa) & np.isfinite(ya)
     xa, ya = xa[ok], ya[ok]
-    r = _pearson(xa, ya)
+    r = pearson(xa, ya)
     fig = Figure(figsize=(5.5, 5.0))
     ax = fig.add_subplot(1, 1, 1)
     ax.scatter(xa, ya, s=10, alpha=0.6, color=POSITIVE_COLOUR, edgecolors="none")

@@ -85,3 +85,16 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert "bad.jsonl" in err and "line 1" in err
     rc = main(["-q", "discover", "--model", "no-such-model-xyz", "--task", "ioi", "--out", str(tmp_path / "o2")])
     assert rc == 2
+
+
+def test_compare_feature_level_adds_faithfulness(tmp_path):
+    out = tmp_path / "cmpf"
+    assert main(["-q", "compare", "--model", "tiny", "--saes", "tiny", "--task", "sva-nounpp", "--n", "4",
+                 "--level", "feature", "--methods", "exact,atp,relp", "--max-nodes", "60", "--out", str(out)]) == 0
+    kinds = {r["site_kind"] for r in csv.DictReader(open(out / "correlations.csv"))}
+    assert {"feature", "error", "resid", "attn", "mlp", "embed"} <= kinds
+    faith = list(csv.DictReader(open(out / "faithfulness.csv")))
+    assert {r["method"] for r in faith} == {"atp", "relp"}
+    cost = {r["method"]: r for r in csv.DictReader(open(out / "cost.csv"))}
+    assert 0.0 <= float(cost["relp"]["faithfulness_auc"]) <= 1.0
+    assert float(cost["relp"]["edge_seconds"]) > 0
