@@ -15,11 +15,11 @@ import time
 
 import torch
 
-from featcirc.attribution import score_nodes
+from featcirc.attribution.nodes import score_nodes
 from featcirc.data import load_pairs
-from featcirc.edges import score_graph
-from featcirc.models import load_model
-from featcirc.saes import load_saes
+from featcirc.attribution.edges import score_graph
+from featcirc.models.loading import load_model
+from featcirc.saes.loading import load_saes
 
 
 def timed(fn):

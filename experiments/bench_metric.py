@@ -23,8 +23,8 @@ import torch
 from featcirc.data import tokenize_pairs
 from featcirc.io import write_json
 from featcirc.metric import logit_diff, logit_diff_full
-from featcirc.models import load_model, model_info
-from featcirc.tasks import ioi_pairs
+from featcirc.models.loading import load_model, model_info
+from featcirc.data.tasks import ioi_pairs
 
 MetricFn = Callable[[object, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -11,11 +11,11 @@ import dataclasses
 
 import numpy as np
 
-from featcirc.attribution import ScoreSettings, make_splice, score_nodes_with_splice
+from featcirc.attribution.nodes import ScoreSettings, make_splice, score_nodes_with_splice
 from featcirc.data import load_pairs
-from featcirc.models import load_model
-from featcirc.rules import LRPRules
-from featcirc.stats import pearson, score_cells
+from featcirc.models.loading import load_model
+from featcirc.attribution.rules import LRPRules
+from featcirc.evaluate.stats import pearson, score_cells
 
 RULES = ("ln", "attention", "activation", "gate")
 

@@ -6,7 +6,7 @@
 Steps (all seeded, CPU):
 1. split the vocabulary: hold out ~20% of the names, ~20% of the SVA nouns and one IOI template per
    kind from the IOI/SVA training items (held-out words still occur in filler sentences);
-2. generate the corpus: IOI narratives and SVA sentences (featcirc.tasks generators, prompt + its
+2. generate the corpus: IOI narratives and SVA sentences (featcirc.data.tasks generators, prompt + its
    correct answer + a short continuation) plus varied filler sentences;
 3. build a word-level tokenizer and train a 4-layer GPT-2-style HookedTransformer on the corpus;
 4. write held-out pairs (featcirc JSONL) and measure IOI / SVA logit differences on them;
@@ -32,15 +32,15 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from featcirc import tasks
+from featcirc.data import tasks
 from featcirc.data import PromptPair, tokenize_pairs, write_pairs
 from featcirc.io import write_json, write_text
 from featcirc.metric import logit_diff
 from featcirc.sites import all_sites
-from featcirc.tiny import HELDOUT_FILES, TINY_DIR, build_tokenizer, n_parameters, tiny_config
+from featcirc.models.tiny import HELDOUT_FILES, TINY_DIR, build_tokenizer, n_parameters, tiny_config
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
-logging.getLogger("featcirc.data").setLevel(logging.ERROR)
+logging.getLogger("featcirc.data.pairs").setLevel(logging.ERROR)
 
 HELDOUT_TEMPLATE_INDEX = 2  # "After {X} and {Y} arrived at the {PLACE}, {B} handed a {OBJECT} to"
 TAILS = {  # continuation after an SVA answer verb, by singular form

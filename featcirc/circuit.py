@@ -19,7 +19,7 @@ from typing import Iterable, Optional
 
 import networkx as nx
 
-from featcirc.scores import Cost, EdgeScores, NodeScores
+from featcirc.attribution.scores import Cost, EdgeScores, NodeScores
 from featcirc.sites import METRIC, Site, parse_node_id
 
 _KIND_ORDER = {"embed": 0, "attn": 1, "mlp": 2, "resid": 3}

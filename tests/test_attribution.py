@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import make_dataset, make_model, make_saes
-from featcirc.attribution import score_nodes
+from featcirc.attribution.nodes import score_nodes
 from featcirc.metric import logit_diff_from_resid
-from featcirc.rules import LRPRules
+from featcirc.attribution.rules import LRPRules
 from featcirc.sites import Site
 
 

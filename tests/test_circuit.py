@@ -10,7 +10,7 @@ import torch
 
 from featcirc.circuit import (PruneSettings, circuit_nodes, full_graph, node_label, node_threshold_sweep,
                               prune, stream_index, summary)
-from featcirc.scores import Cost, EdgeScores, NodeScores
+from featcirc.attribution.scores import Cost, EdgeScores, NodeScores
 from featcirc.sites import METRIC
 
 SITES = ["resid.0", "attn.1", "mlp.1", "resid.1"]

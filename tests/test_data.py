@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
-from featcirc import tasks
+from featcirc.data import tasks
 from featcirc.data import (DataError, PairDataset, PromptPair, load_pairs, read_pairs, tokenize_pairs,
                            write_pairs)
 from featcirc.metric import logit_diff, logit_diff_full

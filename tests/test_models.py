@@ -1,4 +1,4 @@
-"""featcirc.models / featcirc.gemma, fast part: name dispatch and its errors, the cache directory,
+"""featcirc.models.loading / featcirc.models.gemma, fast part: name dispatch and its errors, the cache directory,
 and the GGUF -> TransformerLens conversion on a small random Gemma-3 (the real 253 MB GGUF is only
 read by tests/test_gemma_real.py, ``pytest -m real``)."""
 
@@ -12,8 +12,8 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import featcirc
-from featcirc import gemma, models
-from featcirc.models import KNOWN_MODELS, ModelLoadError, load_model, model_info
+from featcirc.models import gemma, loading as models
+from featcirc.models.loading import KNOWN_MODELS, ModelLoadError, load_model, model_info
 
 from conftest import make_model
 
@@ -23,14 +23,14 @@ from conftest import make_model
 
 @pytest.fixture(autouse=True)
 def _undo_tiny_import():
-    """Leave ``featcirc.tiny`` un-imported if it was: other tests stub it through ``sys.modules``,
+    """Leave ``featcirc.models.tiny`` un-imported if it was: other tests stub it through ``sys.modules``,
     which ``from featcirc import tiny`` bypasses once the package has the attribute."""
-    had_attr, had_module = "tiny" in vars(featcirc), "featcirc.tiny" in sys.modules
+    had_attr, had_module = "tiny" in vars(featcirc), "featcirc.models.tiny" in sys.modules
     yield
     if not had_attr:
         vars(featcirc).pop("tiny", None)
     if not had_module:
-        sys.modules.pop("featcirc.tiny", None)
+        sys.modules.pop("featcirc.models.tiny", None)
 
 
 def test_known_models_and_lazy_export():
@@ -86,7 +86,7 @@ def test_hub_model_is_returned_in_eval_mode(monkeypatch):
 
 
 def test_tiny_dispatches_to_bundle_loader(monkeypatch):
-    import featcirc.tiny as tiny
+    import featcirc.models.tiny as tiny
 
     model = make_model("gpt2")
     seen = []
@@ -99,7 +99,7 @@ def test_tiny_dispatches_to_bundle_loader(monkeypatch):
 
 
 def test_tiny_bundle_missing_files(monkeypatch, tmp_path):
-    import featcirc.tiny as tiny
+    import featcirc.models.tiny as tiny
 
     monkeypatch.setattr(tiny, "TINY_DIR", tmp_path / "no-bundle")
     with pytest.raises(FileNotFoundError, match="train_tiny.py"):
@@ -107,7 +107,7 @@ def test_tiny_bundle_missing_files(monkeypatch, tmp_path):
 
 
 def test_tiny_module_missing(monkeypatch):
-    monkeypatch.setitem(sys.modules, "featcirc.tiny", None)  # makes `import featcirc.tiny` fail
+    monkeypatch.setitem(sys.modules, "featcirc.models.tiny", None)  # makes `import featcirc.models.tiny` fail
     with pytest.raises(ModelLoadError, match="train_tiny.py"):
         load_model("tiny")
 

@@ -9,8 +9,8 @@ import torch
 from matplotlib.image import imread
 
 from featcirc.circuit import PruneSettings, full_graph, prune, stream_index
-from featcirc.plot import circuit_layout, draw_circuit, plot_faithfulness, plot_scatter
-from featcirc.scores import EdgeScores, NodeScores
+from featcirc.export.plot import circuit_layout, draw_circuit, plot_faithfulness, plot_scatter
+from featcirc.attribution.scores import EdgeScores, NodeScores
 from featcirc.sites import METRIC
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""featcirc.saes: SAE sets keyed by site (directories, named sets through SAE.from_pretrained with the
+"""featcirc.saes.loading: SAE sets keyed by site (directories, named sets through SAE.from_pretrained with the
 hub replaced by a local mirror, the tiny route, dicts), validation and round-trips."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from sae_lens.loading import pretrained_sae_loaders as loaders
 from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from featcirc import saes as fs
-from featcirc.saes import (
+from featcirc.saes import loading as fs
+from featcirc.saes.loading import (
     NAMED_SETS,
     SAE_HUB_ENV,
     SAEMismatchError,
@@ -374,15 +374,15 @@ def test_bundled_sets_cover_the_expected_sites():
 def test_tiny_dispatches_to_its_directory(tmp_path, monkeypatch, model):
     sae = make_sae("blocks.0.hook_mlp_out", seed=5)
     save_saes({"mlp.0": sae}, tmp_path)
-    monkeypatch.setitem(sys.modules, "featcirc.tiny", types.SimpleNamespace(TINY_SAE_DIR=tmp_path))
+    monkeypatch.setitem(sys.modules, "featcirc.models.tiny", types.SimpleNamespace(TINY_SAE_DIR=tmp_path))
     got = load_saes(model, "tiny")
     assert list(got) == ["mlp.0"]
     assert_same_weights(got["mlp.0"], sae)
-    monkeypatch.setitem(sys.modules, "featcirc.tiny", types.SimpleNamespace(TINY_SAE_DIR=tmp_path / "absent"))
+    monkeypatch.setitem(sys.modules, "featcirc.models.tiny", types.SimpleNamespace(TINY_SAE_DIR=tmp_path / "absent"))
     with pytest.raises(FileNotFoundError, match="TINY_SAE_DIR.*absent"):
         load_saes(model, "tiny")
-    monkeypatch.setitem(sys.modules, "featcirc.tiny", None)  # module missing: import fails
-    with pytest.raises(FileNotFoundError, match="featcirc.tiny"):
+    monkeypatch.setitem(sys.modules, "featcirc.models.tiny", None)  # module missing: import fails
+    with pytest.raises(FileNotFoundError, match="featcirc.models.tiny"):
         load_saes(model, "tiny")
 
 

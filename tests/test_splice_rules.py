@@ -7,9 +7,9 @@ import torch
 
 from conftest import make_model, make_saes
 from featcirc.metric import logit_diff_from_resid
-from featcirc.rules import LRPRules, lrp_rules
+from featcirc.attribution.rules import LRPRules, lrp_rules
 from featcirc.sites import Site
-from featcirc.splice import Splice
+from featcirc.attribution.splice import Splice
 
 TOKENS = torch.randint(1, 61, (3, 9), generator=torch.Generator().manual_seed(5))
 CA, PA = torch.tensor([3, 4, 5]), torch.tensor([6, 7, 8])

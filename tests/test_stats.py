@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from featcirc.stats import pearson, spearman
+from featcirc.evaluate.stats import pearson, spearman
 
 
 def test_pearson_and_spearman_match_definitions():

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from featcirc import tasks
+from featcirc.data import tasks
 from featcirc.data import PromptPair, read_pairs, write_pairs
-from featcirc.tasks import (IOI_TEMPLATES, NAMES, NOUNS, OBJECTS, PLACES, PP_NOUNS, PREPOSITIONS, RC_VERBS,
+from featcirc.data.tasks import (IOI_TEMPLATES, NAMES, NOUNS, OBJECTS, PLACES, PP_NOUNS, PREPOSITIONS, RC_VERBS,
                             TASKS, VERB_PAIRS, ioi_pairs, make_task, sva_pairs)
 
 SVA_DIR = Path(__file__).parents[1].parent / "shared" / "data" / "sva"

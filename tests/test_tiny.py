@@ -10,11 +10,11 @@ import time
 import pytest
 import torch
 
-from featcirc import tasks
+from featcirc.data import tasks
 from featcirc.data import read_pairs, tokenize_pairs
 from featcirc.metric import logit_diff
 from featcirc.sites import Site, all_sites
-from featcirc.tiny import (HELDOUT_FILES, TINY_DIR, TINY_SAE_DIR, heldout_path, heldout_vocab,
+from featcirc.models.tiny import (HELDOUT_FILES, TINY_DIR, TINY_SAE_DIR, heldout_path, heldout_vocab,
                            load_tiny_model)
 
 

@@ -1,12 +1,11 @@
 """The embedded default model (DESIGN §10): a tiny GPT-2-style model and its SAEs, shipped with
-the package and trained by ``experiments/train_tiny.py``.
+the package (its SAEs in the top-level ``saes/tiny/``) and trained by ``experiments/train_tiny.py``.
 
 Bundle layout (``TINY_DIR``)::
 
     model/config.json          HookedTransformerConfig keyword arguments
     model/model.safetensors    the HookedTransformer state dict
     tokenizer/                 a word-level PreTrainedTokenizerFast (save_pretrained)
-    saes/<site>/               one SAELens SAE per site (embed, attn.L, mlp.L, resid.L)
     heldout_<task>.jsonl       held-out prompt pairs (feature-circuits JSONL)
     vocab_split.json           which words / templates were held out of IOI and SVA training
     README.md                  the model card, with measured numbers
@@ -22,11 +21,14 @@ from typing import Any, Iterable
 
 import torch
 
-TINY_DIR: Path = Path(__file__).resolve().parent / "resources" / "tiny"
+from featcirc.saes.bundled_path import bundled_sae_dir
+
+TINY_DIR: Path = Path(__file__).resolve().parent.parent / "resources" / "tiny"
 """The bundle directory of the tiny model."""
 
-TINY_SAE_DIR: Path = TINY_DIR / "saes"
-"""Directory of the tiny model's SAEs, one SAELens directory per site (``embed``, ``resid.0``, ...)."""
+TINY_SAE_DIR: Path = bundled_sae_dir() / "tiny"
+"""Directory of the tiny model's SAEs, one SAELens directory per site (``embed``, ``resid.0``, ...):
+the repository's top-level ``saes/tiny/``, installed as ``featcirc.saes.bundled``."""
 
 HELDOUT_FILES: dict[str, str] = {
     "ioi": "heldout_ioi.jsonl",
@@ -35,7 +37,7 @@ HELDOUT_FILES: dict[str, str] = {
     "sva-rc": "heldout_sva_rc.jsonl",
     "sva-within-rc": "heldout_sva_within_rc.jsonl",
 }
-"""Held-out pair files of the bundle, by task name (the task names of :mod:`featcirc.tasks`)."""
+"""Held-out pair files of the bundle, by task name (the task names of :mod:`featcirc.data.tasks`)."""
 
 BOS, EOS, PAD, UNK = "<|bos|>", "<|eos|>", "<|pad|>", "<|unk|>"
 SPECIAL_TOKENS: tuple[str, ...] = (BOS, EOS, PAD, UNK)
@@ -152,7 +154,7 @@ def heldout_vocab() -> dict:
 
 
 def _tuplify(data: dict) -> dict:
-    """JSON lists of word pairs back to tuples (the form featcirc.tasks expects)."""
+    """JSON lists of word pairs back to tuples (the form featcirc.data.tasks expects)."""
     def fix(v: Any) -> Any:
         if isinstance(v, list) and v and all(isinstance(x, list) and len(x) == 2 for x in v):
             return [tuple(x) for x in v]

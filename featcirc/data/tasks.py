@@ -39,7 +39,7 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Sequence
 
-from featcirc.data import PromptPair
+from featcirc.data.pairs import PromptPair
 
 NAMES: tuple[str, ...] = (
     "Mary", "John", "Tom", "James", "Dan", "Sid", "Martin", "Amy", "Anna", "Paul", "Mark", "Lisa",

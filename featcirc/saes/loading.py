@@ -9,10 +9,10 @@ model's device and dtype, in eval mode, with ``requires_grad=False`` on its para
 1. a directory: one SAELens SAE directory (``cfg.json`` + ``sae_weights.safetensors``) or a
    directory of such directories (any names); each is loaded with ``SAE.load_from_disk`` and keyed
    by the site of its hook name;
-2. the name of a set description ``featcirc/resources/sae_sets/<name>.json`` (see
+2. the name of a set description ``saes/sets/<name>.json`` (see
    :data:`NAMED_SETS`), or the path of such a ``.json`` file: per site a SAELens release and SAE id,
    loaded with ``SAE.from_pretrained(release, sae_id)``;
-3. ``"tiny"``: the SAEs bundled with the project's tiny model (``featcirc.tiny.TINY_SAE_DIR``);
+3. ``"tiny"``: the SAEs bundled with the project's tiny model (``featcirc.models.tiny.TINY_SAE_DIR``);
 4. a dict ``{site: SAE}`` (keys may be site names or hook names), validated like the others.
 
 Hook aliasing. TransformerLens feeds block L's output, ``blocks.L.hook_resid_post``, unchanged into
@@ -40,7 +40,6 @@ import re
 import shutil
 import tempfile
 from contextlib import contextmanager, nullcontext
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional
 
@@ -48,6 +47,7 @@ import torch
 from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
+from featcirc.saes.bundled_path import bundled_sae_dir
 from featcirc.sites import Site, sort_sites
 
 __all__ = [
@@ -67,11 +67,11 @@ SAE_CFG_FILENAME = "cfg.json"
 SAE_HUB_ENV = "FEATCIRC_SAE_HUB"
 """Environment variable naming a local mirror of Hugging Face SAE repositories (see module doc)."""
 
-_SETS_DIR = resources.files("featcirc").joinpath("resources", "sae_sets")
+_SETS_DIR = bundled_sae_dir() / "sets"
 NAMED_SETS: tuple[str, ...] = tuple(
     sorted(p.name[: -len(".json")] for p in _SETS_DIR.iterdir() if p.name.endswith(".json"))
 )
-"""Names of the bundled SAE set descriptions (``featcirc/resources/sae_sets/<name>.json``)."""
+"""Names of the bundled SAE set descriptions (``saes/sets/<name>.json``)."""
 
 _RESID_PRE_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
 
@@ -418,15 +418,15 @@ def _tiny_dir() -> Path:
     try:
         import importlib
 
-        tiny = importlib.import_module("featcirc.tiny")  # the tiny model's module, owner of its SAEs
+        tiny = importlib.import_module("featcirc.models.tiny")  # the tiny model's module, owner of its SAEs
     except ImportError as e:
         raise FileNotFoundError(
-            f"SAE set 'tiny' needs featcirc.tiny (the project's tiny model), which cannot be imported: {e}"
+            f"SAE set 'tiny' needs featcirc.models.tiny (the project's tiny model), which cannot be imported: {e}"
         ) from e
     path = getattr(tiny, "TINY_SAE_DIR", None)
     if path is None or not Path(path).is_dir():
         raise FileNotFoundError(
-            f"the tiny model's SAEs are missing: featcirc.tiny.TINY_SAE_DIR = {path} is not a directory; "
+            f"the tiny model's SAEs are missing: featcirc.models.tiny.TINY_SAE_DIR = {path} is not a directory; "
             "reinstall featcirc or rebuild the bundle with experiments/train_tiny.py"
         )
     return Path(path)

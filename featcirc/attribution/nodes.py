@@ -7,7 +7,7 @@ For a node with clean value ``a_c`` and patch value ``a_p``, ``IE = m(clean, a :
   the clean value (e.g. every position before the first differing token) have IE exactly 0 and are
   not run.
 - ``atp``:  ``grad_a m|clean . (a_p - a_c)``: one clean and one patch forward, one backward.
-- ``relp``: the same with the backward pass under the LRP rules (:mod:`featcirc.rules`).
+- ``relp``: the same with the backward pass under the LRP rules (:mod:`featcirc.attribution.rules`).
 - ``ig``:   ``mean_k grad_a m|(a_c + alpha_k (a_p - a_c)) . (a_p - a_c)``, ``alpha_k = k/N``,
   interpolating one site at a time (features and error together), all steps in one batch.
 
@@ -26,10 +26,10 @@ from transformer_lens import HookedTransformer
 
 from featcirc.data import PairBatch, PairDataset
 from featcirc.metric import logit_diff_from_resid
-from featcirc.rules import LRPRules, lrp_rules
-from featcirc.scores import AGGREGATIONS, LEVELS, METHODS, Cost, NodeScores
+from featcirc.attribution.rules import LRPRules, lrp_rules
+from featcirc.attribution.scores import AGGREGATIONS, LEVELS, METHODS, Cost, NodeScores
 from featcirc.sites import Site, all_sites
-from featcirc.splice import SiteState, Splice, record_resid_pre
+from featcirc.attribution.splice import SiteState, Splice, record_resid_pre
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from featcirc.circuit import graph_n_layers, node_label
-from featcirc.export import METRIC_COLOUR, NEGATIVE_COLOUR, NEUTRAL_COLOUR, POSITIVE_COLOUR, sign_colour
-from featcirc.stats import pearson
+from featcirc.export.formats import METRIC_COLOUR, NEGATIVE_COLOUR, NEUTRAL_COLOUR, POSITIVE_COLOUR, sign_colour
+from featcirc.evaluate.stats import pearson
 from featcirc.io import atomic_path
 from featcirc.sites import METRIC
 

@@ -33,18 +33,18 @@ class ModelLoadError(RuntimeError):
 def cache_root():
     """featcirc's user cache directory (``$FEATCIRC_CACHE``, else ``$XDG_CACHE_HOME/featcirc``,
     else ``~/.cache/featcirc``); see :func:`featcirc.gemma.cache_root`."""
-    from featcirc.gemma import cache_root as _root
+    from featcirc.models.gemma import cache_root as _root
 
     return _root()
 
 
 def _load_tiny(device: str, dtype: torch.dtype) -> HookedTransformer:
     try:
-        tiny = importlib.import_module("featcirc.tiny")
+        tiny = importlib.import_module("featcirc.models.tiny")
     except ModuleNotFoundError as e:
-        if e.name not in ("featcirc.tiny", "featcirc"):
-            raise  # a dependency of featcirc.tiny is missing: report that, not the bundle
-        raise ModelLoadError(f"cannot load 'tiny': featcirc.tiny is missing; {TINY_HINT}") from e
+        if e.name not in ("featcirc.models.tiny", "featcirc"):
+            raise  # a dependency of featcirc.models.tiny is missing: report that, not the bundle
+        raise ModelLoadError(f"cannot load 'tiny': featcirc.models.tiny is missing; {TINY_HINT}") from e
     try:
         model = tiny.load_tiny_model(device=device)
     except FileNotFoundError as e:
@@ -115,7 +115,7 @@ def load_model(
     if key.lower() == "tiny":
         return _load_tiny(device, dtype)
     if key.lower() in GEMMA_NAMES:
-        from featcirc.gemma import load_gemma_3_270m
+        from featcirc.models.gemma import load_gemma_3_270m
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)

@@ -32,12 +32,12 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from featcirc.attribution import BatchRecord, ScoreSettings, make_splice, score_nodes_with_splice
+from featcirc.attribution.nodes import BatchRecord, ScoreSettings, make_splice, score_nodes_with_splice
 from featcirc.data import PairDataset
-from featcirc.rules import LRPRules, lrp_rules
-from featcirc.scores import Cost, EdgeScores, NodeScores
+from featcirc.attribution.rules import LRPRules, lrp_rules
+from featcirc.attribution.scores import Cost, EdgeScores, NodeScores
 from featcirc.sites import METRIC, Site, node_id
-from featcirc.splice import SiteState, Splice
+from featcirc.attribution.splice import SiteState, Splice
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,7 +444,7 @@ def score_edges(splice: Splice, nodes: NodeScores, records: list[BatchRecord], s
 def _clean_resid_pre(model: HookedTransformer, record: BatchRecord, cost: Cost) -> dict[int, torch.Tensor]:
     if record.resid_pre is not None:
         return record.resid_pre
-    from featcirc.splice import record_resid_pre
+    from featcirc.attribution.splice import record_resid_pre
 
     with torch.no_grad(), record_resid_pre(model) as store:
         model(record.batch.clean, stop_at_layer=model.cfg.n_layers)

@@ -28,12 +28,12 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from featcirc.attribution import make_splice
+from featcirc.attribution.nodes import make_splice
 from featcirc.circuit import PruneSettings, circuit_nodes, prune
 from featcirc.data import PairBatch, PairDataset
 from featcirc.metric import logit_diff_from_resid
 from featcirc.sites import METRIC, parse_node_id
-from featcirc.splice import SiteState, Splice
+from featcirc.attribution.splice import SiteState, Splice
 
 ABLATIONS = ("mean", "zero", "resample")
 DEFAULT_THRESHOLDS = tuple(float(x) for x in np.logspace(-4, 0, 15))

@@ -1,0 +1,1 @@
+"""Attribution: SAEs spliced with error nodes, LRP rules, node and edge scores."""

@@ -1,0 +1,1 @@
+"""Evaluation: faithfulness and completeness of circuits, agreement between methods."""

@@ -1,0 +1,1 @@
+"""Export: circuit files (JSON, GraphML, DOT, Neuronpedia) and drawings."""
