@@ -20,9 +20,7 @@ from typing import Iterable, Optional
 import networkx as nx
 
 from featcirc.attribution.scores import Cost, EdgeScores, NodeScores
-from featcirc.sites import METRIC, Site, parse_node_id
-
-_KIND_ORDER = {"embed": 0, "attn": 1, "mlp": 2, "resid": 3}
+from featcirc.sites import METRIC, Site, parse_node_id, stream_index
 
 
 @dataclass(frozen=True)
@@ -51,13 +49,21 @@ class PruneSettings:
             raise ValueError(f"edge_threshold must be >= 0 (a bound on |weight|), got {self.edge_threshold}")
 
 
-def stream_index(site: str, n_layers: int) -> int:
-    """Forward order of a site in the residual stream: embed 0, attn.L 3L+1, mlp.L 3L+2,
-    resid.L 3L+3, metric 3*n_layers+1. Every DESIGN §7 edge strictly increases it."""
-    if site == METRIC:
-        return 3 * n_layers + 1
-    s = Site.parse(site)
-    return 0 if s.kind == "embed" else 3 * s.layer + _KIND_ORDER[s.kind]
+def magnitude(x: object) -> float:
+    """``|x|`` for a score or weight; 0 for NaN, infinite or missing values (never ranked)."""
+    try:
+        v = abs(float(x))
+    except (TypeError, ValueError):
+        return 0.0
+    return v if math.isfinite(v) else 0.0
+
+
+def is_scored(x: object) -> bool:
+    """True for a finite score or weight."""
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
 
 
 def node_label(nid: str) -> str:
@@ -208,15 +214,11 @@ def prune(G: nx.DiGraph, settings: PruneSettings) -> nx.DiGraph:
     _check_graph(G)
     cands = [(n, d) for n, d in G.nodes(data=True) if n != METRIC]
 
-    def mag(d: dict) -> float:
-        s = abs(float(d.get("score", float("nan"))))
-        return s if math.isfinite(s) else -1.0
-
+    cands = [(n, d) for n, d in cands if is_scored(d.get("score"))]  # NaN scores never pass
     if settings.node_threshold is not None:
-        cands = [(n, d) for n, d in cands if mag(d) >= 0 and mag(d) >= settings.node_threshold]
+        cands = [(n, d) for n, d in cands if magnitude(d["score"]) >= settings.node_threshold]
     if settings.top_k is not None:
-        cands = [(n, d) for n, d in cands if mag(d) >= 0]
-        cands = sorted(cands, key=lambda nd: (-mag(nd[1]), nd[0]))[: settings.top_k]
+        cands = sorted(cands, key=lambda nd: (-magnitude(nd[1]["score"]), nd[0]))[: settings.top_k]
     keep = {n for n, _ in cands} | {METRIC}
 
     H = nx.DiGraph()
@@ -255,11 +257,10 @@ def summary(G: nx.DiGraph) -> dict:
         if n == METRIC:
             continue
         counts[d["kind"]] = counts.get(d["kind"], 0) + 1
-        s = abs(float(d.get("score", 0.0)))
-        total += s if math.isfinite(s) else 0.0
+        total += magnitude(d.get("score"))
     return dict(n_nodes=sum(counts.values()), n_features=counts["feature"], n_errors=counts["error"],
                 n_components=counts["component"], n_edges=G.number_of_edges(), total_abs_score=total)
 
 
 __all__ = ["PruneSettings", "full_graph", "prune", "circuit_nodes", "node_threshold_sweep",
-           "node_label", "stream_index", "graph_n_layers", "summary"]
+           "node_label", "magnitude", "is_scored", "stream_index", "graph_n_layers", "summary"]

@@ -93,10 +93,21 @@ def all_sites(n_layers: int, kinds: Iterable[str] = SITE_KINDS) -> list[Site]:
     return out
 
 
+_KIND_ORDER = {"embed": 0, "attn": 1, "mlp": 2, "resid": 3}
+
+
+def stream_index(site: "str | Site", n_layers: int) -> int:
+    """Forward order of a site in the residual stream: embed 0, attn.L 3L+1, mlp.L 3L+2,
+    resid.L 3L+3, metric 3*n_layers+1. Every edge of the site graph strictly increases it."""
+    if site == METRIC:
+        return 3 * n_layers + 1
+    s = Site.parse(site)
+    return 0 if s.kind == "embed" else 3 * s.layer + _KIND_ORDER[s.kind]
+
+
 def sort_sites(sites: Iterable["str | Site"]) -> list[Site]:
     """Sites in forward order (embed first; within a block attn, mlp, resid)."""
-    order = {"embed": 0, "attn": 1, "mlp": 2, "resid": 3}
-    return sorted((Site.parse(s) for s in sites), key=lambda s: (s.layer, order[s.kind]))
+    return sorted((Site.parse(s) for s in sites), key=lambda s: (s.layer, _KIND_ORDER[s.kind]))
 
 
 NodeKind = Literal["feature", "error", "component", "metric"]

@@ -28,8 +28,8 @@ from featcirc.data import PairBatch, PairDataset
 from featcirc.metric import logit_diff_from_resid
 from featcirc.attribution.rules import LRPRules, lrp_rules
 from featcirc.attribution.scores import AGGREGATIONS, LEVELS, METHODS, Cost, NodeScores
-from featcirc.sites import Site, all_sites
-from featcirc.attribution.splice import SiteState, Splice, record_resid_pre
+from featcirc.sites import Site
+from featcirc.attribution.splice import SiteState, Splice, make_splice, record_resid_pre
 
 
 @dataclass(frozen=True)
@@ -52,29 +52,6 @@ class ScoreSettings:
             raise ValueError(f"unknown aggregation {self.aggregation!r}; choose one of {AGGREGATIONS}")
         if self.ig_steps < 1:
             raise ValueError("ig_steps must be >= 1")
-
-
-def default_component_sites(model: HookedTransformer) -> list[str]:
-    """Every ``resid.L``, ``attn.L``, ``mlp.L`` of the model (the RelP paper's components)."""
-    return [s.name for s in all_sites(model.cfg.n_layers, kinds=("resid", "attn", "mlp"))]
-
-
-def make_splice(
-    model: HookedTransformer,
-    level: str,
-    saes: Optional[Mapping[str, object]] = None,
-    sites: Optional[Iterable[str]] = None,
-) -> Splice:
-    """The splice a scoring level needs: SAEs at their sites (feature) or bare sites (component)."""
-    if level == "feature":
-        if not saes:
-            raise ValueError("feature-level scores need SAEs (--saes); use level='component' without them")
-        chosen = {Site.parse(s).name for s in sites} if sites is not None else None
-        picked = {k: v for k, v in saes.items() if chosen is None or Site.parse(k).name in chosen}
-        if not picked:
-            raise ValueError(f"none of the requested sites {sorted(chosen or [])} has an SAE")
-        return Splice(model, picked)
-    return Splice(model, None, list(sites) if sites is not None else default_component_sites(model))
 
 
 # --------------------------------------------------------------------------------------------

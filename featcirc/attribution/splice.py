@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Optional
+from typing import Callable, Iterable, Iterator, Mapping, Optional
 
 import torch
 from transformer_lens import HookedTransformer
 
-from featcirc.sites import Site, sort_sites
+from featcirc.sites import Site, all_sites, sort_sites
 
 
 @dataclass
@@ -155,6 +155,30 @@ class Splice:
         names = sites if sites is not None else self.site_names
         with self.hooks({s: make(s) for s in names}):
             yield store
+
+
+def default_component_sites(model: HookedTransformer) -> list[str]:
+    """Every ``resid.L``, ``attn.L``, ``mlp.L`` of the model (the RelP paper's components)."""
+    return [s.name for s in all_sites(model.cfg.n_layers, kinds=("resid", "attn", "mlp"))]
+
+
+def make_splice(
+    model: HookedTransformer,
+    level: str,
+    saes: Optional[Mapping[str, object]] = None,
+    sites: Optional[Iterable[str]] = None,
+) -> Splice:
+    """The splice a scoring level needs: SAEs at their sites (feature) or bare sites (component)."""
+    if level == "feature":
+        if not saes:
+            raise ValueError("feature-level scores need SAEs (--saes); use level='component' without them")
+        chosen = {Site.parse(s).name for s in sites} if sites is not None else None
+        picked = {k: v for k, v in saes.items() if chosen is None or Site.parse(k).name in chosen}
+        if not picked:
+            raise ValueError(f"none of the requested sites {sorted(chosen or [])} has an SAE")
+        return Splice(model, picked)
+    return Splice(model, None, list(sites) if sites is not None else default_component_sites(model))
+
 
 
 def _as_hook(fn: Callable[[torch.Tensor], torch.Tensor]):

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from featcirc.attribution.nodes import make_splice
+from featcirc.attribution.splice import make_splice
 from featcirc.circuit import PruneSettings, circuit_nodes, prune
 from featcirc.data import PairBatch, PairDataset
 from featcirc.metric import logit_diff_from_resid

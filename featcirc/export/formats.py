@@ -44,27 +44,17 @@ from typing import Any, Iterable, Optional
 
 import networkx as nx
 
-from featcirc.circuit import graph_n_layers, node_label, stream_index
+from featcirc.circuit import graph_n_layers, magnitude, node_label
+from featcirc.export.style import METRIC_COLOUR, sign_colour
 from featcirc.io import atomic_path, write_text
-from featcirc.sites import METRIC
+from featcirc.sites import METRIC, stream_index
 
-POSITIVE_COLOUR = "#2166ac"  # blue: score or weight > 0
-NEGATIVE_COLOUR = "#b2182b"  # red: score or weight < 0
-NEUTRAL_COLOUR = "#888888"   # zero or unknown (NaN)
-METRIC_COLOUR = "#f6b93b"
 
 FORMATS = ("json", "graphml", "dot", "neuronpedia")
 _FLOAT_NODE_ATTRS = ("score", "activation")
 _FEATURE_TYPE = {"feature": "cross layer transcoder", "error": "mlp reconstruction error",
                  "component": "mlp reconstruction error", "metric": "logit"}
 _SLUG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def sign_colour(x: float) -> str:
-    """Hex colour of a score or weight by its sign (blue > 0, red < 0, grey for 0 or NaN)."""
-    if not math.isfinite(x) or x == 0:
-        return NEUTRAL_COLOUR
-    return POSITIVE_COLOUR if x > 0 else NEGATIVE_COLOUR
 
 
 def _jsonable(x: Any) -> Any:
@@ -202,11 +192,7 @@ def influence_scores(G: nx.DiGraph) -> dict[str, float]:
     the nodes ranked up to n / the total, in (0, 1], the last node exactly 1. Non-finite scores
     count as 0; when every score is 0 each node gets 1.0.
     """
-    def mag(d: dict) -> float:
-        s = abs(float(d.get("score", float("nan"))))
-        return s if math.isfinite(s) else 0.0
-
-    ranked = sorted(((n, mag(d)) for n, d in G.nodes(data=True) if n != METRIC), key=lambda t: (-t[1], t[0]))
+    ranked = sorted(((n, magnitude(d.get("score"))) for n, d in G.nodes(data=True) if n != METRIC), key=lambda t: (-t[1], t[0]))
     cum, out = 0.0, {}
     cums = []
     for _, m in ranked:

@@ -19,8 +19,8 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from featcirc.circuit import graph_n_layers, node_label
-from featcirc.export.formats import METRIC_COLOUR, NEGATIVE_COLOUR, NEUTRAL_COLOUR, POSITIVE_COLOUR, sign_colour
+from featcirc.circuit import graph_n_layers, magnitude, node_label
+from featcirc.export.style import METRIC_COLOUR, NEGATIVE_COLOUR, NEUTRAL_COLOUR, POSITIVE_COLOUR, sign_colour
 from featcirc.evaluate.stats import pearson
 from featcirc.io import atomic_path
 from featcirc.sites import METRIC
@@ -36,11 +36,6 @@ def _save(fig: Figure, path: "str | os.PathLike[str]", dpi: int = 110) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     return Path(path)
-
-
-def _mag(x: float) -> float:
-    x = abs(float(x))
-    return x if math.isfinite(x) else 0.0
 
 
 def circuit_layout(G: nx.DiGraph) -> dict[str, tuple[float, float]]:
@@ -61,7 +56,7 @@ def circuit_layout(G: nx.DiGraph) -> dict[str, tuple[float, float]]:
     xy: dict[str, tuple[float, float]] = {}
     kind_rank = {"error": 0, "component": 0, "feature": 1}
     for (site, pos), members in cells.items():
-        members.sort(key=lambda nd: (kind_rank.get(nd[1]["kind"], 2), -_mag(nd[1].get("score", 0)), nd[0]))
+        members.sort(key=lambda nd: (kind_rank.get(nd[1]["kind"], 2), -magnitude(nd[1].get("score", 0)), nd[0]))
         kind = site.split(".")[0]
         g0 = _COLUMN[kind] * (_GROUP_W + _GROUP_GAP)
         y0 = int(members[0][1]["layer"]) + _ROW[kind]
@@ -95,20 +90,20 @@ def draw_circuit(G: nx.DiGraph, path: "str | os.PathLike[str]", *, title: str = 
     xy = circuit_layout(G)
     others = [(n, d) for n, d in G.nodes(data=True) if n != METRIC]
     n_nodes = len(others)
-    smax = max((_mag(d.get("score", 0)) for _, d in others), default=0.0) or 1.0
-    wmax = max((_mag(d.get("weight", 0)) for _, _, d in G.edges(data=True)), default=0.0) or 1.0
+    smax = max((magnitude(d.get("score", 0)) for _, d in others), default=0.0) or 1.0
+    wmax = max((magnitude(d.get("weight", 0)) for _, _, d in G.edges(data=True)), default=0.0) or 1.0
     has_embed = any(d["site"] == "embed" for _, d in others) or "embed" in (G.graph.get("sites") or [])
     y_lo = -1 if has_embed else 0
 
     fig = Figure(figsize=(11, max(4.5, 0.75 * (n_layers - y_lo + 1) + 1.5)))
     ax = fig.add_subplot(1, 1, 1)
 
-    edges = sorted(G.edges(data=True), key=lambda e: _mag(e[2].get("weight", 0)))
+    edges = sorted(G.edges(data=True), key=lambda e: magnitude(e[2].get("weight", 0)))
     if edges:
         segs, cols, widths = [], [], []
         dense = min(1.0, math.sqrt(60.0 / len(edges)))  # fainter edges when there are many
         for u, v, d in edges:
-            rel = _mag(d.get("weight", 0)) / wmax
+            rel = magnitude(d.get("weight", 0)) / wmax
             segs.append([xy[u], xy[v]])
             cols.append(to_rgba(sign_colour(float(d.get("weight", float("nan")))), (0.12 + 0.6 * rel) * dense))
             widths.append(0.3 + 3.2 * rel)
@@ -119,7 +114,7 @@ def draw_circuit(G: nx.DiGraph, path: "str | os.PathLike[str]", *, title: str = 
         members = [(n, d) for n, d in others if d["kind"] == kind]
         if not members:
             continue
-        rels = [_mag(d.get("score", 0)) / smax for _, d in members]
+        rels = [magnitude(d.get("score", 0)) / smax for _, d in members]
         ax.scatter([xy[n][0] for n, _ in members], [xy[n][1] for n, _ in members], marker=marker,
                    s=[scale * (30 + 320 * r) for r in rels],
                    c=[to_rgba(sign_colour(float(d.get("score", float("nan")))), 0.3 + 0.7 * r)
@@ -132,7 +127,7 @@ def draw_circuit(G: nx.DiGraph, path: "str | os.PathLike[str]", *, title: str = 
         txt = "metric" + (f" = {clean:.3g}" if math.isfinite(float(clean)) else "")
         ax.annotate(txt, xy[METRIC], xytext=(10, 0), textcoords="offset points", fontsize=8, va="center")
 
-    ranked = sorted(others, key=lambda nd: (-_mag(nd[1].get("score", 0)), nd[0]))
+    ranked = sorted(others, key=lambda nd: (-magnitude(nd[1].get("score", 0)), nd[0]))
     for n, d in ranked if n_nodes <= 20 else ranked[:max_labels]:
         ax.annotate(node_label(n), xy[n], xytext=(4, 4), textcoords="offset points", fontsize=6.5,
                     color="#222222", zorder=4)
