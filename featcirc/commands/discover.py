@@ -63,6 +63,7 @@ def discover(cfg: RunConfig, out: "str | Path", *, force: bool = False, progress
         forward_passes=nodes.cost.forward_passes + edges.cost.forward_passes,
         backward_passes=nodes.cost.backward_passes + edges.cost.backward_passes,
         metric_clean=nodes.metric_clean, metric_patch=nodes.metric_patch,
+        prompt=prompt, prompt_tokens=tokens,
     )
     write_json(out / "summary.json", summ)
     return summ
