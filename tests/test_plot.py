@@ -1,25 +1,31 @@
-"""Plots: circuit drawings (3 and ~150 nodes), faithfulness curves, scatters; all PNG, atomic."""
+"""Plots: circuit drawings (3 to ~150 nodes; layout, labels, edge thinning, tokens, legend),
+faithfulness curves, scatters; all PNG, atomic."""
 
 from __future__ import annotations
+
+import itertools
 
 import networkx as nx
 import numpy as np
 import pytest
 import torch
+from matplotlib.collections import PatchCollection
 from matplotlib.image import imread
 
-from featcirc.circuit import PruneSettings, full_graph, prune, stream_index
-from featcirc.export.plot import circuit_layout, draw_circuit, plot_faithfulness, plot_scatter
 from featcirc.attribution.scores import EdgeScores, NodeScores
+from featcirc.circuit import PruneSettings, full_graph, prune, stream_index
+from featcirc.export.plot import (SIGN_LEGEND, circuit_figure, circuit_layout, draw_circuit, plot_faithfulness,
+                                  plot_scatter)
 from featcirc.sites import METRIC
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SITES = ["embed", "attn.0", "mlp.0", "resid.0", "attn.1", "mlp.1", "resid.1"]
+TOKENS = ["<bos>", "The", " keys", " to", " the"]
 
 
-def random_graph(aggregation: str = "none", T: int = 5, F: int = 12, density: float = 0.28,
-                 seed: int = 0) -> nx.DiGraph:
-    """A random, deterministic full graph over every site kind; ~160 nodes per-position."""
+def random_scores(aggregation: str = "none", T: int = 5, F: int = 12, density: float = 0.28,
+                  seed: int = 0) -> tuple[NodeScores, EdgeScores]:
+    """Random, deterministic node and edge scores over every site kind; ~160 nodes per-position."""
     g = torch.Generator().manual_seed(seed)
     feats, vecs = {}, {}
     for s in SITES:
@@ -31,7 +37,8 @@ def random_graph(aggregation: str = "none", T: int = 5, F: int = 12, density: fl
         vecs = {s: v.sum(0) for s, v in vecs.items()}
     ns = NodeScores(method="relp", level="feature", aggregation=aggregation, sites=SITES, features=feats,
                     vectors=vecs, n_pairs=3, metric_clean=1.7, info={"n_layers": 2})
-    nodes = [(nid, a) for nid, a in ns.iter_nodes()]
+    G0 = full_graph(ns)
+    nodes = [(n, d) for n, d in G0.nodes(data=True) if n != METRIC]
     rng = np.random.default_rng(seed)
     edges = {}
     for u, au in nodes:
@@ -42,7 +49,19 @@ def random_graph(aggregation: str = "none", T: int = 5, F: int = 12, density: fl
                 edges[(u, v)] = float(rng.normal())
         if au["site"] == "resid.1":
             edges[(u, METRIC)] = float(rng.normal())
-    return full_graph(ns, EdgeScores(method="relp", aggregation=aggregation, edges=edges))
+    return ns, EdgeScores(method="relp", aggregation=aggregation, edges=edges)
+
+
+def random_graph(aggregation: str = "none", **kw) -> nx.DiGraph:
+    """The full graph of :func:`random_scores`."""
+    return full_graph(*random_scores(aggregation, **kw))
+
+
+def big_circuit() -> nx.DiGraph:
+    G = random_graph()
+    big = G.subgraph([n for n in G.nodes][:150] + [METRIC]).copy()
+    big.graph.update(G.graph)
+    return big
 
 
 def assert_png(path, min_bytes: int = 2000) -> None:
@@ -60,37 +79,100 @@ def test_draw_circuit_small_and_large(tmp_path):
     three = nx.DiGraph(G.subgraph(["embed/err@0", "attn.0/err@1", "resid.1/err@4", METRIC]))
     three.graph.update(G.graph)
     assert len(three) - 1 == 3
-    big = G.subgraph([n for n in G.nodes][:150] + [METRIC]).copy()
-    big.graph.update(G.graph)
+    big = big_circuit()
     assert 140 <= len(big) - 1 <= 200
     for name, graph in (("three", three), ("small", small), ("big", big), ("summed", random_graph("sum"))):
-        path = draw_circuit(graph, tmp_path / f"{name}.png", title=name)
+        path = draw_circuit(graph, tmp_path / f"{name}.png", title=name, tokens=TOKENS)
         assert path == tmp_path / f"{name}.png"
         assert_png(path)
+    assert_png(draw_circuit(big, tmp_path / "no_tokens.png"))
     assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_draw_empty_circuit(tmp_path):
     empty = prune(random_graph(), PruneSettings(node_threshold=1e9))
     assert list(empty.nodes) == [METRIC]
-    assert_png(draw_circuit(empty, tmp_path / "empty.png"))
+    assert_png(draw_circuit(empty, tmp_path / "empty.png", tokens=TOKENS))
+
+
+def _labels(fig):
+    ax = fig.axes[0]
+    return [t for t in ax.texts if t.get_gid() == "node-label"]
+
+
+def test_labels_never_overlap_each_other_or_nodes():
+    fig = circuit_figure(big_circuit(), tokens=TOKENS, max_labels=60)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in _labels(fig)]
+    assert 10 <= len(boxes) <= 60  # the biggest nodes get labels, but not all 150 fit
+    for a, b in itertools.combinations(boxes, 2):
+        assert a.x1 <= b.x0 or b.x1 <= a.x0 or a.y1 <= b.y0 or b.y1 <= a.y0, (a, b)
+    # labels name the nodes of largest |score| first: the top node is labelled
+    assert _labels(circuit_figure(big_circuit(), tokens=TOKENS, max_labels=1))[0].get_text().startswith(("f", "err"))
+    assert _labels(circuit_figure(big_circuit(), max_labels=0)) == []
+
+
+def test_edges_thinned_to_the_strongest_and_said_so():
+    big = big_circuit()
+    n_edges = big.number_of_edges()
+    assert n_edges > 40
+    fig = circuit_figure(big, max_edges=25, title="runs/sva")
+    ax = fig.axes[0]
+    (edges,) = [c for c in ax.collections if isinstance(c, PatchCollection)]
+    assert len(edges.get_paths()) == 25
+    title = ax.get_title(loc="left")
+    assert title.startswith("runs/sva\n")  # the caller's title, as given
+    assert f"{n_edges} edges; drawn: the 25 strongest edges by |weight|" in title
+    fig_all = circuit_figure(big, max_edges=10_000)
+    assert "drawn:" not in fig_all.axes[0].get_title(loc="left")
+    (all_edges,) = [c for c in fig_all.axes[0].collections if isinstance(c, PatchCollection)]
+    assert len(all_edges.get_paths()) == n_edges
+    widths = all_edges.get_linewidths()  # drawn weakest first: width grows with |weight|
+    assert list(widths) == sorted(widths) and widths[-1] > 3 * widths[0]
+
+
+def test_tokens_label_the_position_axis_and_legend_states_the_sign_convention():
+    G = random_graph()
+    fig = circuit_figure(G, tokens=TOKENS)
+    ax = fig.axes[0]
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(ticks) == len(TOKENS)
+    for pos, tok in enumerate(TOKENS):
+        assert tok in ticks[pos] and str(pos) in ticks[pos]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert SIGN_LEGEND[0] in legend and "supports the clean answer" in SIGN_LEGEND[0]
+    assert SIGN_LEGEND[1] in legend and "opposes" in SIGN_LEGEND[1]
+    # more tokens than positions: empty columns for the rest of the prompt
+    assert len(circuit_figure(G, tokens=TOKENS + [" are"]).axes[0].get_xticklabels()) == len(TOKENS) + 1
+    with pytest.raises(ValueError, match="tokens has 2 entries"):
+        circuit_figure(G, tokens=TOKENS[:2])
 
 
 @pytest.mark.parametrize("aggregation", ["none", "sum"])
-def test_layout_orders_layers_and_columns(aggregation):
+def test_layout_rows_by_site_columns_by_position(aggregation):
     G = random_graph(aggregation)
-    xy = circuit_layout(G)
+    L = circuit_layout(G)
+    xy = L.xy
     assert set(xy) == set(G.nodes)
-    # every edge points up: layers bottom to top, and attn < mlp < resid inside a layer band
+    # every edge points up: rows are sites in forward order, the metric on top
     for u, v in G.edges:
         assert xy[u][1] < xy[v][1], (u, v)
+    assert list(L.rows) == sorted(SITES, key=lambda s: stream_index(s, 2)) + [METRIC]
     assert xy[METRIC][1] == max(y for _, y in xy.values())
-    assert min(xy, key=lambda n: xy[n][1]).startswith("embed")
-    col = {k: [xy[n][0] for n, d in G.nodes(data=True) if d["site"].startswith(k)] for k in ("attn", "mlp", "resid")}
-    assert max(col["attn"]) < min(col["mlp"]) and max(col["mlp"]) < min(col["resid"])
-    if aggregation == "none":  # positions run left to right inside a column
-        a = {d["position"]: xy[n][0] for n, d in G.nodes(data=True) if d["site"] == "attn.0"}
-        assert [a[p] for p in sorted(a)] == sorted(a.values())
+    for n, d in G.nodes(data=True):
+        y0, y1 = L.rows[d["site"]]
+        assert y0 < xy[n][1] < y1, n
+    # no two nodes on top of each other
+    points = sorted(xy.values())
+    assert all(np.hypot(a[0] - b[0], a[1] - b[1]) >= 0.5 for a, b in zip(points, points[1:]))
+    if aggregation == "none":  # one column per token position, left to right
+        assert len(L.columns) == 5
+        for n, d in G.nodes(data=True):
+            if n != METRIC:
+                x0, x1 = L.columns[d["position"]]
+                assert x0 < xy[n][0] < x1, n
+    else:
+        assert len(L.columns) == 1
 
 
 def test_plot_faithfulness(tmp_path):

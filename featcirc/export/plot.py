@@ -9,26 +9,33 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
 
 import networkx as nx
 import numpy as np
+from matplotlib import patheffects
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.collections import LineCollection
+from matplotlib.collections import PatchCollection
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import PathPatch
+from matplotlib.path import Path as MplPath
 
-from featcirc.circuit import graph_n_layers, magnitude, node_label
+from featcirc.circuit import graph_n_layers, is_scored, magnitude
 from featcirc.export.style import METRIC_COLOUR, NEGATIVE_COLOUR, NEUTRAL_COLOUR, POSITIVE_COLOUR, sign_colour
 from featcirc.evaluate.stats import pearson
 from featcirc.io import atomic_path
-from featcirc.sites import METRIC
+from featcirc.sites import METRIC, stream_index
 
-_COLUMN = {"attn": 0, "mlp": 1, "resid": 2, "embed": 2}  # embed is a residual-stream site
-_ROW = {"attn": -0.27, "mlp": 0.0, "resid": 0.27, "embed": 0.27}  # forward order inside a layer band
-_GROUP_W, _GROUP_GAP = 1.0, 0.3
+SITE_COLOURS: dict[str, tuple[str, str]] = {  # (band fill, label ink) of a site kind's rows
+    "embed": ("#eef0f7", "#44507a"), "attn": ("#e8f3e8", "#2f6f2f"), "mlp": ("#fbeedd", "#a35a12"),
+    "resid": ("#eef0f7", "#44507a"), "metric": ("#fff5d6", "#7a5a00"),
+}
+SIGN_LEGEND = ("blue: supports the clean answer (score / weight > 0)", "red: opposes it (score / weight < 0)")
 _MARKER = {"feature": "o", "error": "s", "component": "D"}
+_KIND_NAME = {"feature": "SAE feature", "error": "SAE error node", "component": "component (whole site)"}
 
 
 def _save(fig: Figure, path: "str | os.PathLike[str]", dpi: int = 110) -> Path:
@@ -38,122 +45,264 @@ def _save(fig: Figure, path: "str | os.PathLike[str]", dpi: int = 110) -> Path:
     return Path(path)
 
 
-def circuit_layout(G: nx.DiGraph) -> dict[str, tuple[float, float]]:
-    """Node positions for :func:`draw_circuit`: y = layer (embed -1 at the bottom, the metric at
-    ``n_layers`` on top), inside a layer band attn below mlp below resid (forward order, so every
-    edge points up); x = one column group per site kind (attn | mlp | resid, embed in resid).
-    Per-position graphs split each group into one slot per position (left to right) and stack
-    the nodes of one (site, position) cell vertically; summed graphs spread a site's nodes across
-    its group, largest ``|score|`` first."""
-    n_layers = graph_n_layers(G)
-    others = [(n, d) for n, d in G.nodes(data=True) if n != METRIC]
-    n_pos = 1 + max((int(d.get("position", -1)) for _, d in others), default=-1)
-    cells: dict[tuple, list[tuple[str, dict]]] = {}
-    for n, d in others:
-        pos = int(d.get("position", -1))
-        key = (d["site"], pos if n_pos > 0 else -1)
-        cells.setdefault(key, []).append((n, d))
-    xy: dict[str, tuple[float, float]] = {}
-    kind_rank = {"error": 0, "component": 0, "feature": 1}
-    for (site, pos), members in cells.items():
-        members.sort(key=lambda nd: (kind_rank.get(nd[1]["kind"], 2), -magnitude(nd[1].get("score", 0)), nd[0]))
-        kind = site.split(".")[0]
-        g0 = _COLUMN[kind] * (_GROUP_W + _GROUP_GAP)
-        y0 = int(members[0][1]["layer"]) + _ROW[kind]
-        m = len(members)
-        if pos >= 0:
-            x = g0 + (pos + 0.5) * _GROUP_W / n_pos
-            offsets = np.linspace(-0.11, 0.11, m) if m > 1 else [0.0]
-            for (n, _), dy in zip(members, offsets):
-                xy[n] = (x, y0 + float(dy))
-        else:
-            for i, (n, _) in enumerate(members):
-                dy = 0.08 * ((i % 3) - 1) if m > 8 else 0.0
-                xy[n] = (g0 + (i + 0.5) * _GROUP_W / m, y0 + dy)
-    if METRIC in G:
-        xy[METRIC] = ((3 * _GROUP_W + 2 * _GROUP_GAP) / 2, float(n_layers))
-    return xy
+def token_text(token: str) -> str:
+    """A token as a readable axis label: newlines and tabs shown as arrows, an all-space token as ``␣``."""
+    shown = token.replace("\n", "\u21b5").replace("\t", "\u21e5")
+    return shown.replace(" ", "\u2423") if not token.strip() else shown
 
 
-def draw_circuit(G: nx.DiGraph, path: "str | os.PathLike[str]", *, title: str = "",
-                 max_labels: int = 12) -> Path:
-    """Draw a circuit to a PNG.
+@dataclass
+class CircuitLayout:
+    """Where :func:`draw_circuit` puts things, in data units.
 
-    Layers run bottom (embed) to top (metric); sites are columns (attn, mlp, resid) with positions
-    spread inside a column when the circuit is per-position (:func:`circuit_layout`). Features are
-    circles, error nodes squares, component nodes diamonds, the metric a star. Node colour is the
-    sign of the score (blue > 0, red < 0), size and opacity grow with ``|score|``; edge colour is
-    the sign of the weight, width and opacity grow with ``|weight|``. Every node is labelled when
-    there are at most 20, otherwise the ``max_labels`` of largest ``|score|``.
+    ``xy``: node -> (x, y). ``columns``: one ``(x_lo, x_hi)`` per token position (a single column
+    when positions are summed); ``rows``: site -> ``(y_lo, y_hi)``, sites in forward order from
+    the bottom, ``metric`` on top; ``slot``: the horizontal distance between nodes of one cell.
+    """
+
+    xy: dict[str, tuple[float, float]]
+    columns: list[tuple[float, float]]
+    rows: dict[str, tuple[float, float]]
+    per_position: bool
+    slot: float = 1.0
+
+
+def circuit_layout(G: nx.DiGraph, *, max_per_line: int = 10, n_positions: Optional[int] = None) -> CircuitLayout:
+    """Lay a circuit out by site (rows) and token position (columns).
+
+    Rows: one per site in forward order (embed, attn.0, mlp.0, resid.0, attn.1, ...; the metric
+    on top), so every edge points up; the sites are ``G.graph["sites"]`` plus any site of a node.
+    Columns: one per token position, each as wide as its fullest (site, position) cell needs: the
+    nodes of a cell sit side by side (error / component node first, then features by ``|score|``),
+    wrapping into stacked lines after ``max_per_line``; a row is as tall as its most wrapped cell.
+    The metric sits in the last column. ``n_positions`` (e.g. the prompt's token count) adds empty
+    columns after the last position that holds a node.
     """
     n_layers = graph_n_layers(G)
-    xy = circuit_layout(G)
     others = [(n, d) for n, d in G.nodes(data=True) if n != METRIC]
-    n_nodes = len(others)
-    smax = max((magnitude(d.get("score", 0)) for _, d in others), default=0.0) or 1.0
-    wmax = max((magnitude(d.get("weight", 0)) for _, _, d in G.edges(data=True)), default=0.0) or 1.0
-    has_embed = any(d["site"] == "embed" for _, d in others) or "embed" in (G.graph.get("sites") or [])
-    y_lo = -1 if has_embed else 0
+    per_position = any(int(d.get("position", -1)) >= 0 for _, d in others)
+    n_cols = 1
+    if per_position:
+        n_cols = max(1 + max(int(d.get("position", -1)) for _, d in others), int(n_positions or 0))
+    sites = {str(s) for s in (G.graph.get("sites") or [])} | {str(d["site"]) for _, d in others}
+    order = sorted(sites, key=lambda s: stream_index(s, n_layers)) + [METRIC]
 
-    fig = Figure(figsize=(11, max(4.5, 0.75 * (n_layers - y_lo + 1) + 1.5)))
-    ax = fig.add_subplot(1, 1, 1)
+    cells: dict[tuple[str, int], list[tuple[str, dict]]] = {}
+    for n, d in others:
+        col = max(int(d.get("position", -1)), 0) if per_position else 0
+        cells.setdefault((str(d["site"]), col), []).append((n, d))
+    per_line = [1] * n_cols
+    for (site, col), members in cells.items():
+        members.sort(key=lambda nd: (nd[1]["kind"] == "feature", -magnitude(nd[1].get("score")), nd[0]))
+        per_line[col] = max(per_line[col], min(max_per_line, len(members)))
 
-    edges = sorted(G.edges(data=True), key=lambda e: magnitude(e[2].get("weight", 0)))
-    if edges:
-        segs, cols, widths = [], [], []
-        dense = min(1.0, math.sqrt(60.0 / len(edges)))  # fainter edges when there are many
-        for u, v, d in edges:
-            rel = magnitude(d.get("weight", 0)) / wmax
-            segs.append([xy[u], xy[v]])
-            cols.append(to_rgba(sign_colour(float(d.get("weight", float("nan")))), (0.12 + 0.6 * rel) * dense))
-            widths.append(0.3 + 3.2 * rel)
-        ax.add_collection(LineCollection(segs, colors=cols, linewidths=widths, zorder=1))
+    columns, x = [], 0.0
+    for m in per_line:
+        w = max(1.6, m + 0.6)
+        columns.append((x, x + w))
+        x += w
+    lines = {s: 1 for s in order}
+    for (site, col), members in cells.items():
+        lines[site] = max(lines[site], math.ceil(len(members) / per_line[col]))
+    rows, y = {}, 0.0
+    for s in order:
+        h = 1.0 + 0.62 * (lines[s] - 1)
+        rows[s] = (y, y + h)
+        y += h
 
-    scale = min(1.0, math.sqrt(40.0 / max(n_nodes, 1)))
+    xy: dict[str, tuple[float, float]] = {}
+    for (site, col), members in cells.items():
+        m = per_line[col]
+        n_lines = math.ceil(len(members) / m)
+        x_mid = sum(columns[col]) / 2
+        y_mid = sum(rows[site]) / 2
+        for j, (n, _) in enumerate(members):
+            line, idx = divmod(j, m)
+            in_line = min(m, len(members) - line * m)
+            xy[n] = (x_mid + (idx - (in_line - 1) / 2), y_mid + 0.62 * ((n_lines - 1) / 2 - line))
+    if METRIC in G:
+        xy[METRIC] = (sum(columns[-1]) / 2, sum(rows[METRIC]) / 2)
+    return CircuitLayout(xy=xy, columns=columns, rows=rows, per_position=per_position)
+
+
+def _short_label(n: str, d: dict) -> str:
+    if d.get("kind") == "feature":
+        return f"f{int(d['feature'])}"
+    if d.get("kind") == "error":
+        return "err"
+    return str(d.get("site", n))
+
+
+def _place_labels(ax, fig: Figure, candidates: Sequence[tuple[str, tuple[float, float], float]],
+                  obstacles: Sequence[tuple[tuple[float, float], float]], *, fontsize: float,
+                  max_labels: int) -> list:
+    """Greedy label placement: for each ``(text, xy, radius_pt)`` in order, try below / above /
+    right / left of the node and keep the first spot that overlaps no placed label and no node
+    marker (``obstacles``: centre and radius in points); a label that fits nowhere is left out."""
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    to_px = ax.transData.transform
+    pt = fig.dpi / 72.0
+    boxes = []
+    for (cx, cy), r in obstacles:
+        px, py = to_px((cx, cy))
+        boxes.append((px - r * pt, py - r * pt, px + r * pt, py + r * pt))
+    placed = []
+    for text, (x, y), r in candidates:
+        if len(placed) >= max_labels:
+            break
+        for dx, dy, ha, va in ((0, -(r + 1.5), "center", "top"), (0, r + 1.5, "center", "bottom"),
+                               (r + 2, 0, "left", "center"), (-(r + 2), 0, "right", "center")):
+            t = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
+                            fontsize=fontsize, color="#1d1d1f", zorder=5,
+                            path_effects=[patheffects.withStroke(linewidth=2.2, foreground="white")])
+            bb = t.get_window_extent(renderer)
+            own = to_px((x, y))
+            hit = any(not (bb.x1 <= b[0] or bb.x0 >= b[2] or bb.y1 <= b[1] or bb.y0 >= b[3])
+                      for b in boxes if not (abs((b[0] + b[2]) / 2 - own[0]) < 1e-6
+                                             and abs((b[1] + b[3]) / 2 - own[1]) < 1e-6))
+            if not hit:
+                t.set_gid("node-label")
+                boxes.append((bb.x0, bb.y0, bb.x1, bb.y1))
+                placed.append(t)
+                break
+            t.remove()
+    return placed
+
+
+def circuit_figure(G: nx.DiGraph, *, title: str = "", tokens: Optional[Sequence[str]] = None,
+                   max_edges: int = 150, max_labels: int = 40) -> Figure:
+    """The figure :func:`draw_circuit` saves (see there); node labels carry ``gid="node-label"``."""
+    if max_edges < 0 or max_labels < 0:
+        raise ValueError(f"max_edges and max_labels must be >= 0, got {max_edges} and {max_labels}")
+    others = [(n, d) for n, d in G.nodes(data=True) if n != METRIC]
+    per_position = any(int(d.get("position", -1)) >= 0 for _, d in others)
+    if tokens is not None:
+        tokens = [str(t) for t in tokens]
+        n_pos = 1 + max((int(d.get("position", -1)) for _, d in others), default=-1)
+        if per_position and len(tokens) < n_pos:
+            raise ValueError(f"tokens has {len(tokens)} entries but node positions go up to {n_pos - 1}; "
+                             "pass the token strings of the prompt the positions index into")
+    L = circuit_layout(G, n_positions=len(tokens) if (tokens is not None and per_position) else None)
+    xy = L.xy
+    width_units = L.columns[-1][1]
+    height_units = L.rows[METRIC][1]
+    inch = 0.36
+    fig_w = min(22.0, max(7.0, width_units * inch + 1.2))
+    fig_h = min(30.0, max(4.0, height_units * 0.34 + 1.3))
+    fig = Figure(figsize=(fig_w, fig_h))
+    ax = fig.add_axes((0.09, 0.11, 0.66, 0.80))
+    ax.set_xlim(0, width_units)
+    ax.set_ylim(0, height_units)
+
+    # row bands and column separators
+    for site, (y0, y1) in L.rows.items():
+        kind = "metric" if site == METRIC else site.split(".")[0]
+        ax.axhspan(y0, y1, color=SITE_COLOURS[kind][0], zorder=0, lw=0)
+        if kind in ("resid", "embed", "metric"):
+            ax.axhline(y0, color="#b9bcc8", lw=0.7, zorder=0.5)
+    for x0, _ in L.columns[1:]:
+        ax.axvline(x0, color="white", lw=1.6, zorder=0.6)
+    ax.set_yticks([sum(r) / 2 for r in L.rows.values()], list(L.rows))
+    for lab, site in zip(ax.get_yticklabels(), L.rows):
+        lab.set_color(SITE_COLOURS["metric" if site == METRIC else site.split(".")[0]][1])
+        lab.set_fontsize(8)
+    centres = [(a + b) / 2 for a, b in L.columns]
+    if L.per_position:
+        names = [token_text(tokens[c]) if tokens is not None and c < len(tokens) else f"@{c}"
+                 for c in range(len(L.columns))]
+        longest = max(len(t) for t in names)
+        narrowest = min(b - a for a, b in L.columns) * fig_w / width_units * 72  # points
+        rotate = longest * 5.5 > narrowest
+        ax.set_xticks(centres, [f"{t}\n{c}" if not rotate else f"{t} ({c})" for c, t in enumerate(names)],
+                      rotation=35 if rotate else 0, ha="right" if rotate else "center", fontsize=8.5,
+                      family="monospace")
+        ax.set_xlabel("token position (the example prompt)" if tokens is not None else "token position",
+                      fontsize=9)
+    else:
+        ax.set_xticks(centres, ["all positions (summed)"], fontsize=8.5)
+    ax.tick_params(length=0)
+    for side in ("top", "right", "left", "bottom"):
+        ax.spines[side].set_visible(False)
+
+    # edges: the strongest max_edges, weakest drawn first
+    edges = sorted(G.edges(data=True), key=lambda e: (-magnitude(e[2].get("weight")), e[0], e[1]))
+    n_edges = len(edges)
+    shown = edges[:max_edges][::-1]
+    if shown:
+        wmax = magnitude(shown[-1][2].get("weight")) or 1.0
+        patches, cols, widths = [], [], []
+        for u, v, d in shown:
+            (x0, y0), (x1, y1) = xy[u], xy[v]
+            ym = (y0 + y1) / 2
+            patches.append(PathPatch(MplPath([(x0, y0), (x0, ym), (x1, ym), (x1, y1)],
+                                             [MplPath.MOVETO, MplPath.CURVE4, MplPath.CURVE4, MplPath.CURVE4])))
+            rel = magnitude(d.get("weight")) / wmax
+            cols.append(to_rgba(sign_colour(float(d.get("weight", float("nan")))), 0.15 + 0.7 * math.sqrt(rel)))
+            widths.append(0.4 + 3.6 * rel)
+        ax.add_collection(PatchCollection(patches, facecolors="none", edgecolors=cols, linewidths=widths, zorder=1))
+
+    # nodes: size and opacity grow with |score|
+    smax = max((magnitude(d.get("score")) for _, d in others), default=0.0) or 1.0
+    radius_pt: dict[str, float] = {}
     for kind, marker in _MARKER.items():
         members = [(n, d) for n, d in others if d["kind"] == kind]
         if not members:
             continue
-        rels = [magnitude(d.get("score", 0)) / smax for _, d in members]
-        ax.scatter([xy[n][0] for n, _ in members], [xy[n][1] for n, _ in members], marker=marker,
-                   s=[scale * (30 + 320 * r) for r in rels],
-                   c=[to_rgba(sign_colour(float(d.get("score", float("nan")))), 0.3 + 0.7 * r)
+        rels = [magnitude(d.get("score")) / smax for _, d in members]
+        sizes = [(3.0 + 4.5 * math.sqrt(r)) ** 2 for r in rels]
+        for (n, _), s in zip(members, sizes):
+            radius_pt[n] = math.sqrt(s) / 2
+        ax.scatter([xy[n][0] for n, _ in members], [xy[n][1] for n, _ in members], marker=marker, s=sizes,
+                   c=[to_rgba(sign_colour(float(d.get("score", float("nan")))), 0.35 + 0.65 * r)
                       for (_, d), r in zip(members, rels)],
-                   edgecolors="black", linewidths=0.4, zorder=2)
+                   edgecolors="black", linewidths=1.3 if kind == "error" else 0.5, zorder=3)
     if METRIC in G:
-        ax.scatter([xy[METRIC][0]], [xy[METRIC][1]], marker="*", s=420, c=METRIC_COLOUR,
-                   edgecolors="black", linewidths=0.6, zorder=3)
+        ax.scatter([xy[METRIC][0]], [xy[METRIC][1]], marker="*", s=260, c=METRIC_COLOUR,
+                   edgecolors="#6b4d00", linewidths=0.6, zorder=3)
         clean = G.nodes[METRIC].get("score", float("nan"))
-        txt = "metric" + (f" = {clean:.3g}" if math.isfinite(float(clean)) else "")
-        ax.annotate(txt, xy[METRIC], xytext=(10, 0), textcoords="offset points", fontsize=8, va="center")
+        txt = "metric" + (f" = {clean:.3g}" if is_scored(clean) else "")
+        ax.annotate(txt, xy[METRIC], xytext=(-10, 0), textcoords="offset points", fontsize=8, va="center",
+                    ha="right", fontweight="bold", zorder=5,  # left of the star: it sits in the last column
+                    path_effects=[patheffects.withStroke(linewidth=2.2, foreground="white")])
+        radius_pt[METRIC] = 9.0
 
-    ranked = sorted(others, key=lambda nd: (-magnitude(nd[1].get("score", 0)), nd[0]))
-    for n, d in ranked if n_nodes <= 20 else ranked[:max_labels]:
-        ax.annotate(node_label(n), xy[n], xytext=(4, 4), textcoords="offset points", fontsize=6.5,
-                    color="#222222", zorder=4)
+    # labels: the nodes of largest |score| first, where they fit
+    ranked = sorted(others, key=lambda nd: (-magnitude(nd[1].get("score")), nd[0]))
+    labels = _place_labels(ax, fig, [(_short_label(n, d), xy[n], radius_pt[n]) for n, d in ranked],
+                  [(xy[n], r) for n, r in radius_pt.items()], fontsize=6.5, max_labels=max_labels)
 
-    centres = [c * (_GROUP_W + _GROUP_GAP) + _GROUP_W / 2 for c in range(3)]
-    ax.set_xticks(centres, ["attn", "mlp", "resid"])
-    for c in range(1, 3):
-        ax.axvline(c * (_GROUP_W + _GROUP_GAP) - _GROUP_GAP / 2, color="#dddddd", lw=0.8, zorder=0)
-    ys = list(range(y_lo, n_layers + 1))
-    ax.set_yticks(ys, ["embed" if y == -1 else ("metric" if y == n_layers else str(y)) for y in ys])
-    for y in ys[:-1]:
-        ax.axhline(y + 0.5, color="#eeeeee", lw=0.8, zorder=0)
-    ax.set_ylim(y_lo - 0.55, n_layers + 0.55)
-    ax.set_xlim(-0.1, 3 * _GROUP_W + 2 * _GROUP_GAP + 0.1)
-    per_pos = any(int(d.get("position", -1)) >= 0 for _, d in others)
-    ax.set_xlabel("site" + (" (token positions left to right within each column)" if per_pos else ""))
-    ax.set_ylabel("layer")
-    head = f"{title}  " if title else ""
-    empty = "  (empty circuit)" if n_nodes == 0 else ""
-    ax.set_title(f"{head}({n_nodes} nodes, {G.number_of_edges()} edges){empty}", fontsize=10)
-    handles = [Line2D([], [], marker=m, ls="", color="#777777", label=k) for k, m in _MARKER.items()]
-    handles += [Line2D([], [], marker="*", ls="", color=METRIC_COLOUR, markersize=10, label="metric"),
-                Line2D([], [], color=POSITIVE_COLOUR, lw=2, label="> 0"),
-                Line2D([], [], color=NEGATIVE_COLOUR, lw=2, label="< 0")]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
-    return _save(fig, path)
+    head = f"{title}\n" if title else ""
+    what = (f"{len(others)} node{'s' * (len(others) != 1)}, {n_edges} edge{'s' * (n_edges != 1)}" + (f"; drawn: the {len(shown)} strongest edges by |weight|"
+                                                       if len(shown) < n_edges else "")
+            + (f"; labelled: {len(labels)} of the largest |score|" if 0 < len(labels) < len(others) else "")
+            + ("  (empty circuit)" if not others else ""))
+    ax.set_title(head + what, fontsize=10, loc="left")
+    handles = [Line2D([], [], color=POSITIVE_COLOUR, lw=2.5, label=SIGN_LEGEND[0]),
+               Line2D([], [], color=NEGATIVE_COLOUR, lw=2.5, label=SIGN_LEGEND[1])]
+    handles += [Line2D([], [], marker=m, ls="", color="#999999", markeredgecolor="black",
+                       markeredgewidth=1.3 if k == "error" else 0.5, label=_KIND_NAME[k]) for k, m in _MARKER.items()]
+    handles += [Line2D([], [], marker="*", ls="", color=METRIC_COLOUR, markersize=10,
+                       label="metric: logit(clean) \u2212 logit(patch answer)")]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7.5, frameon=False,
+              title="size, opacity: |score|; edge width: |weight|", title_fontsize=7.5, alignment="left")
+    return fig
+
+
+def draw_circuit(G: nx.DiGraph, path: "str | os.PathLike[str]", *, title: str = "",
+                 tokens: Optional[Sequence[str]] = None, max_edges: int = 150, max_labels: int = 40) -> Path:
+    """Draw a circuit to a PNG (atomically).
+
+    Rows are sites in forward order (embed at the bottom, the metric on top, attn / mlp / resid of
+    a layer in coloured bands); columns are token positions labelled with ``tokens`` (the prompt
+    the positions index into; ``@p`` without them). Features are circles, error nodes squares
+    with a heavy outline, component nodes diamonds, the metric a star; colour is the sign (blue:
+    supports the clean answer, score > 0; red: opposes it), size and opacity grow with
+    ``|score|``. Only the ``max_edges`` strongest edges by ``|weight|`` are drawn (the title says
+    how many of how many), coloured by sign, width by ``|weight|``. Up to ``max_labels`` nodes
+    of largest ``|score|`` get a label, each only where it overlaps no other label or node.
+    ``title`` is shown as given: pass no absolute paths.
+    """
+    return _save(circuit_figure(G, title=title, tokens=tokens, max_edges=max_edges, max_labels=max_labels), path)
 
 
 def plot_faithfulness(curves: dict[str, Sequence[tuple[int, float]]], path: "str | os.PathLike[str]", *,
@@ -209,4 +358,5 @@ def plot_scatter(x: Iterable[float], y: Iterable[float], path: "str | os.PathLik
     return _save(fig, path)
 
 
-__all__ = ["draw_circuit", "circuit_layout", "plot_faithfulness", "plot_scatter"]
+__all__ = ["draw_circuit", "circuit_figure", "circuit_layout", "CircuitLayout", "token_text", "SITE_COLOURS",
+           "SIGN_LEGEND", "plot_faithfulness", "plot_scatter"]

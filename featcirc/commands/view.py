@@ -1,0 +1,89 @@
+"""``featcirc view DIR``: write ``DIR/circuit.html``, one self-contained offline page to explore
+a discovered circuit (no model needed)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+logger = logging.getLogger("featcirc")
+
+_MAKE_ONE = "run `featcirc discover ... --out DIR` (or `featcirc demo --out DIR`) first"
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); {what}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold a JSON object; {what}")
+    return data
+
+
+def run_title(summary: dict, run: Optional[dict] = None) -> str:
+    """``model · method level circuit · data``, with the data file's name only (no directories)."""
+    run = run or {}
+    data = run.get("task") or summary.get("data") or run.get("data") or ""
+    if data and ("/" in data or "\\" in data) and not data.startswith("task "):
+        data = Path(data).name
+    head = f"{summary.get('model', run.get('model', '?'))} \u00b7 {summary.get('method', run.get('method', '?'))} "
+    head += f"{summary.get('level', run.get('level', ''))} circuit".replace("  ", " ")
+    return f"{head} \u00b7 {data}" if data else head
+
+
+def view_run(run_dir: "str | Path", out: "str | Path | None" = None, *, max_nodes: Optional[int] = None) -> Path:
+    """Write the viewer of a run directory (``nodes.pt``, ``edges.pt``, ``summary.json``, and when
+    present ``circuit.json`` and ``cards.json``) to ``out`` (default ``DIR/circuit.html``)."""
+    from featcirc.attribution.scores import EdgeScores, NodeScores
+    from featcirc.circuit import full_graph
+    from featcirc.export.formats import read_json
+    from featcirc.view import DEFAULT_MAX_NODES, write_viewer
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir} is not a run directory; {_MAKE_ONE}")
+    for name in ("summary.json", "nodes.pt"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir / name} not found: {run_dir} is not a complete run directory; {_MAKE_ONE}")
+    max_nodes = DEFAULT_MAX_NODES if max_nodes is None else max_nodes
+    if isinstance(max_nodes, bool) or not isinstance(max_nodes, int) or max_nodes < 1:
+        raise ValueError(f"--max-nodes must be a positive integer, got {max_nodes!r}")
+    summary = _read_json(run_dir / "summary.json", f"rerun the discovery ({_MAKE_ONE})")
+    run = _read_json(run_dir / "run.json", "rerun the discovery") if (run_dir / "run.json").is_file() else {}
+    cards = None
+    if (run_dir / "cards.json").is_file():
+        cards = _read_json(run_dir / "cards.json", "regenerate the feature cards or delete cards.json")
+
+    nodes = NodeScores.load(run_dir / "nodes.pt")
+    edges = EdgeScores.load(run_dir / "edges.pt") if (run_dir / "edges.pt").is_file() else None
+    n_layers = (summary.get("model_info") or {}).get("n_layers")
+    G = full_graph(nodes, edges, n_layers=n_layers)
+    circuit = read_json(run_dir / "circuit.json") if (run_dir / "circuit.json").is_file() else None
+    if circuit is None:
+        logger.info("no circuit.json in %s: the viewer starts at the run's top-k / thresholds", run_dir)
+        from featcirc.circuit import PruneSettings, prune
+
+        p = summary.get("prune") or {}
+        circuit = prune(G, PruneSettings(p.get("node_threshold"), p.get("top_k", 100), p.get("edge_threshold", 0.0)))
+    out = run_dir / "circuit.html" if out is None else Path(out)
+    return write_viewer(G, out, circuit=circuit, tokens=summary.get("prompt_tokens"), cards=cards,
+                        title=run_title(summary, run), max_nodes=max_nodes)
+
+
+HELP = "write DIR/circuit.html: one offline page to explore a discovered circuit"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("dir", help="a run directory written by `featcirc discover` or `featcirc demo`")
+    p.add_argument("--out", default=None, help="the HTML file to write (default DIR/circuit.html)")
+    p.add_argument("--max-nodes", type=int, default=None,
+                   help="embed the N nodes of largest |score| (default 300) plus the run's circuit")
+
+
+def run(args, progress: bool) -> int:  # noqa: ARG001
+    path = view_run(args.dir, args.out, max_nodes=args.max_nodes)
+    print(path)
+    return 0
