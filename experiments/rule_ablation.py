@@ -10,12 +10,12 @@ import argparse
 import dataclasses
 
 import numpy as np
+import torch
 
-from featcirc.attribution.nodes import ScoreSettings, make_splice, score_nodes_with_splice
+from featcirc.attribution import AttributionSettings, LRPRules, Method, attribute
 from featcirc.data import load_pairs
-from featcirc.models.loading import load_model
-from featcirc.attribution.rules import LRPRules
-from featcirc.evaluate.stats import pearson, score_cells
+from featcirc.evaluate.stats import pearson
+from featcirc.models import load_model
 
 RULES = ("ln", "attention", "activation", "gate")
 
@@ -27,22 +27,23 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args()
+    torch.set_num_threads(1)
     model = load_model(args.model)
-    for p in model.parameters():
-        p.requires_grad_(False)
     data = load_pairs(model, task=args.task, n=args.n, batch_size=args.batch_size)
-    splice = make_splice(model, "component")
+    settings = AttributionSettings(level="component", pair_effects=True, progress=False)
     print(f"{args.model}, {data.summary()}")
 
-    def cells(method: str, rules: LRPRules = LRPRules()):
-        s = ScoreSettings(method, "component", "none", rules=rules)
-        return score_cells(score_nodes_with_splice(splice, data, s, progress=False, keep_records=True)[1], "component")
+    def cells(method):
+        nodes, _ = attribute(model, data, method, edges=False, settings=settings)
+        return {k.split("/")[0]: v.numpy() for k, (v, _) in nodes.cell_groups().items()}
 
     ref = cells("exact")
     variants = {"atp": cells("atp"), "relp (all rules)": cells("relp")}
     for r in RULES:
-        variants[f"relp without {r}"] = cells("relp", dataclasses.replace(LRPRules(), **{r: False}))
-        variants[f"relp with only {r}"] = cells("relp", LRPRules(**{k: k == r for k in RULES}))
+        without = dataclasses.replace(LRPRules(), **{r: False})
+        only = LRPRules(**{k: k == r for k in RULES})
+        variants[f"relp without {r}"] = cells(Method(f"relp-no-{r}", "gradient", without))
+        variants[f"relp with only {r}"] = cells(Method(f"relp-only-{r}", "gradient", only))
     kinds = sorted(ref)
     print(f"{'variant':28s}" + "".join(f"{k:>9s}" for k in kinds))
     for name, c in variants.items():

@@ -20,7 +20,7 @@ from typing import Iterable, Optional
 import networkx as nx
 
 from featcirc.attribution.scores import Cost, EdgeScores, NodeScores
-from featcirc.sites import METRIC, Site, parse_node_id, stream_index
+from featcirc.sites import METRIC, NodeRef, parse_node_id, sort_sites, stream_index
 
 
 @dataclass(frozen=True)
@@ -87,14 +87,6 @@ def _finite_or_none(x: float) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
-def _attrs_from_id(nid: str) -> dict:
-    ref = parse_node_id(nid)
-    return dict(site=ref.site.name, layer=ref.site.layer, kind=ref.kind,
-                feature=-1 if ref.feature is None else ref.feature,
-                position=-1 if ref.position is None else ref.position,
-                score=0.0, activation=float("nan"))
-
-
 def full_graph(nodes: NodeScores, edges: Optional[EdgeScores] = None, *,
                n_layers: Optional[int] = None) -> nx.DiGraph:
     """Every scored node, the ``metric`` node and every scored edge, unpruned.
@@ -115,20 +107,17 @@ def full_graph(nodes: NodeScores, edges: Optional[EdgeScores] = None, *,
         )
     if n_layers is None:
         n_layers = nodes.info.get("n_layers")
-    if n_layers is None:
-        layers = [Site.parse(s).layer for s in nodes.sites]
-        n_layers = max(layers, default=-1) + 1
-    n_layers = int(n_layers)
-    if nodes.sites and max(Site.parse(s).layer for s in nodes.sites) >= n_layers:
-        raise ValueError(f"n_layers={n_layers} but the scores have sites up to "
-                         f"{max(Site.parse(s).layer for s in nodes.sites)}; pass the model's n_layers")
+    top = max((s.layer for s in sort_sites(nodes.sites)), default=-1)
+    n_layers = int(top + 1 if n_layers is None else n_layers)
+    if top >= n_layers:
+        raise ValueError(f"n_layers={n_layers} but the scores have sites up to layer {top}; "
+                         "pass the model's n_layers")
 
     G = nx.DiGraph()
     for nid, attrs in nodes.iter_nodes():
         G.add_node(nid, **attrs)
     clean = float(nodes.metric_clean)
-    G.add_node(METRIC, site=METRIC, layer=n_layers, kind="metric", feature=-1, position=-1,
-               score=clean, activation=clean)
+    G.add_node(METRIC, **NodeRef(None, "metric").attributes(clean, clean, n_layers))
 
     n_added = 0
     site_order: dict[str, int] = {}
@@ -140,8 +129,7 @@ def full_graph(nodes: NodeScores, edges: Optional[EdgeScores] = None, *,
 
     if edges is not None:
         summed = nodes.aggregation == "sum"
-        for (u, v), w in edges.edges.items():
-            w = float(w)
+        for u, v, w in edges.items():
             if not math.isfinite(w):
                 raise ValueError(f"edge {u} -> {v} has a non-finite weight {w}")
             if u == METRIC:
@@ -149,7 +137,7 @@ def full_graph(nodes: NodeScores, edges: Optional[EdgeScores] = None, *,
             for end in (u, v):
                 if end in G:
                     continue
-                attrs = _attrs_from_id(end)
+                attrs = parse_node_id(end).attributes(0.0, float("nan"))
                 if (attrs["position"] == -1) != summed:
                     raise ValueError(f"edge endpoint {end!r} does not match aggregation={nodes.aggregation!r}")
                 G.add_node(end, **attrs)
@@ -166,7 +154,7 @@ def full_graph(nodes: NodeScores, edges: Optional[EdgeScores] = None, *,
     G.graph.update(
         method=nodes.method, level=nodes.level, aggregation=nodes.aggregation,
         n_pairs=int(nodes.n_pairs), n_layers=n_layers,
-        sites=[s.name for s in map(Site.parse, nodes.sites)],
+        sites=[s.name for s in sort_sites(nodes.sites)],
         metric_clean=_finite_or_none(nodes.metric_clean),
         metric_patch=_finite_or_none(nodes.metric_patch),
         has_edges=edges is not None,

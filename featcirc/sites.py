@@ -1,7 +1,10 @@
 """Sites (hook points where an SAE may be spliced) and node ids (DESIGN §3).
 
 A site is ``embed`` (``blocks.0.hook_resid_pre``), ``resid.L`` (``blocks.L.hook_resid_post``),
-``attn.L`` (``blocks.L.hook_attn_out``) or ``mlp.L`` (``blocks.L.hook_mlp_out``).
+``attn.L`` (``blocks.L.hook_attn_out``), ``mlp.L`` (``blocks.L.hook_mlp_out``) or ``z.L``
+(``blocks.L.attn.hook_z``: the attention heads' outputs before ``W_O``, flattened to
+``n_heads * d_head``; Gemma Scope 2's attention SAEs read it). ``z.L`` plays the role of ``attn.L``
+in the site graph (a layer has one or the other).
 
 Node ids:
     feature   ``resid.3/1234@7``  (``resid.3/1234`` with positions summed)
@@ -16,21 +19,38 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Literal, Optional
 
-SiteKind = Literal["embed", "resid", "attn", "mlp"]
-SITE_KINDS: tuple[str, ...] = ("embed", "resid", "attn", "mlp")
+SiteKind = Literal["embed", "resid", "attn", "z", "mlp"]
+SITE_KINDS: tuple[str, ...] = ("embed", "resid", "attn", "z", "mlp")
+RESID_KINDS: tuple[str, ...] = ("embed", "resid")
+"""Sites that hold the whole residual stream (``embed`` is the stream entering block 0)."""
 METRIC = "metric"
 
-_HOOK_OF_KIND = {"resid": "hook_resid_post", "attn": "hook_attn_out", "mlp": "hook_mlp_out"}
-_SITE_RE = re.compile(r"^(embed|(resid|attn|mlp)\.(\d+))$")
-_NODE_RE = re.compile(r"^(?P<site>embed|(?:resid|attn|mlp)\.\d+)(?:/(?P<feat>\d+|err))?(?:@(?P<pos>\d+))?$")
+_HOOK_OF_KIND = {"resid": "hook_resid_post", "attn": "hook_attn_out", "z": "attn.hook_z",
+                 "mlp": "hook_mlp_out"}
+_SITE_RE = re.compile(r"^(embed|(resid|attn|z|mlp)\.(\d+))$")
+_NODE_RE = re.compile(r"^(?P<site>embed|(?:resid|attn|z|mlp)\.\d+)(?:/(?P<feat>\d+|err))?(?:@(?P<pos>\d+))?$")
 
 
 @dataclass(frozen=True, order=True)
 class Site:
-    """A hook point: ``kind`` in embed/resid/attn/mlp, ``layer`` (-1 for embed)."""
+    """A hook point: ``kind`` in embed/resid/attn/z/mlp, ``layer`` (-1 for embed).
+
+    A site equals, and hashes like, its name (``Site("resid", 3) == "resid.3"``), so a dict keyed by
+    sites can be read with names (as in the saved score files) without parsing them again.
+    """
 
     kind: str
     layer: int
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Site):
+            return (self.kind, self.layer) == (other.kind, other.layer)
+        if isinstance(other, str):
+            return self.name == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.name)
 
     def __post_init__(self) -> None:
         if self.kind not in SITE_KINDS:
@@ -49,6 +69,16 @@ class Site:
         return f"blocks.{self.layer}.{_HOOK_OF_KIND[self.kind]}"
 
     @property
+    def is_resid(self) -> bool:
+        """True for sites holding the whole residual stream (``embed``, ``resid.L``)."""
+        return self.kind in RESID_KINDS
+
+    @property
+    def is_attention(self) -> bool:
+        """True for attention outputs (``attn.L``) and the heads' outputs (``z.L``)."""
+        return self.kind in ("attn", "z")
+
+    @property
     def block(self) -> int:
         """The transformer block this site is computed in (embed: block 0's input)."""
         return max(self.layer, 0)
@@ -63,7 +93,7 @@ class Site:
         m = _SITE_RE.match(name)
         if not m:
             raise ValueError(
-                f"not a site: {name!r}; sites are 'embed', 'resid.L', 'attn.L', 'mlp.L'"
+                f"not a site: {name!r}; sites are 'embed', 'resid.L', 'attn.L', 'z.L', 'mlp.L'"
             )
         if m.group(1) == "embed":
             return cls("embed", -1)
@@ -73,31 +103,31 @@ class Site:
     def from_hook_name(cls, hook_name: str) -> "Site":
         if hook_name == "blocks.0.hook_resid_pre":
             return cls("embed", -1)
-        m = re.match(r"^blocks\.(\d+)\.(hook_resid_post|hook_attn_out|hook_mlp_out)$", hook_name)
+        m = re.match(r"^blocks\.(\d+)\.(hook_resid_post|hook_attn_out|attn\.hook_z|hook_mlp_out)$", hook_name)
         if not m:
             raise ValueError(
                 f"hook {hook_name!r} is not a featcirc site; supported hooks are "
                 "blocks.0.hook_resid_pre, blocks.L.hook_resid_post, blocks.L.hook_attn_out, "
-                "blocks.L.hook_mlp_out"
+                "blocks.L.attn.hook_z, blocks.L.hook_mlp_out"
             )
         kind = {v: k for k, v in _HOOK_OF_KIND.items()}[m.group(2)]
         return cls(kind, int(m.group(1)))
 
 
-def all_sites(n_layers: int, kinds: Iterable[str] = SITE_KINDS) -> list[Site]:
+def all_sites(n_layers: int, kinds: Iterable[str] = ("embed", "resid", "attn", "mlp")) -> list[Site]:
     """Every site of an ``n_layers`` model in forward order: embed, attn.0, mlp.0, resid.0, attn.1, ..."""
     kinds = set(kinds)
     out = [Site("embed", -1)] if "embed" in kinds else []
     for layer in range(n_layers):
-        out += [Site(k, layer) for k in ("attn", "mlp", "resid") if k in kinds]
+        out += [Site(k, layer) for k in ("attn", "z", "mlp", "resid") if k in kinds]
     return out
 
 
-_KIND_ORDER = {"embed": 0, "attn": 1, "mlp": 2, "resid": 3}
+_KIND_ORDER = {"embed": 0, "attn": 1, "z": 1, "mlp": 2, "resid": 3}
 
 
 def stream_index(site: "str | Site", n_layers: int) -> int:
-    """Forward order of a site in the residual stream: embed 0, attn.L 3L+1, mlp.L 3L+2,
+    """Forward order of a site in the residual stream: embed 0, attn.L (or z.L) 3L+1, mlp.L 3L+2,
     resid.L 3L+3, metric 3*n_layers+1. Every edge of the site graph strictly increases it."""
     if site == METRIC:
         return 3 * n_layers + 1
@@ -106,7 +136,7 @@ def stream_index(site: "str | Site", n_layers: int) -> int:
 
 
 def sort_sites(sites: Iterable["str | Site"]) -> list[Site]:
-    """Sites in forward order (embed first; within a block attn, mlp, resid)."""
+    """Sites in forward order (embed first; within a block attn/z, mlp, resid)."""
     return sorted((Site.parse(s) for s in sites), key=lambda s: (s.layer, _KIND_ORDER[s.kind]))
 
 
@@ -125,6 +155,18 @@ class NodeRef:
     @property
     def id(self) -> str:
         return node_id(self.site, self.kind, self.feature, self.position)
+
+    def attributes(self, score: float, activation: float, n_layers: Optional[int] = None) -> dict:
+        """The node's attributes in a circuit graph (DESIGN §8): ``site``, ``layer``, ``kind``,
+        ``feature`` (-1 unless a feature), ``position`` (-1 when summed), ``score``, ``activation``.
+        The metric node has ``site="metric"`` and ``layer=n_layers``."""
+        if self.kind == "metric":
+            return dict(site=METRIC, layer=n_layers, kind="metric", feature=-1, position=-1,
+                        score=float(score), activation=float(activation))
+        return dict(site=self.site.name, layer=self.site.layer, kind=self.kind,
+                    feature=-1 if self.feature is None else int(self.feature),
+                    position=-1 if self.position is None else int(self.position),
+                    score=float(score), activation=float(activation))
 
 
 def node_id(

@@ -1,4 +1,6 @@
-"""Node scores: exact equals hand-written patching, IG is complete, RelP without rules is AtP."""
+"""Node scores: exact equals hand-written patching, IG is complete, RelP without rules is AtP.
+
+Sign convention: a score is m(clean) - m(clean with the node patched)."""
 
 from __future__ import annotations
 
@@ -6,10 +8,17 @@ import pytest
 import torch
 
 from conftest import make_dataset, make_model, make_saes
-from featcirc.attribution.nodes import score_nodes
-from featcirc.metric import logit_diff_from_resid
+from featcirc.attribution import AttributionSettings, Method, attribute, get_method, method_names
 from featcirc.attribution.rules import LRPRules
+from featcirc.metric import logit_diff_from_resid
 from featcirc.sites import Site
+
+
+def score_nodes(model, data, *, method, level, saes=None, sites=None, rules=None, **settings):
+    if rules is not None:
+        method = Method(f"{method}-custom", get_method(method).estimator, rules)
+    settings = AttributionSettings(level=level, sites=None if sites is None else tuple(sites), **settings)
+    return attribute(model, data, method, saes, edges=False, settings=settings)[0]
 
 
 def metric_with_hook(model, batch, hook_name=None, fn=None):
@@ -48,7 +57,7 @@ def test_exact_component_equals_hand_patch(arch):
                 act = act.clone()
                 act[:, pos] = x_p[:, pos]
                 return act
-            want = float(metric_with_hook(model, batch, Site.parse(site).hook_name, patch_one) - m0)
+            want = float(m0 - metric_with_hook(model, batch, Site.parse(site).hook_name, patch_one))
             got = float(scores.vectors[site][pos])
             assert got == pytest.approx(want, abs=1e-5), (site, pos)
     # positions before the first differing token have exactly zero effect
@@ -75,7 +84,7 @@ def test_exact_feature_and_error_equal_hand_patch():
             f = f.clone()
             f[:, pos, i] = f_p[:, pos, i]
             return sae.decode(f) + eps
-        want = float(metric_with_hook(model, batch, Site.parse(site).hook_name, patch_feature) - m0)
+        want = float(m0 - metric_with_hook(model, batch, Site.parse(site).hook_name, patch_feature))
         assert float(scores.features[site][pos, i]) == pytest.approx(want, abs=1e-5)
 
     def patch_error(act):
@@ -84,7 +93,7 @@ def test_exact_feature_and_error_equal_hand_patch():
         eps = eps.clone()
         eps[:, pos] = e_p[:, pos]
         return sae.decode(f) + eps
-    want = float(metric_with_hook(model, batch, Site.parse(site).hook_name, patch_error) - m0)
+    want = float(m0 - metric_with_hook(model, batch, Site.parse(site).hook_name, patch_error))
     assert float(scores.vectors[site][pos]) == pytest.approx(want, abs=1e-5)
 
 
@@ -104,7 +113,7 @@ def test_exact_batched_rows_equal_one_row_at_a_time():
 
 @pytest.mark.parametrize("level", ["component", "feature"])
 def test_ig_is_complete(arch, level):
-    """Sum over a site's nodes of IG equals m(site patched) - m(clean) (within 2%)."""
+    """Sum over a site's nodes of IG equals m(clean) - m(site patched) (within 2%)."""
     model = make_model(arch)
     saes = make_saes(model) if level == "feature" else None
     data = make_dataset(n_batches=1, batch=1, length=6)
@@ -115,7 +124,7 @@ def test_ig_is_complete(arch, level):
     checked = 0
     for site in ("attn.0", "mlp.1", "resid.0"):
         x_p = site_values(model, batch.patch, site)
-        want = float(metric_with_hook(model, batch, Site.parse(site).hook_name, lambda act: x_p) - m0)
+        want = float(m0 - metric_with_hook(model, batch, Site.parse(site).hook_name, lambda act: x_p))
         got = float(scores.vectors[site])
         if level == "feature":
             got += float(scores.features[site].sum())
@@ -167,7 +176,34 @@ def test_aggregation_sum_equals_sum_of_positions():
 def test_bad_settings_raise():
     model = make_model("gpt2")
     data = make_dataset()
-    with pytest.raises(ValueError, match="method"):
+    with pytest.raises(ValueError, match="unknown method 'magic'; choose one of exact, atp, relp, ig"):
         score_nodes(model, data, method="magic", level="component")
     with pytest.raises(ValueError, match="SAEs"):
         score_nodes(model, data, method="atp", level="feature")
+    with pytest.raises(ValueError, match="ig_steps"):
+        score_nodes(model, data, method="ig", level="component", ig_steps=0)
+    with pytest.raises(ValueError, match="max_nodes"):
+        AttributionSettings(max_nodes=0)
+
+
+def test_registry_drives_the_choices():
+    assert method_names()[:4] == ("exact", "atp", "relp", "ig")
+    assert "exact" not in method_names(with_edges=True)
+    assert get_method("relp-no-ah").rules == LRPRules(attention=False)
+    model = make_model("gpt2")
+    data = make_dataset()
+    nodes, edges = attribute(model, data, "exact", settings=AttributionSettings(level="component", progress=False))
+    assert edges is None and nodes.method == "exact"
+
+
+def test_pair_effects_average_to_the_scores():
+    model = make_model("gpt2")
+    saes = make_saes(model)
+    data = make_dataset()
+    nodes = score_nodes(model, data, method="relp", level="feature", saes=saes, pair_effects=True,
+                        progress=False)
+    for s in nodes.sites:
+        feats, vec = nodes.pair_effects[s]
+        assert feats.shape[0] == vec.shape[0] == data.n_pairs
+        assert torch.allclose(vec.mean(0), nodes.vectors[s], atol=1e-6)
+        assert torch.allclose(feats.mean(0), nodes.features[s], atol=1e-6)

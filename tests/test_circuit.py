@@ -55,6 +55,10 @@ def per_position_scores() -> tuple[NodeScores, EdgeScores]:
     return ns, es
 
 
+def with_edge(es: EdgeScores, key: tuple[str, str], w: float) -> EdgeScores:
+    return EdgeScores(es.method, es.aggregation, cost=es.cost, info=es.info, edges={**es.edges, key: w})
+
+
 # --------------------------------------------------------------------------------- full graph
 def test_full_graph_nodes_edges_and_attributes():
     ns, es = small_scores()
@@ -92,7 +96,7 @@ def test_full_graph_infers_n_layers_and_nan_metric():
 
 def test_full_graph_adds_edge_only_nodes():
     ns, es = small_scores()
-    es.edges[("resid.0/1", "attn.1/1")] = 0.05  # resid.0/1 has score 0: not a scored node
+    es = with_edge(es, ("resid.0/1", "attn.1/1"), 0.05)  # resid.0/1 has score 0: not a scored node
     G = full_graph(ns, es)
     assert G.nodes["resid.0/1"]["score"] == 0.0 and G.nodes["resid.0/1"]["kind"] == "feature"
     assert G.nodes["resid.0/1"]["feature"] == 1 and G.graph["n_edge_only_nodes"] == 1
@@ -105,7 +109,7 @@ def test_full_graph_adds_edge_only_nodes():
 ])
 def test_full_graph_rejects_bad_edges(bad_edge, match):
     ns, es = small_scores()
-    es.edges[bad_edge] = 0.1
+    es = with_edge(es, bad_edge, 0.1)
     with pytest.raises(ValueError, match=match):
         full_graph(ns, es)
 
@@ -116,7 +120,7 @@ def test_full_graph_rejects_mismatched_aggregation_and_nan_weight():
     with pytest.raises(ValueError, match="aggregation"):
         full_graph(ns, es)
     ns, es = small_scores()
-    es.edges[("resid.0/0", "attn.1/1")] = float("nan")
+    es = with_edge(es, ("resid.0/0", "attn.1/1"), float("nan"))
     with pytest.raises(ValueError, match="non-finite"):
         full_graph(ns, es)
 

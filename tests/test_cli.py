@@ -91,8 +91,9 @@ def test_compare_feature_level_adds_faithfulness(tmp_path):
     out = tmp_path / "cmpf"
     assert main(["-q", "compare", "--model", "tiny", "--saes", "tiny", "--task", "sva-nounpp", "--n", "4",
                  "--level", "feature", "--methods", "exact,atp,relp", "--max-nodes", "60", "--out", str(out)]) == 0
-    kinds = {r["site_kind"] for r in csv.DictReader(open(out / "correlations.csv"))}
-    assert {"feature", "error", "resid", "attn", "mlp", "embed"} <= kinds
+    rows = list(csv.DictReader(open(out / "correlations.csv")))
+    groups = {(r["site_kind"], r["node_kind"]) for r in rows}
+    assert {(k, n) for k in ("embed", "resid", "attn", "mlp") for n in ("feature", "error")} <= groups
     faith = list(csv.DictReader(open(out / "faithfulness.csv")))
     assert {r["method"] for r in faith} == {"atp", "relp"}
     cost = {r["method"]: r for r in csv.DictReader(open(out / "cost.csv"))}

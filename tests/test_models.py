@@ -96,6 +96,7 @@ def test_tiny_dispatches_to_bundle_loader(monkeypatch):
     got = load_model("tiny", dtype=torch.float64)
     assert seen == ["cpu", "cpu", "cpu"]
     assert got.W_E.dtype == torch.float64 and got.cfg.dtype == torch.float64
+    assert not got.training and not any(p.requires_grad for p in got.parameters())  # frozen
 
 
 def test_tiny_bundle_missing_files(monkeypatch, tmp_path):
@@ -114,9 +115,10 @@ def test_tiny_module_missing(monkeypatch):
 
 def test_gemma_names_dispatch(monkeypatch):
     seen = []
-    monkeypatch.setattr(gemma, "load_gemma_3_270m", lambda device, dtype: seen.append((device, dtype)) or "gemma")
+    model = make_model("gpt2")
+    monkeypatch.setattr(gemma, "load_gemma_3_270m", lambda device, dtype: seen.append((device, dtype)) or model)
     for name in ("gemma-3-270m", "google/gemma-3-270m", "Google/Gemma-3-270M"):
-        assert load_model(name) == "gemma"
+        assert load_model(name) is model
     assert seen == [("cpu", torch.float32)] * 3
 
 

@@ -1,1 +1,26 @@
-"""Attribution: SAEs spliced with error nodes, LRP rules, node and edge scores."""
+"""Attribution: node and edge scores of a model with SAEs spliced in (docs/design.md §4-§7).
+
+``attribute(model, data, method, saes, *, edges=True, settings=AttributionSettings(...))`` returns
+``(NodeScores, EdgeScores | None)``; ``method`` is a name of the registry (:func:`method_names`).
+Modules: ``methods`` (the registry and LRP rule choices), ``splice`` (SAEs with error nodes),
+``rules`` (LRP rules as hooks), ``nodes`` (per-batch node effects), ``candidates``, ``edges`` (the
+vectorised edge pass), ``reference`` (the per-node oracle), ``passes`` (the two passes), ``scores``.
+Names are imported lazily, so listing methods does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "attribute": "passes", "AttributionSettings": "settings", "Method": "methods", "LRPRules": "methods",
+    "get_method": "methods", "method_names": "methods", "parse_methods": "methods", "register": "methods",
+    "UnknownMethodError": "methods", "NodeScores": "scores", "EdgeScores": "scores", "Cost": "scores",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"featcirc.attribution.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'featcirc.attribution' has no attribute {name!r}")

@@ -1,478 +1,309 @@
-"""Edge scores between the nodes of adjacent sites (DESIGN §7).
+"""Edge scores between the nodes of consecutive spliced sites (docs/design.md §7), vectorised.
 
-The site graph of Marks et al.: within block ``L`` with input ``R = resid.(L-1)`` (``embed`` for
-``L = 0``)::
+The site graph: a downstream site ``d`` reads from ``R``, the last spliced residual-stream site before
+it (``embed`` or ``resid.l``; none: the clean stream), and from every spliced attention / MLP site
+between ``R`` and ``d``. With every site spliced this is Marks et al.'s graph
+(``R -> attn.L, R -> mlp.L, attn.L -> mlp.L, R/attn.L/mlp.L -> resid.L``); with sparse sites (e.g.
+Gemma Scope 2's layers 5, 9, 12, 15) the Jacobian runs through the unspliced layers in between.
 
-    R -> attn.L,  R -> mlp.L,  attn.L -> mlp.L (sequential blocks only),
-    R -> resid.L (direct path),  attn.L -> resid.L,  mlp.L -> resid.L,   resid.last -> metric
+    e(u -> d) = g_d . (d a_d / d a_u) . (a_c,u - a_p,u)
 
-    e(u -> d) = g_d . (d a_d / d a_u) . (a_p,u - a_c,u)
+with ``g_d`` the node gradient of ``d`` (held constant; path-averaged for IG), the Jacobian on the
+clean run (for IG averaged over ``a = a_c + alpha_k (a_p - a_c)``, all inputs moving together) with
+the method's LRP rules, sites between ``u`` and ``d`` held constant. Edges into ``metric`` are the
+node scores of the last residual site's nodes.
 
-with ``g_d`` the node gradient of ``d`` (held constant; path-averaged for IG), the Jacobian taken on
-the clean run through ``d``'s encoder (for an error node through ``x - dec(enc(x))``), intermediate
-sites held constant (their outputs are replaced by leaves), and the LRP rules active for RelP. For IG
-the Jacobian is averaged over ``a_u = a_c + alpha_k (a_p - a_c)``, all inputs of the block moving
-together.
+How it is computed, per group of downstream sites sharing ``R`` (one forward of the blocks they span):
 
-Vectorised: every (pair, downstream node[, alpha]) is one *row* of a replicated batch; one forward
-of block ``L`` and one backward with one-hot ``grad_outputs`` give all rows' vector-Jacobian
-products at once. :func:`naive_block_edges` is the one-backward-per-node loop it replaces.
+1. *Encoder.* Each downstream node's gradient is pulled back to its site's input ``x_d`` in closed
+   form: a feature ``i`` gives ``g_i [f_i != 0] E_i`` (``E``: the encoder directions), the error node
+   gives ``g - E^T([f != 0] (D g))``, a component node ``g``.
+2. *Blocks.* Those ``x_d``-cotangents are pulled back to the upstream sites' values in one batched
+   backward (``is_grads_batched``) over a single shared forward. Cotangents are packed: pairs are
+   independent rows, and when ``d`` depends on its inputs position by position (no live attention in
+   between) nodes at different positions share a row too. Where ``x_d`` is the plain sum of its
+   inputs (``resid.L = R + attn.L + mlp.L``) no backward is needed: the Jacobian is the identity.
+3. *Upstream nodes.* The pulled-back gradients are projected on the upstream candidates (decoder
+   directions for features, the delta for vector nodes) and multiplied by their deltas.
 
-Edges are computed among *candidate* nodes: the ``max_nodes`` nodes of largest ``|score|``, so
-re-thresholding nodes down to that size needs no model.
+:mod:`featcirc.attribution.reference` computes the same with one backward per node, for tests.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from featcirc.attribution.nodes import BatchRecord, ScoreSettings, make_splice, score_nodes_with_splice
-from featcirc.data import PairDataset
-from featcirc.attribution.rules import LRPRules, lrp_rules
-from featcirc.attribution.scores import Cost, EdgeScores, NodeScores
-from featcirc.sites import METRIC, Site, node_id
-from featcirc.attribution.splice import SiteState, Splice
+from featcirc.attribution.candidates import SiteCandidates
+from featcirc.attribution.methods import Method
+from featcirc.attribution.nodes import BatchRecord
+from featcirc.attribution.rules import lrp_rules
+from featcirc.attribution.scores import Cost
+from featcirc.attribution.splice import Splice
+from featcirc.sites import Site, sort_sites
+
+_BUDGET = 1 << 25  # elements per chunk of packed cotangents / projections
 
 
-# --------------------------------------------------------------------------------------------
-# candidate nodes
-# --------------------------------------------------------------------------------------------
-@dataclass
-class SiteCandidates:
-    """Candidate nodes of one site: features ``(pos, feature)`` then vector nodes ``(pos)``.
+@dataclass(frozen=True)
+class EdgeGroup:
+    """Downstream sites sharing their residual input ``upstream`` and one forward of blocks ``start..stop``.
 
-    ``pos == -1`` means summed over positions (``aggregation="sum"``)."""
+    ``leaves``: sites whose values enter as leaves (``upstream`` and every spliced attention / MLP site
+    in the span); ``parents[d]``: the sites ``d`` receives edges from; ``positionwise[d]``: ``d``
+    depends on its inputs position by position; ``identity[d]``: ``x_d`` is the sum of its parents.
+    """
 
-    site: str
-    feat_pos: torch.Tensor  # [nf]
-    feat_idx: torch.Tensor  # [nf]
-    vec_pos: torch.Tensor  # [nv]
-    ids: list[str]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def select_candidates(nodes: NodeScores, max_nodes: Optional[int]) -> dict[str, SiteCandidates]:
-    """The ``max_nodes`` nodes of largest nonzero ``|score|`` (all nonzero ones if None), by site."""
-    entries = []  # (|score|, site, kind, pos, feat)
-    for site in nodes.sites:
-        vec = nodes.vectors[site]
-        if nodes.aggregation == "sum":
-            vec = vec.reshape(1)
-        for p in torch.nonzero(vec).flatten().tolist():
-            entries.append((abs(float(vec[p])), site, "v", -1 if nodes.aggregation == "sum" else p, -1))
-        if site in nodes.features:
-            feats = nodes.features[site]
-            if nodes.aggregation == "sum":
-                feats = feats.unsqueeze(0)
-            nz = torch.nonzero(feats)
-            vals = feats[nz[:, 0], nz[:, 1]].abs().tolist()
-            for (p, f), v in zip(nz.tolist(), vals):
-                entries.append((v, site, "f", -1 if nodes.aggregation == "sum" else p, f))
-    entries.sort(key=lambda e: (-e[0], e[1], e[2], e[3], e[4]))
-    if max_nodes is not None:
-        entries = entries[:max_nodes]
-    vector_kind = nodes.vector_kind
-    out: dict[str, SiteCandidates] = {}
-    for site in nodes.sites:
-        fe = sorted((e[3], e[4]) for e in entries if e[1] == site and e[2] == "f")
-        ve = sorted(e[3] for e in entries if e[1] == site and e[2] == "v")
-        pos = lambda p: None if p == -1 else p  # noqa: E731
-        ids = [node_id(site, "feature", f, pos(p)) for p, f in fe]
-        ids += [node_id(site, vector_kind, None, pos(p)) for p in ve]
-        out[site] = SiteCandidates(
-            site, torch.tensor([p for p, _ in fe], dtype=torch.long),
-            torch.tensor([f for _, f in fe], dtype=torch.long),
-            torch.tensor(ve, dtype=torch.long), ids)
-    return out
+    upstream: Optional[Site]
+    start: int
+    stop: int
+    leaves: tuple[Site, ...]
+    parents: dict[Site, tuple[Site, ...]]
+    positionwise: dict[Site, bool]
+    identity: dict[Site, bool]
 
 
-# --------------------------------------------------------------------------------------------
-# the site graph of one block
-# --------------------------------------------------------------------------------------------
-@dataclass
-class BlockGraph:
-    layer: int
-    upstream_resid: Optional[str]  # R, if spliced
-    downstream: list[str]  # spliced sites computed in this block, forward order
-    parents: dict[str, list[str]]  # downstream site -> its upstream sites (spliced)
-
-    @property
-    def leaf_sites(self) -> list[str]:
-        """Sites whose values enter the block as leaves: R, and attn/mlp (held constant)."""
-        out = [self.upstream_resid] if self.upstream_resid else []
-        return out + [s for s in self.downstream if not s.startswith("resid")]
-
-
-def block_graphs(model: HookedTransformer, splice: Splice) -> list[BlockGraph]:
-    spliced = set(splice.site_names)
-    parallel = bool(getattr(model.cfg, "parallel_attn_mlp", False))
-    graphs = []
-    for L in range(model.cfg.n_layers):
-        r = "embed" if L == 0 else f"resid.{L - 1}"
-        r = r if r in spliced else None
-        a, m, o = f"attn.{L}", f"mlp.{L}", f"resid.{L}"
-        parents: dict[str, list[str]] = {}
-        if a in spliced:
-            parents[a] = [r] if r else []
-        if m in spliced:
-            parents[m] = ([r] if r else []) + ([a] if a in spliced and not parallel else [])
-        if o in spliced:
-            parents[o] = ([r] if r else []) + [s for s in (a, m) if s in spliced]
-        parents = {d: ps for d, ps in parents.items() if ps}
+def edge_groups(model: HookedTransformer, sites: Iterable[Site]) -> list[EdgeGroup]:
+    """The site graph of ``sites`` (see the module doc), grouped by residual input."""
+    spliced = sort_sites(sites)
+    parallel = bool(model.cfg.parallel_attn_mlp)
+    by_upstream: dict[Optional[Site], dict[Site, tuple[Site, ...]]] = {}
+    for i, d in enumerate(spliced):
+        if d.kind == "embed":
+            continue
+        before = spliced[:i]
+        last_resid = max((j for j, s in enumerate(before) if s.is_resid), default=None)
+        R = None if last_resid is None else before[last_resid]
+        between = before if last_resid is None else before[last_resid + 1:]  # attention / MLP sites
+        if parallel and d.kind == "mlp":  # attention and MLP read the same stream
+            between = [s for s in between if not (s.is_attention and s.layer == d.layer)]
+        parents = tuple(([R] if R is not None else []) + list(between))
         if parents:
-            graphs.append(BlockGraph(L, r, [s for s in (a, m, o) if s in spliced], parents))
-    return graphs
+            by_upstream.setdefault(R, {})[d] = parents
+    groups = []
+    for R, parents in by_upstream.items():
+        start = 0 if R is None else R.layer + 1
+        inner = sort_sites({u for ps in parents.values() for u in ps if u != R})
+        leaves = tuple(([R] if R is not None else []) + inner)
+        attn_leaf = {s.layer for s in inner if s.is_attention}
+        positionwise, identity = {}, {}
+        for d in parents:
+            feeding = [layer for layer in range(start, d.block + 1)
+                       if not (layer == d.block and (d.is_attention or (parallel and d.kind == "mlp")))]
+            positionwise[d] = not d.is_attention and all(layer in attn_leaf for layer in feeding)
+            identity[d] = (d.kind == "resid" and start == d.layer and Site("attn", d.layer) in inner
+                           and (Site("mlp", d.layer) in inner or bool(model.cfg.attn_only)))
+        groups.append(EdgeGroup(R, start, max(d.block for d in parents), leaves, parents, positionwise,
+                                identity))
+    return groups
 
 
 # --------------------------------------------------------------------------------------------
-# one block, vectorised over rows
-# --------------------------------------------------------------------------------------------
-def _row_values(state: SiteState, patch: SiteState, rows: torch.Tensor, alpha: torch.Tensor):
-    """Leaf values ``a_c + alpha (a_p - a_c)`` of one site for the given pair rows."""
-    shape = (-1,) + (1,) * (state.vector.dim() - 1)
-    v = state.vector[rows] + alpha.view(shape) * (patch.vector[rows] - state.vector[rows])
-    f = None
-    if state.features is not None:
-        f = state.features[rows] + alpha.view(shape) * (patch.features[rows] - state.features[rows])
-    return SiteState(None if f is None else f.requires_grad_(), v.requires_grad_())
-
-
-def _block_forward(splice: Splice, graph: BlockGraph, leaves: dict[str, SiteState],
-                   resid_in: torch.Tensor, rules: LRPRules) -> dict[str, SiteState]:
-    """Run block ``graph.layer`` with leaf inputs; return each downstream site's node values."""
+def batch_edges(splice: Splice, group: EdgeGroup, record: BatchRecord, cands: dict[Site, SiteCandidates],
+                method: Method, ig_steps: int, summed: bool, max_rows: int, cost: Cost,
+                out: dict[tuple[Site, Site], torch.Tensor]) -> None:
+    """Add one batch's edges of ``group`` to ``out`` (``{(d, u): [n_cand(d), n_cand(u)]}``)."""
     model = splice.model
-    down: dict[str, SiteState] = {}
+    B = record.batch.clean.shape[0]
+    S = ig_steps if method.estimator == "integrated" else 1
+    alphas = torch.arange(S, dtype=torch.float32) / S
+    # rows n = s * B + b: pair b at interpolation step s
+    pair = torch.arange(B).repeat(S)
+    alpha = alphas.repeat_interleave(B)
+    x_clean = {u: splice.combine(u, record.clean[u]) for u in group.leaves}
+    x_delta = {u: splice.combine(u, record.patch[u]) - x_clean[u] for u in group.leaves}
+    leaves = {}
+    for u in group.leaves:
+        shape = (-1,) + (1,) * (x_clean[u].dim() - 1)
+        leaves[u] = (x_clean[u][pair] + alpha.view(shape) * x_delta[u][pair]).detach().requires_grad_()
+    down = [d for d in group.parents if len(cands[d])]
+    if not down:
+        return
+    need_graph = any(not group.identity[d] for d in down)
+    captured: dict[Site, torch.Tensor] = {}
 
-    def make(site: str):
+    def make(site: Site) -> Callable[[torch.Tensor], torch.Tensor]:
         def fn(x: torch.Tensor) -> torch.Tensor:
-            down[site] = splice.split(site, x)
-            return splice.combine(site, leaves[site]) if site in leaves else x
+            if site in group.parents:
+                captured[site] = x
+            return leaves[site] if site in leaves else x
 
         return fn
 
-    with torch.enable_grad(), lrp_rules(model, rules), splice.hooks({s: make(s) for s in graph.downstream}):
-        model.blocks[graph.layer](resid_in)
-    return down
-
-
-def _edge_weights(grad: SiteState, delta: SiteState, cands: SiteCandidates, summed: bool) -> torch.Tensor:
-    """``[K, n_candidates(U)]``: the rows' vector-Jacobian products times the upstream deltas."""
-    cols = []
-    T = grad.vector.shape[1]
-    if len(cands.feat_idx):
-        w = grad.features * delta.features  # [K, T, F]
-        if summed:
-            cols.append(w.sum(1)[:, cands.feat_idx])
-        else:  # candidates beyond this batch's length get 0
-            cols.append(w[:, cands.feat_pos.clamp(max=T - 1), cands.feat_idx] * (cands.feat_pos < T))
-    if len(cands.vec_pos):
-        w = (grad.vector * delta.vector).sum(-1)  # [K, T]
-        cols.append(w.sum(1, keepdim=True) if summed
-                    else w[:, cands.vec_pos.clamp(max=T - 1)] * (cands.vec_pos < T))
-    if not cols:
-        return grad.vector.new_zeros(grad.vector.shape[0], 0)
-    return torch.cat(cols, dim=1)
+    hooked = [s for s in list(group.leaves) + list(group.parents) if s != group.upstream]
+    with torch.enable_grad() if need_graph else torch.no_grad(), lrp_rules(model, method.rules), \
+            splice.hooks({s: make(s) for s in hooked}):
+        x = leaves[group.upstream] if group.upstream is not None else record.resid_pre[group.start][pair]
+        for layer in range(group.start, group.stop + 1):
+            x = model.blocks[layer](x)
+    cost.forward_passes += 1
+    for d in down:
+        rows = _downstream_rows(splice, d, cands[d], record, captured[d].detach(), pair, method, summed)
+        if rows is None:
+            continue
+        for packed in _pack(rows, group.positionwise[d] and not summed, x_shape=captured[d].shape,
+                            max_rows=max_rows):
+            if group.identity[d]:
+                grads = {u: packed.cotangent for u in group.parents[d]}
+            else:
+                inputs = [leaves[u] for u in group.parents[d]]
+                gs = torch.autograd.grad(captured[d], inputs, packed.cotangent, retain_graph=True,
+                                         is_grads_batched=True, allow_unused=True)
+                cost.backward_passes += 1
+                grads = {u: (torch.zeros_like(packed.cotangent[..., :0]) if g is None else g)
+                         for u, g in zip(group.parents[d], gs)}
+            for u in group.parents[d]:
+                if grads[u].shape[-1] == 0:
+                    continue
+                _project(splice, u, cands[u], grads[u], packed, record, pair, S, summed, out[(d, u)])
 
 
 @dataclass
 class _Rows:
-    pair: torch.Tensor  # [K] batch row of the pair
-    site: list[str]  # downstream site of each row
-    index: torch.Tensor  # [K] candidate index within its site
-    alpha: torch.Tensor  # [K]
-    weight: torch.Tensor  # [K] 1/N for IG steps, else 1
+    """Downstream nodes to pull back: row ``m`` is candidate ``cand[m]`` of batch row ``n[m]``, with its
+    cotangent ``w[m]`` at the site's input (``[T, d]`` when summed, else ``[d]`` at ``pos[m]``)."""
+
+    n: torch.Tensor
+    cand: torch.Tensor
+    pos: torch.Tensor
+    w: torch.Tensor
 
 
-def _make_rows(graph: BlockGraph, cands: Mapping[str, SiteCandidates], record: BatchRecord,
-               alphas: torch.Tensor, summed: bool) -> _Rows:
-    """One row per (pair, downstream candidate[, alpha]). Rows whose node cannot receive an edge are
-    skipped: positions beyond the pair's length and, when the Jacobian is taken on the clean run
-    only (not IG), features inactive there (their encoder's Jacobian is zero for ReLU / JumpReLU /
-    TopK SAEs)."""
-    clean_only = bool((alphas == 0).all())
-    B, T = record.batch.clean.shape
-    pair, site, index, alpha = [], [], [], []
-    for d in graph.parents:
-        c = cands[d]
-        nf = len(c.feat_idx)
-        for b in range(B):
-            valid = torch.ones(len(c), dtype=torch.bool)
-            if not summed:
-                valid &= torch.cat([c.feat_pos, c.vec_pos]) < T
-            f = record.clean[d].features
-            if nf and f is not None and clean_only:
-                acts = f[b] if summed else f[b, c.feat_pos.clamp(max=T - 1)]
-                active = (acts[:, c.feat_idx] != 0).any(0) if summed else acts[torch.arange(nf), c.feat_idx] != 0
-                valid[:nf] &= active
-            idx = torch.nonzero(valid).flatten()
-            for a in alphas:
-                pair.append(torch.full((len(idx),), b))
-                index.append(idx)
-                alpha.append(torch.full((len(idx),), float(a)))
-                site += [d] * len(idx)
-    n = len(site)
-    cat = lambda xs, dt: torch.cat(xs).to(dt) if xs else torch.zeros(0, dtype=dt)  # noqa: E731
-    return _Rows(cat(pair, torch.long), site, cat(index, torch.long), cat(alpha, torch.float32),
-                 torch.full((n,), 1.0 / len(alphas)))
+def _downstream_rows(splice: Splice, d: Site, cands: SiteCandidates, record: BatchRecord, x_d: torch.Tensor,
+                     pair: torch.Tensor, method: Method, summed: bool) -> Optional[_Rows]:
+    """Step 1: every live (row, candidate)'s gradient pulled back through ``d``'s encoder (closed form).
+    A row is live when its gradient is nonzero and, for a feature, the feature is active there."""
+    N, T = x_d.shape[:2]
+    grad = record.grads[d]
+    nf = cands.n_features
+    ns, cs, ws = [], [], []
+    active = None
+    if splice.has_sae(d):
+        if method.estimator == "integrated":  # features active along the path
+            with torch.no_grad():
+                active = splice.encode(d, x_d) != 0
+        else:
+            active = (record.clean[d].features != 0)[pair]
+        E, D = splice.encoder_directions(d), splice.decoder_directions(d)
+    pos = cands.positions.clamp(max=T - 1)
+    valid = torch.ones(len(cands), dtype=torch.bool) if summed else cands.positions < T
+    if nf:
+        fi, fp = cands.feat_idx, pos[:nf]
+        gf = grad.features[pair][:, :, fi] * active[:, :, fi]  # [N, T, nf]
+        if not summed:
+            gf = gf[:, fp, torch.arange(nf)][:, None, :]  # [N, 1, nf]: each at its own position
+        gate = gf * valid[:nf]
+        n, c = torch.nonzero(gate.abs().sum(1) > 0, as_tuple=True)
+        w = gate[n, :, c][..., None] * E[fi[c]][:, None, :]  # [M, T or 1, d]
+        ns.append(n)
+        cs.append(c)
+        ws.append(w if summed else w[:, 0])
+    if len(cands) > nf:
+        gv = grad.vector[pair]  # [N, T, d]
+        vp = pos[nf:]
+        g = gv[:, None] if summed else gv[:, vp][:, :, None]  # [N, nv, T or 1, d]
+        g = g * valid[nf:, None, None]
+        n, c = torch.nonzero(g.flatten(2).abs().sum(-1) > 0, as_tuple=True)
+        w = g[n, c]  # [M, T or 1, d]
+        if active is not None:  # error node: (I - E^T diag(f != 0) D) g
+            act = active[n] if summed else active[n, vp[c]][:, None]
+            w = w - ((w @ D.T) * act) @ E
+        ns.append(n)
+        cs.append(c + nf)
+        ws.append(w if summed else w[:, 0])
+    n, c = torch.cat(ns), torch.cat(cs)
+    if not len(n):
+        return None
+    return _Rows(n, c, torch.full_like(c, -1) if summed else cands.positions[c], torch.cat(ws))
 
 
-def _grad_outputs(sel: torch.Tensor, pair: torch.Tensor, index: torch.Tensor, cands: SiteCandidates,
-                  grads: SiteState, like: SiteState, summed: bool) -> SiteState:
-    """One-hot ``grad_outputs`` for one site: row ``sel[k]`` carries ``g_d`` at its node only."""
-    gf = None if like.features is None else torch.zeros_like(like.features)
-    gv = torch.zeros_like(like.vector)
-    T = gv.shape[1]
-    nf = len(cands.feat_idx)
-    is_f = index < nf
-    if is_f.any():
-        k, b, j = sel[is_f], pair[is_f], index[is_f]
-        i, p = cands.feat_idx[j], cands.feat_pos[j]
+@dataclass
+class _Packed:
+    """Rows packed into ``K`` cotangents ``[K, N, T, d]``; ``owner[k, n, t]`` (positionwise) or
+    ``owner[k, n]`` is the downstream candidate whose gradient occupies that slot (-1: none)."""
+
+    cotangent: torch.Tensor
+    owner: torch.Tensor
+    positionwise: bool
+
+
+def _pack(rows: _Rows, positionwise: bool, x_shape: torch.Size, max_rows: int) -> Iterable[_Packed]:
+    """Step 2's packing: rows of different pairs (and, positionwise, of different positions) share a cotangent."""
+    N, T, d = x_shape
+    slot = rows.n * T + rows.pos if positionwise else rows.n
+    order = torch.argsort(slot, stable=True)
+    sorted_slot = slot[order]
+    first = torch.searchsorted(sorted_slot, sorted_slot, side="left")
+    rank = torch.empty_like(slot)
+    rank[order] = torch.arange(len(slot)) - first  # the k-th row of its slot goes to cotangent k
+    K = int(rank.max()) + 1
+    per_chunk = max(1, min(max_rows, _BUDGET // max(1, N * T * d)))
+    for k0 in range(0, K, per_chunk):
+        k1 = min(K, k0 + per_chunk)
+        sel = torch.nonzero((rank >= k0) & (rank < k1)).flatten()
+        k = rank[sel] - k0
+        cot = rows.w.new_zeros(k1 - k0, N, T, d)
+        if rows.w.dim() == 3:  # summed: [T, d] per row
+            cot[k, rows.n[sel]] = rows.w[sel]
+        else:
+            cot[k, rows.n[sel], rows.pos[sel]] = rows.w[sel]
+        if positionwise:
+            owner = torch.full((k1 - k0, N, T), -1, dtype=torch.long)
+            owner[k, rows.n[sel], rows.pos[sel]] = rows.cand[sel]
+        else:
+            owner = torch.full((k1 - k0, N), -1, dtype=torch.long)
+            owner[k, rows.n[sel]] = rows.cand[sel]
+        yield _Packed(cot, owner, positionwise)
+
+
+def _project(splice: Splice, u: Site, cands: SiteCandidates, grad_x: torch.Tensor, packed: _Packed,
+             record: BatchRecord, pair: torch.Tensor, steps: int, summed: bool, out: torch.Tensor) -> None:
+    """Step 3: ``[K, N, T, d]`` gradients at ``u``'s value -> edge weights into ``u``'s candidates.
+
+    A feature candidate ``(q, j)`` moves ``x_u`` by ``delta_j D_j`` at position ``q``, a vector candidate by
+    its delta vector; ``grad_x @ D^T`` over the distinct features gives the first in one product."""
+    T = grad_x.shape[2]
+    delta = record.clean[u] - record.patch[u]  # the sign convention: removing the clean value
+    nf = cands.n_features
+    pos = cands.positions
+    idx = torch.arange(len(cands)) if summed else torch.nonzero(pos < T).flatten()
+    vals = []
+    f_idx = idx[idx < nf]
+    if len(f_idx):
+        fi = cands.feat_idx[f_idx]
+        uniq, inv = torch.unique(fi, return_inverse=True)
+        proj = grad_x @ splice.decoder_directions(u)[uniq].T  # [K, N, T, n_unique]
+        amount = delta.features[pair][:, :, fi]  # [N, T, nf']
         if summed:
-            t = torch.arange(T)[None, :]
-            gf[k[:, None], t, i[:, None]] = grads.features[b[:, None], t, i[:, None]]
+            vals.append(torch.einsum("kntc,ntc->knc", proj[..., inv], amount))
         else:
-            gf[k, p, i] = grads.features[b, p, i]
-    if (~is_f).any():
-        k, b, j = sel[~is_f], pair[~is_f], index[~is_f]
-        if summed:
-            gv[k] = grads.vector[b]
-        else:
-            p = cands.vec_pos[j - nf]
-            gv[k, p] = grads.vector[b, p]
-    return SiteState(gf, gv)
+            q = pos[f_idx]
+            vals.append(proj[:, :, q, inv] * amount[:, q, torch.arange(len(f_idx))])
+    v_idx = idx[idx >= nf]
+    if len(v_idx):
+        per_pos = torch.einsum("kntd,ntd->knt", grad_x, delta.vector[pair])  # [K, N, T]
+        vals.append(per_pos.sum(-1, keepdim=True).expand(-1, -1, len(v_idx)) if summed else per_pos[:, :, pos[v_idx]])
+    if not vals:
+        return
+    idx = torch.cat([f_idx, v_idx])
+    val = torch.cat(vals, -1) / steps
+    if packed.positionwise:
+        owner = packed.owner[:, :, pos[idx]]  # [K, N, n]: the downstream node at the same position
+    else:
+        owner = packed.owner[:, :, None].expand(-1, -1, len(idx))
+    ok = owner >= 0
+    col = idx[None, None, :].expand_as(owner)
+    out.index_put_((owner[ok], col[ok]), val[ok].detach().float(), accumulate=True)
 
+def score_graph(model, data, *, method: str = "relp", level: str = "feature", saes=None, sites=None,
+                aggregation: str = "none", ig_steps: int = 10, max_nodes: Optional[int] = 1000,
+                max_rows: int = 256, progress: bool = True, **_ignored):
+    """Deprecated spelling of :func:`featcirc.attribution.attribute` (kept while callers move)."""
+    from featcirc.attribution import AttributionSettings, attribute
 
-def block_edges(splice: Splice, graph: BlockGraph, record: BatchRecord, resid_pre: Optional[torch.Tensor],
-                cands: Mapping[str, SiteCandidates], alphas: torch.Tensor, rules: LRPRules,
-                summed: bool, max_rows: int, cost: Cost) -> dict[tuple[str, str], torch.Tensor]:
-    """Edge sums ``{(d, u): [n_cand(d), n_cand(u)]}`` of one block over the pairs of one batch."""
-    rows = _make_rows(graph, cands, record, alphas, summed)
-    site_code = {d: n for n, d in enumerate(graph.parents)}
-    row_site = torch.tensor([site_code[s] for s in rows.site], dtype=torch.long)
-    out = {(d, u): torch.zeros(len(cands[d]), len(cands[u])) for d, ps in graph.parents.items() for u in ps}
-    deltas = {u: SiteState(None if record.clean[u].features is None
-                           else record.patch[u].features - record.clean[u].features,
-                           record.patch[u].vector - record.clean[u].vector)
-              for u in graph.leaf_sites}
-    for lo in range(0, len(row_site), max_rows):
-        hi = min(lo + max_rows, len(row_site))
-        pair, alpha = rows.pair[lo:hi], rows.alpha[lo:hi]
-        leaves = {u: _row_values(record.clean[u], record.patch[u], pair, alpha) for u in graph.leaf_sites}
-        if graph.upstream_resid:
-            resid_in = splice.combine(graph.upstream_resid, leaves[graph.upstream_resid])
-        else:
-            resid_in = resid_pre[pair]
-        down = _block_forward(splice, graph, leaves, resid_in, rules)
-        outputs, grad_outputs = [], []
-        chunk_site = row_site[lo:hi]
-        sels = {d: torch.nonzero(chunk_site == site_code[d]).flatten() for d in graph.parents}
-        for d, sel in sels.items():
-            if not len(sel):
-                continue
-            go = _grad_outputs(sel, rows.pair[lo:hi][sel], rows.index[lo:hi][sel], cands[d],
-                               record.grads[d], down[d], summed)
-            if go.features is not None:
-                outputs.append(down[d].features)
-                grad_outputs.append(go.features)
-            outputs.append(down[d].vector)
-            grad_outputs.append(go.vector)
-        inputs, keys = [], []
-        for u in graph.leaf_sites:
-            if leaves[u].features is not None:
-                inputs.append(leaves[u].features)
-                keys.append((u, "f"))
-            inputs.append(leaves[u].vector)
-            keys.append((u, "v"))
-        with torch.enable_grad():
-            gs = torch.autograd.grad(outputs, inputs, grad_outputs, allow_unused=True)
-        cost.forward_passes += 1
-        cost.backward_passes += 1
-        g = {k: gr for k, gr in zip(keys, gs)}
-        w_row = rows.weight[lo:hi]
-        for u in graph.leaf_sites:
-            gf = g.get((u, "f"))
-            gv = g[(u, "v")]
-            if gv is None and gf is None:
-                continue
-            gv = torch.zeros_like(leaves[u].vector) if gv is None else gv
-            if leaves[u].features is not None and gf is None:
-                gf = torch.zeros_like(leaves[u].features)
-            dl = SiteState(None if deltas[u].features is None else deltas[u].features[pair],
-                           deltas[u].vector[pair])
-            w = _edge_weights(SiteState(gf, gv), dl, cands[u], summed) * w_row[:, None]
-            for d, sel in sels.items():
-                if u in graph.parents[d] and len(sel):
-                    out[(d, u)].index_add_(0, rows.index[lo:hi][sel], w[sel].detach().float())
-    return out
-
-
-def naive_block_edges(splice: Splice, graph: BlockGraph, record: BatchRecord,
-                      resid_pre: Optional[torch.Tensor], cands: Mapping[str, SiteCandidates],
-                      alphas: torch.Tensor, rules: LRPRules, summed: bool,
-                      cost: Cost) -> dict[tuple[str, str], torch.Tensor]:
-    """Reference loop: one forward per (pair, alpha) and one backward per downstream node."""
-    B, T = record.batch.clean.shape
-    out = {(d, u): torch.zeros(len(cands[d]), len(cands[u])) for d, ps in graph.parents.items() for u in ps}
-    for b in range(B):
-        for a in alphas:
-            pair = torch.tensor([b])
-            alpha = torch.tensor([float(a)])
-            leaves = {u: _row_values(record.clean[u], record.patch[u], pair, alpha) for u in graph.leaf_sites}
-            resid_in = (splice.combine(graph.upstream_resid, leaves[graph.upstream_resid])
-                        if graph.upstream_resid else resid_pre[pair])
-            down = _block_forward(splice, graph, leaves, resid_in, rules)
-            cost.forward_passes += 1
-            for d, parents in graph.parents.items():
-                c = cands[d]
-                nf = len(c.feat_idx)
-                for j in range(len(c)):
-                    if j < nf:
-                        i, p = int(c.feat_idx[j]), int(c.feat_pos[j])
-                        if not summed and p >= T:
-                            continue
-                        gd = record.grads[d].features[b]
-                        scalar = ((gd[:, i] * down[d].features[0, :, i]).sum() if summed
-                                  else gd[p, i] * down[d].features[0, p, i])
-                    else:
-                        p = int(c.vec_pos[j - nf])
-                        if not summed and p >= T:
-                            continue
-                        gd = record.grads[d].vector[b]
-                        scalar = ((gd * down[d].vector[0]).sum() if summed
-                                  else (gd[p] * down[d].vector[0, p]).sum())
-                    ins = []
-                    for u in parents:
-                        ins += [x for x in (leaves[u].features, leaves[u].vector) if x is not None]
-                    with torch.enable_grad():
-                        gs = torch.autograd.grad(scalar, ins, retain_graph=True, allow_unused=True)
-                    cost.backward_passes += 1
-                    k = 0
-                    for u in parents:
-                        has_f = leaves[u].features is not None
-                        gf = gs[k] if has_f else None
-                        gv = gs[k + 1] if has_f else gs[k]
-                        k += 2 if has_f else 1
-                        gv = torch.zeros_like(leaves[u].vector) if gv is None else gv
-                        if has_f and gf is None:
-                            gf = torch.zeros_like(leaves[u].features)
-                        dl = SiteState(None if not has_f else
-                                       (record.patch[u].features - record.clean[u].features)[pair],
-                                       (record.patch[u].vector - record.clean[u].vector)[pair])
-                        out[(d, u)][j] += _edge_weights(SiteState(gf, gv), dl, cands[u], summed)[0] / len(alphas)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# the entry point
-# --------------------------------------------------------------------------------------------
-def score_graph(
-    model: HookedTransformer,
-    data: PairDataset,
-    *,
-    method: str = "relp",
-    level: str = "feature",
-    saes: Optional[Mapping[str, object]] = None,
-    sites: Optional[Iterable[str]] = None,
-    aggregation: str = "none",
-    ig_steps: int = 10,
-    rules: Optional[LRPRules] = None,
-    max_nodes: Optional[int] = 1000,
-    max_rows: int = 256,
-    naive: bool = False,
-    progress: bool = True,
-) -> tuple[NodeScores, EdgeScores]:
-    """Node scores and edge scores (among the ``max_nodes`` top nodes) in one go.
-
-    ``method`` is ``relp``, ``atp`` or ``ig``; ``naive=True`` uses the per-node reference loop.
-    """
-    if method not in ("relp", "atp", "ig"):
-        raise ValueError(f"edges need a gradient method (relp, atp or ig), not {method!r}")
-    settings = ScoreSettings(method, level, aggregation, ig_steps, max_rows,
-                             rules if rules is not None else LRPRules())
-    splice = make_splice(model, level, saes, sites)
-    nodes, records = score_nodes_with_splice(splice, data, settings, progress=progress, keep_records=True)
-    return nodes, score_edges(splice, nodes, records, settings, max_nodes=max_nodes, naive=naive,
-                              progress=progress)
-
-
-def score_edges(splice: Splice, nodes: NodeScores, records: list[BatchRecord], settings: ScoreSettings, *,
-                max_nodes: Optional[int] = 1000, naive: bool = False, progress: bool = True) -> EdgeScores:
-    """Edge scores from a node pass's per-batch records (``score_nodes_with_splice(keep_records=True)``)."""
-    method, model = settings.method, splice.model
-    if method not in ("relp", "atp", "ig"):
-        raise ValueError(f"edges need a gradient method (relp, atp or ig), not {method!r}")
-    edge_rules = settings.rules if method == "relp" else LRPRules.none()
-    alphas = (torch.arange(settings.ig_steps, dtype=torch.float32) / settings.ig_steps if method == "ig"
-              else torch.zeros(1))
-    cands = select_candidates(nodes, max_nodes)
-    graphs = block_graphs(model, splice)
-    summed = settings.aggregation == "sum"
-    cost = Cost()
-    t0 = time.perf_counter()
-    need_resid_pre = any(g.upstream_resid is None for g in graphs)
-    totals: dict[tuple[str, str], torch.Tensor] = {}
-    for record in tqdm(records, desc=f"{method} edges", disable=not progress, leave=False):
-        resid_pre = _clean_resid_pre(model, record, cost) if need_resid_pre else {}
-        for graph in graphs:
-            fn = naive_block_edges if naive else block_edges
-            kwargs = {} if naive else dict(max_rows=settings.max_rows)
-            part = fn(splice, graph, record, resid_pre.get(graph.layer), cands, alphas, edge_rules,
-                      summed, cost=cost, **kwargs)
-            for key, val in part.items():
-                totals[key] = totals[key] + val if key in totals else val
-    edges: dict[tuple[str, str], float] = {}
-    for (d, u), w in totals.items():
-        w = w / nodes.n_pairs
-        for j, i in torch.nonzero(w).tolist():
-            edges[(cands[u].ids[i], cands[d].ids[j])] = float(w[j, i])
-    for u, w in _metric_edges(nodes, cands, splice).items():
-        edges[(u, METRIC)] = w
-    cost.seconds = time.perf_counter() - t0
-    return EdgeScores(method=method, aggregation=settings.aggregation, edges=edges, cost=cost,
-                             info=dict(max_nodes=max_nodes, n_candidates=sum(len(c) for c in cands.values()),
-                                       naive=naive))
-
-
-def _clean_resid_pre(model: HookedTransformer, record: BatchRecord, cost: Cost) -> dict[int, torch.Tensor]:
-    if record.resid_pre is not None:
-        return record.resid_pre
-    from featcirc.attribution.splice import record_resid_pre
-
-    with torch.no_grad(), record_resid_pre(model) as store:
-        model(record.batch.clean, stop_at_layer=model.cfg.n_layers)
-    cost.forward_passes += 1
-    return dict(store)
-
-
-def _metric_edges(nodes: NodeScores, cands: Mapping[str, SiteCandidates], splice: Splice) -> dict[str, float]:
-    """``u -> metric`` for candidates at the last residual site (and at sites after it): the node
-    score itself, ``g_u . (a_p,u - a_c,u)`` (the output is one step away)."""
-    resid_layers = [Site.parse(s).layer for s in splice.site_names if Site.parse(s).kind in ("resid", "embed")]
-    last = max(resid_layers) if resid_layers else -2
-    out = {}
-    for s in splice.site_names:
-        site = Site.parse(s)
-        is_last_resid = site.kind in ("resid", "embed") and site.layer == last
-        after = site.kind in ("attn", "mlp") and site.layer > last
-        if not (is_last_resid or after):
-            continue
-        c = cands[s]
-        summed = nodes.aggregation == "sum"
-        for j, nid in enumerate(c.ids):
-            nf = len(c.feat_idx)
-            if j < nf:
-                f = int(c.feat_idx[j])
-                val = nodes.features[s][f] if summed else nodes.features[s][int(c.feat_pos[j]), f]
-            else:
-                val = nodes.vectors[s] if summed else nodes.vectors[s][int(c.vec_pos[j - nf])]
-            if float(val) != 0.0:
-                out[nid] = float(val)
-    return out
+    return attribute(model, data, method, saes, settings=AttributionSettings(
+        level=level, aggregation=aggregation, sites=None if sites is None else tuple(sites), ig_steps=ig_steps,
+        max_nodes=max_nodes, max_rows=max_rows, progress=progress))

@@ -18,31 +18,16 @@ Linear maps, residual additions, embeddings and the unembedding keep their gradi
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
-from transformer_lens import HookedTransformer
+
+from featcirc.attribution.methods import LRPRules
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 EPS_STAB = 1e-6
-
-
-@dataclass(frozen=True)
-class LRPRules:
-    """Which rules are on. ``LRPRules()`` is RelP; ``LRPRules.none()`` is plain gradients (AtP)."""
-
-    ln: bool = True
-    attention: bool = True
-    activation: bool = True
-    gate: bool = True
-
-    @classmethod
-    def none(cls) -> "LRPRules":
-        return cls(False, False, False, False)
-
-    @property
-    def any(self) -> bool:
-        return self.ln or self.attention or self.activation or self.gate
 
 
 def stabilize(z: torch.Tensor) -> torch.Tensor:
@@ -69,7 +54,7 @@ def _detach_hook(act: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001
     return act.detach()
 
 
-def rule_hooks(model: HookedTransformer, rules: LRPRules) -> list[tuple[str, object]]:
+def rule_hooks(model: "HookedTransformer", rules: LRPRules) -> list[tuple[str, object]]:
     """The ``(hook_name, fn)`` pairs that implement ``rules`` on ``model``."""
     fwd: list[tuple[str, object]] = []
     names = list(model.hook_dict)
@@ -122,7 +107,7 @@ def _mlp_hooks(prefix: str, mlp: torch.nn.Module, rules: LRPRules) -> list[tuple
 
 
 @contextmanager
-def lrp_rules(model: HookedTransformer, rules: LRPRules = LRPRules()) -> Iterator[None]:
+def lrp_rules(model: "HookedTransformer", rules: LRPRules = LRPRules()) -> Iterator[None]:
     """Install the LRP rules on ``model`` for the duration of the context (removed even on error)."""
     fwd = rule_hooks(model, rules) if rules.any else []
     if not fwd:

@@ -1,4 +1,4 @@
-"""SAEs spliced into a TransformerLens model with error nodes (DESIGN §4).
+"""SAEs spliced into a TransformerLens model with error nodes (docs/design.md §4).
 
 At a site with activation ``x``: ``f = enc(x)``, ``x_hat = dec(f)``, ``eps = x - x_hat`` and the site
 outputs ``y = x_hat + eps``, which equals ``x``: the spliced model computes the bare model's logits.
@@ -12,6 +12,8 @@ gradient projected on its decoder direction, independent of which other SAEs are
 A site without an SAE is a *component* site: its single vector node is the whole site vector
 (``f`` is absent and ``eps = x``). Every site therefore has the same shape of state:
 ``SiteState(features: [B,T,F] | None, vector: [B,T,d])``, with ``x = dec(features) + vector``.
+At ``z.L`` sites (``blocks.L.attn.hook_z``, ``[B,T,H,d_head]``) the heads are flattened to
+``d = H * d_head`` before the SAE and unflattened after it, so states are ``[B,T,H*d_head]`` too.
 """
 
 from __future__ import annotations
@@ -33,174 +35,225 @@ class SiteState:
     features: Optional[torch.Tensor]  # [B, T, F]
     vector: torch.Tensor  # [B, T, d]: the SAE error, or the whole site vector at a component site
 
+    def detach(self) -> "SiteState":
+        return SiteState(None if self.features is None else self.features.detach(), self.vector.detach())
+
+    def __sub__(self, other: "SiteState") -> "SiteState":
+        f = None if self.features is None else self.features - other.features
+        return SiteState(f, self.vector - other.vector)
+
+    def rows(self, index: torch.Tensor) -> "SiteState":
+        """The states of the given batch rows."""
+        return SiteState(None if self.features is None else self.features[index], self.vector[index])
+
+
+SiteFn = Callable[[torch.Tensor], torch.Tensor]
+
 
 class Splice:
     """A set of sites of ``model``, each with an SAE (feature + error nodes) or none (a component node).
 
-    ``saes`` maps site names to SAELens SAEs; ``component_sites`` names sites without an SAE.
+    ``saes`` maps sites (``Site`` or names) to SAELens SAEs; ``component_sites`` are sites without an SAE.
+    Methods take a ``Site`` or its name (a site equals its name); stores are keyed by ``Site``.
     """
 
     def __init__(
         self,
         model: HookedTransformer,
-        saes: Optional[Mapping[str, object]] = None,
-        component_sites: tuple[str, ...] | list[str] = (),
+        saes: Optional[Mapping["str | Site", object]] = None,
+        component_sites: Iterable["str | Site"] = (),
     ) -> None:
         self.model = model
-        self.saes = {Site.parse(k).name: v for k, v in (saes or {}).items()}
-        overlap = set(self.saes) & {Site.parse(s).name for s in component_sites}
+        self.saes: dict[Site, object] = {Site.parse(k): v for k, v in (saes or {}).items()}
+        components = {Site.parse(s) for s in component_sites}
+        overlap = set(self.saes) & components
         if overlap:
-            raise ValueError(f"sites {sorted(overlap)} have an SAE and cannot also be component sites")
-        self.sites: list[Site] = sort_sites(list(self.saes) + list(component_sites))
+            raise ValueError(f"sites {sorted(s.name for s in overlap)} have an SAE and cannot also be "
+                             "component sites")
+        self.sites: list[Site] = sort_sites(list(self.saes) + list(components))
         for site in self.sites:
             if site.layer >= model.cfg.n_layers:
                 raise ValueError(f"site {site} is beyond the model's {model.cfg.n_layers} layers")
-        self._dirs: dict[str, torch.Tensor] = {}
+        for layer in {s.layer for s in self.sites if s.kind == "z"}:
+            if Site("attn", layer) in self.sites:
+                raise ValueError(f"layer {layer} has both attn.{layer} and z.{layer}; splice one of them")
+        self._dirs: dict[Site, torch.Tensor] = {}
+        self._enc: dict[Site, torch.Tensor] = {}
 
-    # --- the dictionary maths -------------------------------------------------------------
     @property
     def site_names(self) -> list[str]:
         return [s.name for s in self.sites]
 
-    def has_sae(self, site: "str | Site") -> bool:
-        return Site.parse(site).name in self.saes
+    # --- the dictionary maths (a ``Site`` or its name) ---------------------------------------
+    def has_sae(self, site: Site) -> bool:
+        return site in self.saes
 
-    def n_features(self, site: "str | Site") -> int:
-        sae = self.saes.get(Site.parse(site).name)
+    def n_features(self, site: Site) -> int:
+        sae = self.saes.get(site)
         return 0 if sae is None else int(sae.cfg.d_sae)
 
-    def encode(self, site: "str | Site", x: torch.Tensor) -> torch.Tensor:
-        return self.saes[Site.parse(site).name].encode(x)
+    def encode(self, site: Site, x: torch.Tensor) -> torch.Tensor:
+        return self.saes[site].encode(x)
 
-    def decode(self, site: "str | Site", f: torch.Tensor) -> torch.Tensor:
-        return self.saes[Site.parse(site).name].decode(f)
+    def decode(self, site: Site, f: torch.Tensor) -> torch.Tensor:
+        return self.saes[site].decode(f)
 
-    def split(self, site: "str | Site", x: torch.Tensor) -> SiteState:
+    def split(self, site: Site, x: torch.Tensor) -> SiteState:
         """``x -> (f, eps)`` with ``eps = x - dec(f)``; at a component site ``(None, x)``."""
-        if not self.has_sae(site):
+        if site not in self.saes:
             return SiteState(None, x)
         f = self.encode(site, x)
         return SiteState(f, x - self.decode(site, f))
 
-    def combine(self, site: "str | Site", state: SiteState) -> torch.Tensor:
+    def combine(self, site: Site, state: SiteState) -> torch.Tensor:
         """``dec(f) + eps`` (or the vector itself at a component site)."""
         if state.features is None:
             return state.vector
         return self.decode(site, state.features) + state.vector
 
-    def decoder_directions(self, site: "str | Site") -> torch.Tensor:
+    def decoder_directions(self, site: Site) -> torch.Tensor:
         """``[F, d]``: ``dec(e_i) - dec(0)``, the (affine) decoder's direction for each feature."""
-        name = Site.parse(site).name
-        if name not in self._dirs:
-            sae = self.saes[name]
+        if site not in self._dirs:
+            sae = self.saes[site]
             with torch.no_grad():
                 eye = torch.eye(int(sae.cfg.d_sae), device=sae.W_dec.device, dtype=sae.W_dec.dtype)
                 zero = torch.zeros(1, int(sae.cfg.d_sae), device=sae.W_dec.device, dtype=sae.W_dec.dtype)
-                self._dirs[name] = (sae.decode(eye) - sae.decode(zero)).detach()
-        return self._dirs[name]
+                self._dirs[site] = (sae.decode(eye) - sae.decode(zero)).detach()
+        return self._dirs[site]
+
+    def encoder_directions(self, site: Site) -> torch.Tensor:
+        """``[F, d]``: row ``i`` is ``d f_i / d x`` wherever feature ``i`` is active.
+
+        SAELens's ReLU, TopK and JumpReLU SAEs compute ``f = act(pre(x))`` with ``pre`` affine in ``x``
+        and ``f_i = pre_i`` (times a constant) where active, so the encoder's Jacobian is
+        ``diag(f != 0) E``. ``E`` is read off the activation function's input for the inputs ``0`` and
+        ``e_1..e_d``, and checked against autograd on random inputs: an SAE whose encoder is not of
+        this form (e.g. one normalising each input by its norm) is rejected with a clear error.
+        """
+        if site not in self._enc:
+            self._enc[site] = _encoder_directions(Site.parse(site), self.saes[site])
+        return self._enc[site]
 
     # --- hook installation ----------------------------------------------------------------
     @contextmanager
-    def hooks(self, fns: Mapping[str, Callable[[torch.Tensor], torch.Tensor]]) -> Iterator[None]:
-        """Install ``{site name: x -> y}`` as forward hooks for the duration of the context."""
-        fwd = [(Site.parse(s).hook_name, _as_hook(fn)) for s, fn in fns.items()]
+    def hooks(self, fns: Mapping[Site, SiteFn]) -> Iterator[None]:
+        """Install ``{site: x -> y}`` as forward hooks for the duration of the context; ``x`` and ``y``
+        are ``[B, T, d]`` (``z`` sites are flattened over heads and unflattened around ``fn``)."""
+        sites = {Site.parse(s): fn for s, fn in fns.items()}
+        fwd = [(site.hook_name, _as_hook(fn, site.kind == "z")) for site, fn in sites.items()]
         with self.model.hooks(fwd_hooks=fwd):
             yield
 
     @contextmanager
-    def record(self, sites: Optional[list[str]] = None) -> Iterator[dict[str, SiteState]]:
+    def record(self, sites: Optional[Iterable[Site]] = None) -> Iterator[dict[Site, SiteState]]:
         """Record every site's nodes (detached) during the forward passes run inside the context."""
-        store: dict[str, SiteState] = {}
+        store: dict[Site, SiteState] = {}
 
-        def make(site: str):
+        def make(site: Site) -> SiteFn:
             def fn(x: torch.Tensor) -> torch.Tensor:
                 with torch.no_grad():
-                    st = self.split(site, x.detach())
-                store[site] = SiteState(
-                    None if st.features is None else st.features.detach(), st.vector.detach()
-                )
+                    store[site] = self.split(site, x.detach()).detach()
                 return x
 
             return fn
 
-        names = sites if sites is not None else self.site_names
-        with self.hooks({s: make(s) for s in names}):
+        with self.hooks({s: make(s) for s in (self.sites if sites is None else sites)}):
             yield store
 
     @contextmanager
-    def leaves(self, sites: Optional[list[str]] = None) -> Iterator[dict[str, SiteState]]:
+    def leaves(self) -> Iterator[dict[Site, SiteState]]:
         """Splice with leaf nodes (``requires_grad``) and the straight-through path (DESIGN §4).
 
-        After ``metric.backward()`` inside the context, ``store[site].features.grad`` and
+        After a backward pass inside the context, ``store[site].features.grad`` and
         ``store[site].vector.grad`` hold the node gradients.
         """
-        store: dict[str, SiteState] = {}
+        store: dict[Site, SiteState] = {}
 
-        def make(site: str):
+        def make(site: Site) -> SiteFn:
             def fn(x: torch.Tensor) -> torch.Tensor:
                 with torch.no_grad():
                     st = self.split(site, x)
                 vec = st.vector.detach().requires_grad_()
-                if st.features is None:
-                    y = vec + (x - x.detach())
-                    store[site] = SiteState(None, vec)
-                else:
-                    feats = st.features.detach().requires_grad_()
-                    y = self.decode(site, feats) + vec + (x - x.detach())
-                    store[site] = SiteState(feats, vec)
-                return y
+                feats = None if st.features is None else st.features.detach().requires_grad_()
+                store[site] = SiteState(feats, vec)
+                return self.combine(site, store[site]) + (x - x.detach())
 
             return fn
 
-        names = sites if sites is not None else self.site_names
-        with self.hooks({s: make(s) for s in names}):
+        with self.hooks({s: make(s) for s in self.sites}):
             yield store
 
 
-def default_component_sites(model: HookedTransformer) -> list[str]:
+def _encoder_directions(site: Site, sae) -> torch.Tensor:
+    act_fn = getattr(sae, "activation_fn", None)
+    if not isinstance(act_fn, torch.nn.Module):
+        raise ValueError(f"the SAE at {site} ({type(sae).__name__}) has no activation module to read its "
+                         "encoder from; edges need a SAELens ReLU, TopK or JumpReLU SAE")
+    seen: list[torch.Tensor] = []
+    handle = act_fn.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    try:
+        d = int(sae.cfg.d_in)
+        w = sae.W_dec
+        with torch.no_grad():
+            basis = torch.cat([torch.zeros(1, d, dtype=w.dtype, device=w.device),
+                               torch.eye(d, dtype=w.dtype, device=w.device)])
+            sae.encode(basis)
+            pre = seen[-1]
+            directions = (pre[1:] - pre[:1]).T.contiguous()  # [F, d]
+        # check: the Jacobian of f at random inputs is diag(f != 0) @ directions
+        g = torch.Generator(device="cpu").manual_seed(0)
+        scale = float(w.norm(dim=-1).mean()) or 1.0
+        x = (torch.randn(8, d, generator=g) * scale * 4).to(w.device, w.dtype).requires_grad_()
+        with torch.enable_grad():
+            f = sae.encode(x)
+            probe = torch.randn(f.shape, generator=g).to(f.device, f.dtype)
+            got = torch.autograd.grad((f * probe).sum(), x)[0]
+        want = ((f != 0) * probe).detach() @ directions
+        if not torch.allclose(got, want, rtol=1e-3, atol=1e-4 * float(want.abs().max() + 1e-12)):
+            raise ValueError(f"the SAE at {site} ({type(sae).__name__}) is not a ReLU/TopK/JumpReLU SAE with an "
+                             "affine encoder (e.g. it normalises every input by its norm); edges need one")
+        return directions
+    finally:
+        handle.remove()
+
+
+def _as_hook(fn: SiteFn, flatten_heads: bool):
+    if flatten_heads:
+        def hook_z(act: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001 (TransformerLens signature)
+            return fn(act.flatten(-2)).view_as(act)
+
+        return hook_z
+
+    def hook(act: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001
+        return fn(act)
+
+    return hook
+
+
+def default_component_sites(model: HookedTransformer) -> list[Site]:
     """Every ``resid.L``, ``attn.L``, ``mlp.L`` of the model (the RelP paper's components)."""
-    return [s.name for s in all_sites(model.cfg.n_layers, kinds=("resid", "attn", "mlp"))]
+    return all_sites(model.cfg.n_layers, kinds=("resid", "attn", "mlp"))
 
 
 def make_splice(
     model: HookedTransformer,
     level: str,
     saes: Optional[Mapping[str, object]] = None,
-    sites: Optional[Iterable[str]] = None,
+    sites: Optional[Iterable["str | Site"]] = None,
 ) -> Splice:
-    """The splice a scoring level needs: SAEs at their sites (feature) or bare sites (component)."""
+    """The splice a scoring level needs: SAEs at their sites (``feature``) or bare sites (``component``)."""
+    chosen = None if sites is None else {Site.parse(s) for s in sites}
     if level == "feature":
         if not saes:
             raise ValueError("feature-level scores need SAEs (--saes); use level='component' without them")
-        chosen = {Site.parse(s).name for s in sites} if sites is not None else None
-        picked = {k: v for k, v in saes.items() if chosen is None or Site.parse(k).name in chosen}
+        picked = {Site.parse(k): v for k, v in saes.items()}
+        picked = {k: v for k, v in picked.items() if chosen is None or k in chosen}
         if not picked:
-            raise ValueError(f"none of the requested sites {sorted(chosen or [])} has an SAE")
+            raise ValueError(f"none of the requested sites {sorted(s.name for s in chosen or [])} has an SAE")
         return Splice(model, picked)
-    return Splice(model, None, list(sites) if sites is not None else default_component_sites(model))
-
-
-
-def _as_hook(fn: Callable[[torch.Tensor], torch.Tensor]):
-    def hook(act: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001 (TransformerLens signature)
-        return fn(act)
-
-    return hook
-
-
-def run_to_final_resid(
-    model: HookedTransformer,
-    tokens: Optional[torch.Tensor] = None,
-    *,
-    resid: Optional[torch.Tensor] = None,
-    start_at_layer: int = 0,
-) -> torch.Tensor:
-    """Final residual stream ``[B, T, d]`` (before ``ln_final``), from tokens or from the residual
-    stream entering block ``start_at_layer`` (a cached clean ``resid_pre``)."""
-    n = model.cfg.n_layers
-    if resid is None:
-        return model(tokens, stop_at_layer=n)
-    return model(resid, start_at_layer=start_at_layer, stop_at_layer=n)
+    if level != "component":
+        raise ValueError(f"unknown level {level!r}; choose 'feature' or 'component'")
+    return Splice(model, None, sorted(chosen) if chosen is not None else default_component_sites(model))
 
 
 @contextmanager

@@ -61,8 +61,6 @@ def load_model_and_saes(model_name: str, saes_spec: Optional[str], level: str):
     from featcirc.saes.loading import load_saes
 
     model = load_model(model_name)
-    for p in model.parameters():
-        p.requires_grad_(False)
     saes = None
     if level == "feature":
         if not saes_spec:

@@ -29,11 +29,12 @@ HELP = "discover + evaluate on the bundled tiny model (about a minute)"
 
 
 def add_arguments(p) -> None:
+    from featcirc.attribution.methods import method_names
     from featcirc.commands.common import TASK_CHOICES
 
     p.add_argument("--out", default="featcirc-demo")
     p.add_argument("--task", choices=TASK_CHOICES, default="sva-nounpp")
-    p.add_argument("--method", choices=("relp", "atp", "ig"), default="relp")
+    p.add_argument("--method", choices=method_names(with_edges=True), default="relp")
     p.add_argument("--force", action="store_true")
 
 

@@ -15,7 +15,7 @@ def discover(cfg: RunConfig, out: "str | Path", *, force: bool = False, progress
     import torch
 
     from featcirc.circuit import PruneSettings, full_graph, prune, summary
-    from featcirc.attribution.edges import score_graph
+    from featcirc.attribution import AttributionSettings, attribute
     from featcirc.export.formats import write_dot, write_graphml, write_json as write_graph_json, write_neuronpedia
     from featcirc.models.loading import model_info
     from featcirc.export.plot import draw_circuit
@@ -30,9 +30,9 @@ def discover(cfg: RunConfig, out: "str | Path", *, force: bool = False, progress
     data = load_data(model, cfg)
     phases["data"] = time.perf_counter() - t0
     write_json(out / "run.json", asdict(cfg))
-    nodes, edges = score_graph(model, data, method=cfg.method, level=cfg.level, saes=saes,
-                               aggregation=cfg.aggregation, ig_steps=cfg.ig_steps,
-                               max_nodes=cfg.max_nodes, progress=progress)
+    settings = AttributionSettings(level=cfg.level, aggregation=cfg.aggregation, ig_steps=cfg.ig_steps,
+                                   max_nodes=cfg.max_nodes, progress=progress)
+    nodes, edges = attribute(model, data, cfg.method, saes, settings=settings)
     phases["nodes"] = nodes.cost.seconds
     phases["edges"] = edges.cost.seconds
     nodes.info["model"] = cfg.model
@@ -73,12 +73,14 @@ HELP = "score nodes and edges, prune, export and draw a circuit"
 
 
 def add_arguments(p) -> None:
+    from featcirc.attribution.methods import method_names
     from featcirc.commands.common import add_data_arguments
 
     p.add_argument("--model", required=True, help="tiny, gemma-3-270m, or a TransformerLens model name")
     p.add_argument("--saes", help="SAE set: tiny, a named set, a directory of SAELens SAEs (omit for --level component)")
     add_data_arguments(p)
-    p.add_argument("--method", choices=("relp", "atp", "ig"), default="relp")
+    p.add_argument("--method", choices=method_names(with_edges=True), default="relp",
+                   help="attribution method (default: relp)")
     p.add_argument("--level", choices=("feature", "component"), default=None,
                    help="default: feature with --saes, component without")
     p.add_argument("--aggregation", choices=("none", "sum"), default="none", help="sum scores over positions")

@@ -96,7 +96,8 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     from_pretrained_kwargs: Optional[Mapping[str, Any]] = None,
 ) -> HookedTransformer:
-    """Load a model as a ``HookedTransformer`` in eval mode.
+    """Load a model as a frozen ``HookedTransformer`` (eval mode, ``requires_grad=False``): attribution
+    takes gradients with respect to activations only.
 
     - ``"tiny"``: the bundled model (:func:`featcirc.tiny.load_tiny_model`);
     - ``"gemma-3-270m"`` / ``"google/gemma-3-270m"``: offline from the ``gemma`` extra
@@ -113,14 +114,21 @@ def load_model(
         raise ModelLoadError(f"model name must be a non-empty string, got {name!r}; known: {', '.join(KNOWN_MODELS)}")
     key = name.strip()
     if key.lower() == "tiny":
-        return _load_tiny(device, dtype)
+        return _frozen(_load_tiny(device, dtype))
     if key.lower() in GEMMA_NAMES:
         from featcirc.models.gemma import load_gemma_3_270m
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            return load_gemma_3_270m(device=device, dtype=dtype)
-    return _load_hub(key, device, dtype, from_pretrained_kwargs)
+            return _frozen(load_gemma_3_270m(device=device, dtype=dtype))
+    return _frozen(_load_hub(key, device, dtype, from_pretrained_kwargs))
+
+
+def _frozen(model: HookedTransformer) -> HookedTransformer:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 def model_info(model: HookedTransformer) -> dict[str, Any]:

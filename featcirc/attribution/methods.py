@@ -1,0 +1,107 @@
+"""The registry of attribution methods: what the CLI, the settings and ``compare`` choose from.
+
+A method is an *estimator* of the effect of a node (docs/design.md §5) plus the LRP rules its
+backward pass uses:
+
+- ``exact``: activation patching, node by node (no gradients, no edges);
+- ``gradient``: ``grad m |clean . (a_c - a_p)`` with the backward under ``rules`` (AtP: no rules;
+  RelP: the LRP rules);
+- ``integrated``: integrated gradients along the straight line from clean to patch values.
+
+Adding a method is one :func:`register` call; nothing else names methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Estimator = Literal["exact", "gradient", "integrated"]
+
+
+@dataclass(frozen=True)
+class LRPRules:
+    """Which rules are on. ``LRPRules()`` is RelP; ``LRPRules.none()`` is plain gradients (AtP)."""
+
+    ln: bool = True
+    attention: bool = True
+    activation: bool = True
+    gate: bool = True
+
+    @classmethod
+    def none(cls) -> "LRPRules":
+        return cls(False, False, False, False)
+
+    @property
+    def any(self) -> bool:
+        return self.ln or self.attention or self.activation or self.gate
+
+
+class UnknownMethodError(ValueError):
+    """A method name that is not in the registry."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered attribution method."""
+
+    name: str
+    estimator: Estimator
+    rules: LRPRules = field(default_factory=LRPRules.none)
+    description: str = ""
+
+    @property
+    def has_edges(self) -> bool:
+        """Whether edge scores exist for this method (every estimator with gradients)."""
+        return self.estimator != "exact"
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add ``method`` to the registry (its name must be new)."""
+    if method.name in _REGISTRY:
+        raise ValueError(f"method {method.name!r} is already registered")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def get_method(method: "str | Method") -> Method:
+    """The registered method of that name (a ``Method`` is returned as is)."""
+    if isinstance(method, Method):
+        return method
+    try:
+        return _REGISTRY[method]
+    except KeyError:
+        raise UnknownMethodError(
+            f"unknown method {method!r}; choose one of {', '.join(method_names())}") from None
+
+
+def method_names(*, with_edges: bool = False) -> tuple[str, ...]:
+    """Registered method names in registration order (only those with edge scores if asked)."""
+    return tuple(n for n, m in _REGISTRY.items() if m.has_edges or not with_edges)
+
+
+def parse_methods(text: str, *, with_edges: bool = False) -> list[str]:
+    """A comma-separated list of method names, checked against the registry before any work starts."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise UnknownMethodError(f"no method given; choose from {', '.join(method_names())}")
+    for name in names:
+        m = get_method(name)
+        if with_edges and not m.has_edges:
+            raise UnknownMethodError(f"method {name!r} has no edge scores; choose from "
+                                     f"{', '.join(method_names(with_edges=True))}")
+    return list(dict.fromkeys(names))
+
+
+register(Method("exact", "exact", description="activation patching, one node at a time"))
+register(Method("atp", "gradient", LRPRules.none(), "attribution patching: plain gradient x delta"))
+register(Method("relp", "gradient", LRPRules(), "relevance patching: gradient x delta under the LRP rules"))
+register(Method("ig", "integrated", LRPRules.none(), "integrated gradients, one site at a time"))
+# RelP with one rule left out (the rule ablation of experiments/rule_ablation.py)
+register(Method("relp-no-ln", "gradient", LRPRules(ln=False), "RelP without the LN-rule"))
+register(Method("relp-no-ah", "gradient", LRPRules(attention=False), "RelP without the AH-rule"))
+register(Method("relp-no-act", "gradient", LRPRules(activation=False), "RelP without the identity rule"))
+register(Method("relp-no-half", "gradient", LRPRules(gate=False), "RelP without the half-rule"))

@@ -1,0 +1,168 @@
+"""The node pass and the edge pass behind :func:`featcirc.attribution.attribute`.
+
+One entry point::
+
+    nodes, edges = attribute(model, data, "relp", saes, settings=AttributionSettings(max_nodes=500))
+
+``method`` is any name of the registry (:func:`method_names`: exact, atp, relp, ig and RelP rule
+variants). ``edges=False`` (or a method without gradients, ``exact``) returns ``(nodes, None)``.
+Scores are sums over pairs divided by the number of pairs, so data can be split over processes:
+``reduce`` (e.g. an all-reduce) is applied to the sums before they are divided.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator, Mapping, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from featcirc.attribution.candidates import SiteCandidates, select_candidates
+from featcirc.attribution.edges import batch_edges, edge_groups
+from featcirc.attribution.methods import Method, get_method
+from featcirc.attribution.nodes import BatchRecord, NodeAccumulator, record_batch
+from featcirc.attribution.scores import Cost, EdgeScores, NodeScores
+from featcirc.attribution.settings import AttributionSettings
+from featcirc.attribution.splice import Splice, make_splice
+from featcirc.sites import METRIC, Site
+
+Reduce = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+def attribute(
+    model,
+    data,
+    method: "str | Method" = "relp",
+    saes: Optional[Mapping[str, object]] = None,
+    *,
+    edges: bool = True,
+    settings: Optional[AttributionSettings] = None,
+    reduce: Optional[Reduce] = None,
+    n_positions: Optional[int] = None,
+) -> tuple[NodeScores, Optional[EdgeScores]]:
+    """Score every node (and, for methods with gradients, the edges among the top candidates).
+
+    ``data`` is a :class:`featcirc.data.PairDataset`; ``saes`` maps sites to SAELens SAEs (needed at
+    feature level). ``reduce`` combines the sums of several processes (identity by default);
+    ``n_positions`` pads per-position scores to that many positions (default: the longest prompt).
+    """
+    settings = settings or AttributionSettings()
+    method = get_method(method)
+    if data.n_pairs == 0:
+        raise ValueError("no pairs to score: the dataset is empty")
+    splice = make_splice(model, settings.level, saes, settings.sites)
+    T = n_positions if n_positions is not None else data.max_len
+    nodes, records = _node_pass(splice, data, method, settings, T, reduce)
+    if not (edges and method.has_edges):
+        return nodes, None
+    return nodes, _edge_pass(splice, data, method, settings, nodes, records, reduce)
+
+
+def _node_pass(splice: Splice, data, method: Method, settings: AttributionSettings, T: int,
+               reduce: Optional[Reduce]) -> tuple[NodeScores, Optional[list[BatchRecord]]]:
+    cost = Cost()
+    acc = NodeAccumulator(splice.sites, T, settings.aggregation, settings.pair_effects)
+    records: Optional[list[BatchRecord]] = [] if method.has_edges else None
+    kept = 0
+    t0 = time.perf_counter()
+    for batch in tqdm(data.batches, desc=f"{method.name} nodes", disable=not settings.progress, leave=False):
+        rec = record_batch(splice, batch, method, settings.ig_steps, settings.max_rows, cost)
+        acc.add(rec)
+        if records is not None:
+            kept += rec.nbytes()
+            if kept <= settings.record_bytes:
+                records.append(rec)
+            else:  # too large to keep: the edge pass recomputes batch by batch
+                records = None
+    sums = acc.tensors()
+    if reduce is not None:
+        sums.update(reduce(sums))
+    means = acc.finish()
+    cost.seconds = time.perf_counter() - t0
+    nodes = NodeScores(
+        method=method.name, level=settings.level, aggregation=settings.aggregation,
+        sites=[s.name for s in splice.sites], cost=cost,
+        info=dict(ig_steps=settings.ig_steps if method.estimator == "integrated" else None,
+                  rules=vars(method.rules) if method.rules.any else None, n_layers=splice.model.cfg.n_layers,
+                  estimator=method.estimator),
+        pair_effects=acc.pair_effects() if settings.pair_effects else None, **means)
+    return nodes, records
+
+
+def _edge_pass(splice: Splice, data, method: Method, settings: AttributionSettings, nodes: NodeScores,
+               records: Optional[list[BatchRecord]], reduce: Optional[Reduce]) -> EdgeScores:
+    """Edges among the candidates, from the node pass's records (or recomputed batch by batch)."""
+    cost = Cost()
+    t0 = time.perf_counter()
+    cands = select_candidates(nodes, settings.max_nodes)
+    groups = edge_groups(splice.model, splice.sites)
+    summed = settings.aggregation == "sum"
+    sums = {(d, u): torch.zeros(len(cands[d]), len(cands[u]))
+            for g in groups for d, ps in g.parents.items() for u in ps}
+
+    def batches() -> Iterator[BatchRecord]:
+        if records is not None:
+            yield from records
+            return
+        for batch in data.batches:  # memory stays flat: recompute this batch's node pass
+            yield record_batch(splice, batch, method, settings.ig_steps, settings.max_rows, cost)
+
+    for rec in tqdm(batches(), total=len(data.batches), desc=f"{method.name} edges",
+                    disable=not settings.progress, leave=False):
+        for g in groups:
+            batch_edges(splice, g, rec, cands, method, settings.ig_steps, summed, settings.max_rows, cost, sums)
+    if reduce is not None:
+        flat = reduce({f"{d.name}<{u.name}": w for (d, u), w in sums.items()})
+        sums = {(d, u): flat[f"{d.name}<{u.name}"] for (d, u) in sums}
+    cost.seconds = time.perf_counter() - t0
+    return _compact(method, settings, nodes, cands, sums, cost, recomputed=records is None)
+
+
+def _compact(method: Method, settings: AttributionSettings, nodes: NodeScores, cands: dict[Site, SiteCandidates],
+             sums: dict[tuple[Site, Site], torch.Tensor], cost: Cost, recomputed: bool) -> EdgeScores:
+    """Edge sums -> means -> the compact :class:`EdgeScores` (nonzero edges, plus edges into ``metric``)."""
+    ids: list[str] = []
+    offset: dict[Site, int] = {}
+    for s, c in cands.items():
+        offset[s] = len(ids)
+        ids += c.ids
+    ids.append(METRIC)
+    ups, downs, ws = [], [], []
+    for (d, u), w in sums.items():
+        j, i = torch.nonzero(w, as_tuple=True)
+        ups.append(i + offset[u])
+        downs.append(j + offset[d])
+        ws.append(w[j, i] / nodes.n_pairs)
+    for s, idx, w in _metric_edges(nodes, cands):
+        ups.append(idx + offset[s])
+        downs.append(torch.full_like(idx, len(ids) - 1))
+        ws.append(w)
+    cat = lambda xs, dt: torch.cat(xs).to(dt) if xs else torch.zeros(0, dtype=dt)  # noqa: E731
+    return EdgeScores(method.name, settings.aggregation, ids, cat(ups, torch.long), cat(downs, torch.long),
+                      cat(ws, torch.float32), cost,
+                      info=dict(max_nodes=settings.max_nodes, n_candidates=len(ids) - 1,
+                                recomputed_node_pass=recomputed))
+
+
+def _metric_edges(nodes: NodeScores, cands: dict[Site, SiteCandidates]):
+    """``u -> metric`` for candidates at the last residual site (and at attention / MLP sites after
+    it): the node score itself, ``g_u . (a_c,u - a_p,u)`` (the output is one step away)."""
+    sites = list(cands)
+    resid_layers = [s.layer for s in sites if s.is_resid]
+    last = max(resid_layers) if resid_layers else -2
+    summed = nodes.aggregation == "sum"
+    for s in sites:
+        if not ((s.is_resid and s.layer == last) or (not s.is_resid and s.layer > last)):
+            continue
+        c = cands[s]
+        nf = c.n_features
+        vals = []
+        if nf:
+            f = nodes.features[s.name]
+            vals.append(f[c.feat_idx] if summed else f[c.feat_pos, c.feat_idx])
+        if len(c) > nf:
+            v = nodes.vectors[s.name]
+            vals.append(v.reshape(1).expand(len(c) - nf) if summed else v[c.vec_pos])
+        w = torch.cat(vals).float()
+        idx = torch.nonzero(w).flatten()
+        yield s, idx, w[idx]
