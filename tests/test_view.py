@@ -277,4 +277,10 @@ def test_view_command_errors_name_the_fix(run_dir, tmp_path, capsys):
     (run_dir / "cards.json").unlink()
     assert main(["-q", "view", str(run_dir), "--max-nodes", "0"]) == 2
     assert "--max-nodes" in capsys.readouterr().err
+    assert main(["-q", "view", str(run_dir), "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    (run_dir / "edges.pt").write_bytes(b"not a torch file")
+    assert main(["-q", "view", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "edges.pt" in err and "featcirc discover" in err
     assert not (run_dir / "circuit.html").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from pathlib import Path
 from typing import Optional
 
@@ -57,8 +58,15 @@ def view_run(run_dir: "str | Path", out: "str | Path | None" = None, *, max_node
     if (run_dir / "cards.json").is_file():
         cards = _read_json(run_dir / "cards.json", "regenerate the feature cards or delete cards.json")
 
-    nodes = NodeScores.load(run_dir / "nodes.pt")
-    edges = EdgeScores.load(run_dir / "edges.pt") if (run_dir / "edges.pt").is_file() else None
+    out = run_dir / "circuit.html" if out is None else Path(out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give the path of the HTML file to write")
+    try:
+        nodes = NodeScores.load(run_dir / "nodes.pt")
+        edges = EdgeScores.load(run_dir / "edges.pt") if (run_dir / "edges.pt").is_file() else None
+    except (OSError, RuntimeError, EOFError, TypeError, KeyError, pickle.UnpicklingError) as e:
+        raise ValueError(f"the scores in {run_dir} (nodes.pt / edges.pt) could not be read ({e}); "
+                         "rerun `featcirc discover ... --out DIR`") from e
     n_layers = (summary.get("model_info") or {}).get("n_layers")
     G = full_graph(nodes, edges, n_layers=n_layers)
     circuit = read_json(run_dir / "circuit.json") if (run_dir / "circuit.json").is_file() else None
@@ -68,7 +76,6 @@ def view_run(run_dir: "str | Path", out: "str | Path | None" = None, *, max_node
 
         p = summary.get("prune") or {}
         circuit = prune(G, PruneSettings(p.get("node_threshold"), p.get("top_k", 100), p.get("edge_threshold", 0.0)))
-    out = run_dir / "circuit.html" if out is None else Path(out)
     return write_viewer(G, out, circuit=circuit, tokens=summary.get("prompt_tokens"), cards=cards,
                         title=run_title(summary, run), max_nodes=max_nodes)
 

@@ -282,7 +282,7 @@ def circuit_figure(G: nx.DiGraph, *, title: str = "", tokens: Optional[Sequence[
     handles += [Line2D([], [], marker=m, ls="", color="#999999", markeredgecolor="black",
                        markeredgewidth=1.3 if k == "error" else 0.5, label=_KIND_NAME[k]) for k, m in _MARKER.items()]
     handles += [Line2D([], [], marker="*", ls="", color=METRIC_COLOUR, markersize=10,
-                       label="metric: logit(clean) \u2212 logit(patch answer)")]
+                       label="metric: logit(clean answer) \u2212 logit(patch answer)")]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7.5, frameon=False,
               title="size, opacity: |score|; edge width: |weight|", title_fontsize=7.5, alignment="left")
     return fig

@@ -80,7 +80,7 @@
     var keep = new Uint8Array(N);
     cands.forEach(function (n) { keep[n.i] = 1; });
     keep[METRIC] = 1;
-    var kept = edges.filter(function (e) { return keep[e.u] && keep[e.v] && e.mag >= settings.edge; });
+    var kept = edges.filter(function (e) { return keep[e.u] && keep[e.v] && isScored(e.w) && e.mag >= settings.edge; });
     if (!D.has_edges) {
       return { nodes: cands.map(function (n) { return n.i; }), edges: [] };
     }
@@ -148,7 +148,8 @@
   /* Positions of the drawn nodes. Columns: token positions, each as wide as its fullest
      (site, position) cell needs (up to MAX_PER_LINE nodes side by side, then wrapped into
      stacked lines). Rows: sites in forward order, each as tall as its most wrapped cell.
-     Labels are drawn only when every label fits its slot without exceeding maxWidth. */
+     Slots widen up to the width that fits every label, as far as maxWidth allows; a label is
+     drawn only where it fits. */
   function layout(drawn, maxWidth) {
     var rowOf = {};
     rowSites.forEach(function (s, r) { rowOf[s] = r; });
@@ -179,13 +180,22 @@
         return Math.max(44, m * slot + 16, perLine.length <= 24 ? tokW : 0);
       });
     }
-    var labelSlot = Math.max(2 * R_MAX + 4, labelW + 7);
-    var withLabels = columnWidths(labelSlot);
-    var total = withLabels.reduce(function (a, b) { return a + b; }, 0) + margin.left + margin.right;
-    var showLabels = total <= maxWidth;
-    var slot = showLabels ? labelSlot : 2 * R_MAX + 3;
-    var colW = showLabels ? withLabels : columnWidths(slot);
-    var lineH = showLabels ? 2 * R_MAX + 15 : 2 * R_MAX + 5;
+    // the widest slot between compact and "every label fits" that keeps the page within maxWidth
+    var compactSlot = 2 * R_MAX + 3, labelSlot = Math.max(compactSlot, labelW + 7);
+    function totalWidth(sl) {
+      return columnWidths(sl).reduce(function (a, b) { return a + b; }, 0) + margin.left + margin.right;
+    }
+    var slot = labelSlot;
+    if (totalWidth(labelSlot) > maxWidth) {
+      var lo = compactSlot, hi = labelSlot;
+      for (var it = 0; it < 20; it++) {
+        var mid = (lo + hi) / 2;
+        if (totalWidth(mid) <= maxWidth) lo = mid; else hi = mid;
+      }
+      slot = lo;
+    }
+    var colW = columnWidths(slot);
+    var lineH = 2 * R_MAX + 15;  // room for a label under each node
     var colX = [];
     var x = margin.left;
     colW.forEach(function (w) { colX.push(x); x += w; });
@@ -204,7 +214,7 @@
     var y = margin.top;
     for (var r = rowSites.length - 1; r >= 0; r--) { rowY[r] = y; y += rowH[r]; }
     var height = y + margin.bottom;
-    var xy = {};
+    var xy = {}, labelFits = {};
     Object.keys(cells).forEach(function (key) {
       var r = parseInt(key.split(":")[0], 10), c = parseInt(key.split(":")[1], 10);
       var members = cells[key], m = perLine[c];
@@ -213,13 +223,15 @@
         var line = Math.floor(j / m), idx = j % m;
         var inLine = Math.min(m, members.length - line * m);
         var cx = colX[c] + colW[c] / 2 + (idx - (inLine - 1) / 2) * slot;
-        var cy = rowY[r] + rowH[r] / 2 + (line - (lines - 1) / 2) * lineH - (showLabels && lines ? 5 : 0);
+        var cy = rowY[r] + rowH[r] / 2 + (line - (lines - 1) / 2) * lineH - 5;
         if (n.i === METRIC) cy = rowY[r] + rowH[r] / 2;
         xy[n.i] = [cx, cy];
+        // a label fits in its slot, or anywhere in the column when it is alone on its line
+        labelFits[n.i] = textWidth(nodeLabel(n), LABEL_CHAR_W) <= (inLine === 1 ? colW[c] - 6 : slot - 3);
       });
     });
     return { xy: xy, colX: colX, colW: colW, rowY: rowY, rowH: rowH, width: width, height: height,
-             showLabels: showLabels, margin: margin };
+             labelFits: labelFits, margin: margin };
   }
 
   // --------------------------------------------------------------------------- drawing
@@ -322,7 +334,7 @@
     // nodes
     var ng = el("g", { "class": "nodes" }, svg);
     var smax = result.nodes.reduce(function (m, i) { return Math.max(m, nodes[i].mag); }, 0) || 1;
-    var nodeEls = {};
+    var nodeEls = {}, nLabels = 0;
     drawn.forEach(function (i) {
       var n = nodes[i], p = L.xy[i];
       var g = el("g", { "class": "node " + n.kind, transform: "translate(" + p[0].toFixed(1) + "," + p[1].toFixed(1) + ")",
@@ -337,7 +349,8 @@
       if (n.kind === "metric") {
         var ml = el("text", { x: 18, y: 4, "class": "metric-label" }, g);
         ml.textContent = "metric" + (D.metric.clean !== null ? " = " + fmt(D.metric.clean) : "");
-      } else if (L.showLabels) {
+      } else if (L.labelFits[i]) {
+        nLabels++;
         var lab = el("text", { x: 0, y: R_MAX + 10, "text-anchor": "middle", "class": "node-label" }, g);
         lab.textContent = nodeLabel(n);
       }
@@ -358,10 +371,10 @@
     focus(state.pinned);
     var nE = result.edges.length;
     document.getElementById("status").textContent = "drawn: " + result.nodes.length + " nodes + metric, " +
-      nE + " edge" + (nE === 1 ? "" : "s") + (L.showLabels ? "" : " (labels hidden: too many nodes side by side; hover for details)");
+      nE + " edge" + (nE === 1 ? "" : "s") + (nLabels < result.nodes.length ? "; labels where they fit (" + nLabels + "), hover for the rest" : "");
     root.setAttribute("data-drawn-nodes", String(result.nodes.length));
     root.setAttribute("data-drawn-edges", String(nE));
-    root.setAttribute("data-labels", L.showLabels ? "1" : "0");
+    root.setAttribute("data-labels", String(nLabels));
     root.setAttribute("data-draw-ms", String(Math.round(window.performance.now() - t0)));
     root.setAttribute("data-ready", "1");
   }
