@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from sae_lens import SAE, JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig
+from huggingface_hub.errors import EntryNotFoundError
 from sae_lens.loading import pretrained_sae_loaders as loaders
 from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -20,6 +21,7 @@ from featcirc.saes.loading import (
     NAMED_SETS,
     SAE_HUB_ENV,
     SAEMismatchError,
+    SAEUnavailableError,
     load_sae_set_description,
     load_saes,
     sae_site,
@@ -77,7 +79,8 @@ def test_site_from_hook_name_with_resid_pre_alias():
     assert site_from_hook_name("blocks.11.hook_resid_post") == Site("resid", 11)
     assert site_from_hook_name("blocks.3.hook_attn_out") == Site("attn", 3)
     assert site_from_hook_name("blocks.3.hook_mlp_out") == Site("mlp", 3)
-    for bad in ("hook_embed", "blocks.0.attn.hook_z", "blocks.2.hook_resid_mid", "blocks.x.hook_resid_pre"):
+    assert site_from_hook_name("blocks.3.attn.hook_z") == Site("z", 3)  # Gemma Scope 2's attention SAEs
+    for bad in ("hook_embed", "blocks.0.hook_mlp_in", "blocks.2.hook_resid_mid", "blocks.x.hook_resid_pre"):
         with pytest.raises(SAEMismatchError, match="cannot be spliced"):
             site_from_hook_name(bad)
 
@@ -322,7 +325,7 @@ def test_named_set_for_another_model_is_rejected_before_download(model, spy_from
 def test_named_set_with_missing_files_says_what_to_do(tmp_path, monkeypatch, gpt2_shaped):
     monkeypatch.setenv(SAE_HUB_ENV, str(tmp_path))  # an empty mirror
     expected = f"gpt2-small-res-jb/blocks.3.hook_resid_pre for site resid.2.*{SAE_HUB_ENV}"
-    with pytest.raises(RuntimeError, match=expected):
+    with pytest.raises(SAEUnavailableError, match=expected):
         load_saes(gpt2_shaped, "gpt2-small", sites=["resid.2"])
 
 
@@ -338,11 +341,11 @@ def test_named_set_that_maps_an_sae_to_the_wrong_site_is_rejected(tmp_path, monk
 
 
 @pytest.mark.parametrize("name", NAMED_SETS)
-def test_set_descriptions_match_saelens_registry(name):
+def test_set_descriptions_match_saelens_registry(name, monkeypatch):
     """Every entry names a real release and id, and its hook (as SAELens will report it) is its site."""
     desc = load_sae_set_description(name)
     directory = get_pretrained_saes_directory()
-    assert desc["name"] == name and desc["saes"]
+    assert desc["name"].split(":")[0] == name and desc["saes"]
     for site, e in desc["saes"].items():
         info = directory[e["release"]]
         assert e["sae_id"] in info.saes_map, (name, site, e)
@@ -354,6 +357,13 @@ def test_set_descriptions_match_saelens_registry(name):
         elif info.conversion_func == "gemma_2":  # the config is computed offline from the path
             cfg = loaders.get_gemma_2_config_from_hf(info.repo_id, info.saes_map[e["sae_id"]], "cpu")
             assert cfg["hook_name"] == e["hook_name"] and cfg["d_in"] == desc["d_model"]
+        elif info.conversion_func == "gemma_3":  # the loader's own rule, with the hub answered offline
+            def no_config(*a, **k):
+                raise EntryNotFoundError("no config.json")
+            monkeypatch.setattr(loaders, "hf_hub_download", no_config)
+            monkeypatch.setattr(loaders, "get_safetensors_tensor_shapes", lambda repo, f: {"w_enc": [1024, 16384]})
+            cfg = loaders.get_gemma_3_config_from_hf(info.repo_id, info.saes_map[e["sae_id"]], "cpu")
+            assert cfg["hook_name"] == e["hook_name"] and cfg["architecture"] == "jumprelu"
         else:
             pytest.fail(f"untested conversion {info.conversion_func}")
 
@@ -400,3 +410,14 @@ def test_module_is_exported_lazily():
     import featcirc
 
     assert featcirc.load_saes is fs.load_saes
+
+
+def test_locally_trained_set_is_found_in_the_cache(tmp_path, monkeypatch, model):
+    from featcirc.saes.trained import TrainedSetMissing
+
+    monkeypatch.setenv("FEATCIRC_CACHE", str(tmp_path))
+    with pytest.raises(TrainedSetMissing, match="featcirc train-saes"):
+        load_saes(model, "gemma-3-270m-local")
+    saes = {"resid.0": make_sae("blocks.0.hook_resid_post")}
+    save_saes(saes, tmp_path / "saes" / "custom-local")
+    assert list(load_saes(model, "custom-local")) == ["resid.0"]

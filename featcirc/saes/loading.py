@@ -12,8 +12,12 @@ model's device and dtype, in eval mode, with ``requires_grad=False`` on its para
 2. the name of a set description ``saes/sets/<name>.json`` (see
    :data:`NAMED_SETS`), or the path of such a ``.json`` file: per site a SAELens release and SAE id,
    loaded with ``SAE.from_pretrained(release, sae_id)``;
+   ``name:variant`` for templated sets (``gemma-3-270m:16k-small``: Gemma Scope 2, residual, MLP and
+   attention (``hook_z``) SAEs at layers 5, 9, 12, 15; ``gemma-3-270m-all:262k-big``: every layer);
 3. ``"tiny"``: the SAEs bundled with the project's tiny model (``featcirc.models.tiny.TINY_SAE_DIR``);
-4. a dict ``{site: SAE}`` (keys may be site names or hook names), validated like the others.
+4. ``"<model>-local"``: a set trained on this machine by ``featcirc train-saes`` (in the user cache;
+   the error names the command that trains it when it is missing);
+5. a dict ``{site: SAE}`` (keys may be site names or hook names), validated like the others.
 
 Hook aliasing. TransformerLens feeds block L's output, ``blocks.L.hook_resid_post``, unchanged into
 block L+1, where it passes ``blocks.(L+1).hook_resid_pre``: the two hooks see the same tensor.
@@ -48,6 +52,7 @@ from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
 from featcirc.saes.bundled_path import bundled_sae_dir
+from featcirc.saes.trained import LOCAL_SUFFIX, trained_set_dir
 from featcirc.sites import Site, sort_sites
 
 __all__ = [
@@ -80,6 +85,10 @@ class SAEMismatchError(ValueError):
     """An SAE (or SAE set) does not fit the model: wrong width, hook or model."""
 
 
+class SAEUnavailableError(FileNotFoundError):
+    """The weights of a named SAE set cannot be had here (offline, or not in the mirror)."""
+
+
 # --------------------------------------------------------------------------- sites of SAEs
 
 
@@ -98,7 +107,7 @@ def site_from_hook_name(hook_name: str) -> Site:
     except ValueError as e:
         raise SAEMismatchError(
             f"{e} (blocks.L.hook_resid_pre for L >= 1 is also accepted, as resid.(L-1)); "
-            "SAEs on other hooks (hook_embed, attn.hook_z, ...) cannot be spliced by featcirc"
+            "SAEs on other hooks (hook_embed, hook_mlp_in, ...) cannot be spliced by featcirc"
         ) from None
 
 
@@ -175,10 +184,12 @@ def validate_sae(model: HookedTransformer, site: "str | Site", sae: Any) -> None
             f"{_model_sites_text(model)} — this SAE set was made for another model"
         )
     d_in = int(sae.cfg.d_in)
-    if d_in != model.cfg.d_model:
+    width, what = ((model.cfg.n_heads * model.cfg.d_head, "n_heads * d_head") if site.kind == "z"
+                   else (model.cfg.d_model, "d_model"))
+    if d_in != width:
         raise SAEMismatchError(
-            f"SAE for {label} has d_in={d_in} but model {_model_name(model)!r} has "
-            f"d_model={model.cfg.d_model} — this SAE set was made for another model"
+            f"SAE for {label} has d_in={d_in} but model {_model_name(model)!r} has {what}={width} at "
+            f"{site.hook_name} — this SAE set was made for another model"
         )
 
 
@@ -317,13 +328,23 @@ def _set_path(name: str) -> Path:
 
 
 def load_sae_set_description(spec: "str | os.PathLike[str]") -> dict[str, Any]:
-    """Read a set description (a name in :data:`NAMED_SETS` or a path to a ``.json`` file) and check it.
+    """Read a set description (a name in :data:`NAMED_SETS`, ``name:variant``, or a path to a ``.json``
+    file) and check it.
 
     Format: ``{"name", "model", "model_aliases", "n_layers", "d_model", "description", "notes",
-    "saes": {site: {"release", "sae_id", "hook_name"}}}``.
+    "saes": {site: {"release", "sae_id", "hook_name"}}}``. A description may instead hold a
+    ``"template"``: ``{"releases": {site kind: release}, "layers": [...], "sae_id": "...{layer}...{width}...{l0}",
+    "default": "16k-small"}``; the variant (``gemma-3-270m:65k-medium``) picks width and L0, and every
+    SAE id is checked against SAELens's registry.
     """
-    path = Path(spec) if str(spec).endswith(".json") else _set_path(str(spec))
+    text = os.fspath(spec)
+    name, _, variant = text.partition(":") if not text.endswith(".json") else (text, "", "")
+    path = Path(name) if name.endswith(".json") else _set_path(name)
     desc = json.loads(path.read_text(encoding="utf-8"))
+    if "template" in desc:
+        desc = _expand_template(desc, variant or desc["template"]["default"], path)
+    elif variant:
+        raise ValueError(f"SAE set {name!r} has no variants; use {name!r} alone")
     for key in ("model", "n_layers", "d_model", "saes"):
         if key not in desc:
             raise ValueError(f"SAE set description {path} lacks the key {key!r}")
@@ -334,6 +355,30 @@ def load_sae_set_description(spec: "str | os.PathLike[str]") -> dict[str, Any]:
                 raise ValueError(f"SAE set description {path}: entry {site!r} lacks {key!r}")
     desc.setdefault("name", path.stem)
     return desc
+
+
+def _expand_template(desc: dict[str, Any], variant: str, path: Path) -> dict[str, Any]:
+    """``saes`` of a templated set for one variant (``<width>-<l0>``), checked against SAELens's registry."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    t = desc["template"]
+    width, _, l0 = variant.partition("-")
+    registry = get_pretrained_saes_directory()
+    saes = {}
+    for kind, release in t["releases"].items():
+        known = registry[release].saes_map if release in registry else {}
+        for layer in t["layers"]:
+            sae_id = t["sae_id"].format(layer=layer, width=width, l0=l0)
+            if sae_id not in known:
+                variants = sorted({k.split("_width_")[-1].replace("_l0_", "-") for k in known})
+                raise ValueError(f"SAE set {desc.get('name', path.stem)!r} has no variant {variant!r} "
+                                 f"({release}/{sae_id} is not in SAELens's registry); variants: {', '.join(variants)}")
+            site = Site(kind, layer)
+            saes[site.name] = dict(release=release, sae_id=sae_id, hook_name=site.hook_name)
+    out = {k: v for k, v in desc.items() if k != "template"}
+    out["name"] = f"{desc.get('name', path.stem)}:{variant}"
+    out["saes"] = saes
+    return out
 
 
 def _check_set_model(model: HookedTransformer, desc: Mapping[str, Any]) -> None:
@@ -353,7 +398,8 @@ def local_sae_hub(root: "str | os.PathLike[str]") -> Iterator[Path]:
     """Answer SAELens's Hugging Face downloads from a local mirror ``<root>/<repo_id>/<path>``.
 
     Patches ``hf_hub_download`` in ``sae_lens.loading.pretrained_sae_loaders`` (the function every
-    SAELens pretrained loader downloads with) for the duration of the block. A file absent from the
+    SAELens pretrained loader downloads with), and ``get_safetensors_tensor_shapes`` (Gemma Scope 2's
+    loader reads shapes from the file header over HTTP), for the duration of the block. A file absent from the
     mirror raises ``huggingface_hub`` ``EntryNotFoundError``, which SAELens treats as "optional file
     missing" for sparsity files and reports otherwise.
     """
@@ -370,12 +416,19 @@ def local_sae_hub(root: "str | os.PathLike[str]") -> Iterator[Path]:
             raise EntryNotFoundError(f"{path} is not in the local SAE hub mirror {root}")
         return str(path)
 
-    original = loaders.hf_hub_download
-    loaders.hf_hub_download = mirror_download
+    def mirror_shapes(repo_id: str, filename: str) -> dict[str, list[int]]:
+        from safetensors import safe_open
+
+        path = Path(mirror_download(repo_id, filename))
+        with safe_open(str(path), framework="pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+
+    originals = (loaders.hf_hub_download, loaders.get_safetensors_tensor_shapes)
+    loaders.hf_hub_download, loaders.get_safetensors_tensor_shapes = mirror_download, mirror_shapes
     try:
         yield root
     finally:
-        loaders.hf_hub_download = original
+        loaders.hf_hub_download, loaders.get_safetensors_tensor_shapes = originals
 
 
 def _load_named(
@@ -395,7 +448,7 @@ def _load_named(
             try:
                 sae = SAE.from_pretrained(e["release"], e["sae_id"], device=device)
             except Exception as err:  # network, missing files, registry drift: say what to do
-                raise RuntimeError(
+                raise SAEUnavailableError(
                     f"could not load SAE {e['release']}/{e['sae_id']} for site {site.name} of set "
                     f"{desc['name']!r}: {type(err).__name__}: {err}. Without network access, fill the "
                     f"Hugging Face cache and set HF_HUB_OFFLINE=1, or set {SAE_HUB_ENV}=<dir> to a mirror "
@@ -435,7 +488,8 @@ def _tiny_dir() -> Path:
 def _unknown(spec: Any) -> ValueError:
     return ValueError(
         f"unknown SAE spec {spec!r}: give a directory of SAELens SAEs, a named set "
-        f"({', '.join(NAMED_SETS)}), 'tiny', a set description .json file, or a dict {{site: SAE}}"
+        f"({', '.join(NAMED_SETS)}; templated ones take ':<width>-<l0>'), 'tiny', '<model>-local' (trained "
+        "here by `featcirc train-saes`), a set description .json file, or a dict {site: SAE}"
     )
 
 
@@ -474,8 +528,10 @@ def load_saes(
     path = Path(text)
     if text == "tiny":
         return _finish(model, _load_dir(_tiny_dir(), wanted), device)
-    if text in NAMED_SETS or (text.endswith(".json") and path.is_file()):
+    if text.partition(":")[0] in NAMED_SETS or (text.endswith(".json") and path.is_file()):
         return _finish(model, _load_named(model, text, wanted, dev), device)
+    if text.endswith(LOCAL_SUFFIX) and not path.is_dir():
+        return _finish(model, _load_dir(trained_set_dir(text), wanted), device)
     if path.is_dir():
         return _finish(model, _load_dir(path, wanted), device)
     raise _unknown(spec)
