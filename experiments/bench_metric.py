@@ -1,4 +1,4 @@
-"""Benchmark the metric on Gemma-3-270M (DESIGN §2): logit difference from the two unembedding
+"""Benchmark the metric on Gemma-3-270M (docs/design.md §2): logit difference from the two unembedding
 columns (``featcirc.metric.logit_diff``) vs from the full 262,144-token logits (``logit_diff_full``).
 
 One step = forward + backward on a batch of IOI prompts (all of one token length), with the gradient

@@ -1,4 +1,4 @@
-"""Train the embedded default model of featcirc (DESIGN §10) and its SAEs, and write the bundle.
+"""Train the embedded default model of featcirc (docs/design.md §10) and its SAEs, and write the bundle.
 
     PYTHONPATH=. python experiments/train_tiny.py                       # the shipped bundle
     PYTHONPATH=. python experiments/train_tiny.py --out /tmp/tiny --steps 200 --sae-steps 50  # smoke run

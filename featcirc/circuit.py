@@ -1,10 +1,10 @@
-"""Circuits as networkx graphs: build the full scored graph, prune it (DESIGN §8).
+"""Circuits as networkx graphs: build the full scored graph, prune it (docs/design.md §8).
 
 A circuit is a ``networkx.DiGraph`` whose edges point upstream -> downstream (the last residual
 nodes -> ``metric``). Node attributes: ``site``, ``layer``, ``kind`` (feature / error / component /
 metric), ``feature`` (-1 unless a feature), ``position`` (-1 when positions are summed),
-``score`` (the indirect effect, DESIGN §5), ``activation`` (mean clean activation; L2 norm for
-vector nodes). Edge attribute: ``weight`` (DESIGN §7). Graph attributes (``G.graph``): the
+``score`` (the indirect effect, docs/design.md §5), ``activation`` (mean clean activation; L2 norm for
+vector nodes). Edge attribute: ``weight`` (docs/design.md §7). Graph attributes (``G.graph``): the
 provenance of the scores (method, level, aggregation, n_pairs, n_layers, sites, metric values,
 cost, info) and, after :func:`prune`, the settings used.
 
@@ -146,7 +146,7 @@ def full_graph(nodes: NodeScores, edges: Optional[EdgeScores] = None, *,
             if su >= sv:
                 raise ValueError(
                     f"edge {u} -> {v} does not point downstream; EdgeScores keys must be "
-                    "(upstream_id, downstream_id) (DESIGN §7)"
+                    "(upstream_id, downstream_id) (docs/design.md §7)"
                 )
             G.add_edge(u, v, weight=w)
 
@@ -188,7 +188,7 @@ def _has_edges(G: nx.DiGraph) -> bool:
 
 
 def prune(G: nx.DiGraph, settings: PruneSettings) -> nx.DiGraph:
-    """Prune a scored graph into a circuit (DESIGN §8); returns a new graph.
+    """Prune a scored graph into a circuit (docs/design.md §8); returns a new graph.
 
     1. Candidates: non-metric nodes with ``|score| >= node_threshold`` and/or the ``top_k`` by
        ``|score|`` (ties by node id; NaN scores never pass). ``metric`` is always kept.
@@ -232,7 +232,7 @@ def circuit_nodes(G: nx.DiGraph) -> set[str]:
 
 def node_threshold_sweep(G: nx.DiGraph, thresholds: Iterable[float], *,
                          edge_threshold: float = 0.0) -> list[nx.DiGraph]:
-    """One pruned circuit per node threshold, in the given order (for faithfulness curves, DESIGN §9)."""
+    """One pruned circuit per node threshold, in the given order (for faithfulness curves, docs/design.md §9)."""
     return [prune(G, PruneSettings(node_threshold=float(t), edge_threshold=edge_threshold))
             for t in thresholds]
 

@@ -1,4 +1,4 @@
-"""The metric (DESIGN §2): logit difference at the last position,
+"""The metric (docs/design.md §2): logit difference at the last position,
 
     m = logit(clean_answer) - logit(patch_answer),
 

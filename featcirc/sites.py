@@ -1,4 +1,4 @@
-"""Sites (hook points where an SAE may be spliced) and node ids (DESIGN §3).
+"""Sites (hook points where an SAE may be spliced) and node ids (docs/design.md §3).
 
 A site is ``embed`` (``blocks.0.hook_resid_pre``), ``resid.L`` (``blocks.L.hook_resid_post``),
 ``attn.L`` (``blocks.L.hook_attn_out``), ``mlp.L`` (``blocks.L.hook_mlp_out``) or ``z.L``
@@ -157,7 +157,7 @@ class NodeRef:
         return node_id(self.site, self.kind, self.feature, self.position)
 
     def attributes(self, score: float, activation: float, n_layers: Optional[int] = None) -> dict:
-        """The node's attributes in a circuit graph (DESIGN §8): ``site``, ``layer``, ``kind``,
+        """The node's attributes in a circuit graph (docs/design.md §8): ``site``, ``layer``, ``kind``,
         ``feature`` (-1 unless a feature), ``position`` (-1 when summed), ``score``, ``activation``.
         The metric node has ``site="metric"`` and ``layer=n_layers``."""
         if self.kind == "metric":
@@ -175,7 +175,7 @@ def node_id(
     feature: Optional[int] = None,
     position: Optional[int] = None,
 ) -> str:
-    """Format a node id (DESIGN §3); ``position=None`` means summed over positions."""
+    """Format a node id (docs/design.md §3); ``position=None`` means summed over positions."""
     if kind == "metric":
         return METRIC
     name = Site.parse(site).name

@@ -1,4 +1,4 @@
-"""Circuit graphs: building the full scored graph and pruning it (DESIGN §8), on hand-made scores."""
+"""Circuit graphs: building the full scored graph and pruning it (docs/design.md §8), on hand-made scores."""
 
 from __future__ import annotations
 

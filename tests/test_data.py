@@ -1,4 +1,4 @@
-"""Prompt-pair IO and tokenization (DESIGN §2): the real feature-circuits files, the JSONL round
+"""Prompt-pair IO and tokenization (docs/design.md §2): the real feature-circuits files, the JSONL round
 trip, error messages with file and line, and drop counting with a small offline HookedTransformer."""
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def test_tokens_match_the_model(model):
             assert b.patch[i].tolist() == model.to_tokens(p.patch_prefix)[0].tolist()
             assert b.clean_answer[i] == model.to_single_token(p.clean_answer)
             assert b.patch_answer[i] == model.to_single_token(p.patch_answer)
-        # the batch feeds the metric (DESIGN §2) and agrees with the full-logit reference
+        # the batch feeds the metric (docs/design.md §2) and agrees with the full-logit reference
         got = logit_diff(model, b.clean, b.clean_answer, b.patch_answer)
         torch.testing.assert_close(got, logit_diff_full(model, b.clean, b.clean_answer, b.patch_answer),
                                    rtol=1e-4, atol=1e-5)

@@ -1,4 +1,4 @@
-"""LRP rules for Relevance Patching (DESIGN §6), as TransformerLens hooks.
+"""LRP rules for Relevance Patching (docs/design.md §6), as TransformerLens hooks.
 
 Each rule changes only the backward pass; the forward values are bit-for-bit those of the model.
 A rule rewrites an output ``y = op(x)`` as ``y.detach() + (s - s.detach())`` for a *surrogate* ``s``

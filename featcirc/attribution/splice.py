@@ -162,7 +162,7 @@ class Splice:
 
     @contextmanager
     def leaves(self) -> Iterator[dict[Site, SiteState]]:
-        """Splice with leaf nodes (``requires_grad``) and the straight-through path (DESIGN §4).
+        """Splice with leaf nodes (``requires_grad``) and the straight-through path (docs/design.md §4).
 
         After a backward pass inside the context, ``store[site].features.grad`` and
         ``store[site].vector.grad`` hold the node gradients.

@@ -1,4 +1,4 @@
-"""Prompt pairs (DESIGN §2): reading and writing Marks et al.'s feature-circuits JSONL, and
+"""Prompt pairs (docs/design.md §2): reading and writing Marks et al.'s feature-circuits JSONL, and
 tokenizing pairs into batches of equal token length.
 
 A pair is (clean prompt, patch prompt, clean answer, patch answer); the metric is

@@ -1,4 +1,4 @@
-"""Seeded, deterministic generators of prompt pairs (DESIGN §2) for indirect-object identification
+"""Seeded, deterministic generators of prompt pairs (docs/design.md §2) for indirect-object identification
 (IOI) and subject-verb agreement (SVA), in the format of Marks et al.'s feature-circuits JSONL.
 
 Every generator returns ``list[PromptPair]`` where ``clean_answer`` is the correct next word of

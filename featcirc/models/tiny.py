@@ -1,4 +1,4 @@
-"""The embedded default model (DESIGN §10): a tiny GPT-2-style model and its SAEs, shipped with
+"""The embedded default model (docs/design.md §10): a tiny GPT-2-style model and its SAEs, shipped with
 the package (its SAEs in the top-level ``saes/tiny/``) and trained by ``experiments/train_tiny.py``.
 
 Bundle layout (``TINY_DIR``)::

@@ -1,4 +1,4 @@
-"""SAE sets keyed by site (DESIGN §3): load, validate, save.
+"""SAE sets keyed by site (docs/design.md §3): load, validate, save.
 
 ``load_saes(model, spec)`` returns ``{site name: SAE}`` in forward order (``embed``, ``attn.0``,
 ``mlp.0``, ``resid.0``, ``attn.1``, ...), every SAE validated against the model, moved to the
