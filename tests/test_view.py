@@ -56,6 +56,7 @@ def test_embeds_the_largest_nodes_all_their_edges_and_the_runs_pruning():
     assert data["circuit"]["reproduced"] and data["circuit"]["n_nodes"] == len(C) - 1
     assert data["tokens"] == TOKENS and data["n_positions"] == 5 and data["title"] == "tiny relp"
     assert data["style"]["positive"] != data["style"]["negative"]
+    assert "supports the clean answer" in data["style"]["sign_legend"][0]
 
 
 def test_caps_keep_the_circuit_and_the_strongest_edges():
@@ -180,6 +181,7 @@ def test_page_draws_the_runs_circuit_and_reprunes_from_the_fragment(tmp_path):
     card = CARDS["cards"][f"resid.1/{G.nodes[feat]['feature']}"]
     text = "".join(dom.text)
     assert feat in text and "inputs" in text and "outputs" in text and "feature card" in text
+    assert "blue: supports the clean answer (score / weight > 0)" in text  # the legend states the convention
     assert "".join(card["top_examples"][0]["tokens"]) in text and "fixture-corpus" in text
     shot = tmp_path / "circuit.png"
     browse(path, f"#node={feat}", profile=profile, screenshot=shot)

@@ -34,6 +34,7 @@ import networkx as nx
 
 from featcirc.circuit import PruneSettings, graph_n_layers, is_scored, magnitude, prune
 from featcirc.export.formats import _jsonable
+from featcirc.export.plot import SIGN_LEGEND, SITE_COLOURS
 from featcirc.export.style import METRIC_COLOUR, NEGATIVE_COLOUR, NEUTRAL_COLOUR, POSITIVE_COLOUR
 from featcirc.io import write_text
 from featcirc.sites import METRIC, stream_index
@@ -240,7 +241,8 @@ def viewer_data(G_full: nx.DiGraph, *, circuit: Optional[nx.DiGraph] = None,
         "cards": card_map,
         "cards_info": cards_info,
         "style": {"positive": POSITIVE_COLOUR, "negative": NEGATIVE_COLOUR, "neutral": NEUTRAL_COLOUR,
-                  "metric": METRIC_COLOUR},
+                  "metric": METRIC_COLOUR, "bands": {k: list(v) for k, v in SITE_COLOURS.items()},
+                  "sign_legend": list(SIGN_LEGEND)},
     }
 
 

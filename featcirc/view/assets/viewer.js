@@ -20,8 +20,8 @@
   var D = JSON.parse(document.getElementById("featcirc-data").textContent);
   var root = document.documentElement;
   var STYLE = D.style;
-  var BAND_FILL = { embed: "#eef0f7", attn: "#e8f3e8", mlp: "#fbeedd", resid: "#eef0f7", metric: "#fff5d6" };
-  var BAND_INK = { embed: "#44507a", attn: "#2f6f2f", mlp: "#a35a12", resid: "#44507a", metric: "#7a5a00" };
+  var BAND_FILL = {}, BAND_INK = {};  // row colours of a site kind (featcirc.export.plot.SITE_COLOURS)
+  Object.keys(STYLE.bands).forEach(function (k) { BAND_FILL[k] = STYLE.bands[k][0]; BAND_INK[k] = STYLE.bands[k][1]; });
   var MAX_PER_LINE = 12;       // nodes side by side in one (site, position) cell before wrapping
   var R_MIN = 3.5, R_MAX = 10; // node radius range (area grows with |score|)
   var LABEL_CHAR_W = 5.9;      // px per character of a 9.5px node label
@@ -433,10 +433,10 @@
     }
     row(function (s) { el("line", { x1: -12, x2: 12, y1: 0, y2: 0, stroke: STYLE.positive, "stroke-width": 3 }, s);
                        el("circle", { r: 5, fill: STYLE.positive }, s); },
-        "blue: supports the clean answer (score / weight > 0)");
+        STYLE.sign_legend[0]);
     row(function (s) { el("line", { x1: -12, x2: 12, y1: 0, y2: 0, stroke: STYLE.negative, "stroke-width": 3 }, s);
                        el("circle", { r: 5, fill: STYLE.negative }, s); },
-        "red: opposes it (score / weight < 0)");
+        STYLE.sign_legend[1]);
     row(function (s) { el("circle", { r: 6, fill: "#999", stroke: "#2b2b2b", "stroke-width": 0.7 }, s); },
         "SAE feature (size and opacity grow with |score|)");
     row(function (s) { el("rect", { x: -6, y: -6, width: 12, height: 12, fill: "#999", stroke: "#000", "stroke-width": 1.6 }, s); },
@@ -669,6 +669,15 @@
 
   // ------------------------------------------------------------------------ the texts
   document.getElementById("subtitle").textContent = D.subtitle;
+  (function key() {  // always-visible one-line legend
+    var k = document.getElementById("key");
+    var pos = h("b", null, STYLE.sign_legend[0], k);
+    pos.style.color = STYLE.positive;
+    h("span", null, " \u00b7 ", k);
+    var neg = h("b", null, STYLE.sign_legend[1], k);
+    neg.style.color = STYLE.negative;
+    h("span", null, " \u00b7 \u25cf feature \u00b7 \u25a0 SAE error \u00b7 \u25c6 component \u00b7 \u2605 metric \u00b7 size: |score|, edge width: |weight|", k);
+  })();
   var notes = document.getElementById("notes");
   var caps = D.caps;
   h("p", null, "This page embeds the " + caps.nodes_embedded + " of " + caps.nodes_scored +
@@ -684,7 +693,7 @@
       (D.circuit.reproduced ? "the run's circuit, " + D.circuit.n_nodes + " nodes and " + D.circuit.n_edges + " edges."
         : "this does not reproduce the run's circuit exactly (it has " + D.circuit.n_nodes + " nodes); the page shows the pruning of the embedded graph."), notes);
   }
-  h("p", null, "Sign convention: blue, score or weight > 0, supports the clean answer; red, < 0, opposes it. " +
+  h("p", null, "Sign convention: " + STYLE.sign_legend.join("; ") + ". " +
     "Metric m = logit(clean answer) \u2212 logit(patch answer).", notes);
 
   state = readHash();
