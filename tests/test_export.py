@@ -1,4 +1,10 @@
-"""Export formats: node-link JSON round trip, GraphML, DOT, Neuronpedia attribution-graph JSON."""
+"""Export formats: node-link JSON round trip (read by every networkx's default), GraphML, DOT,
+attribution-graph JSON for Neuronpedia / circuit-tracer, and circuit-tracer's graph_files layout.
+
+networkx compatibility, measured once in throwaway venvs (networkx 3.4.2, 3.5, 3.6.1) on the demo's
+circuit.json written by ``write_json``: the default ``nx.node_link_graph(data)`` gives back the
+DiGraph with all 101 nodes and 1280 edges in each (3.4/3.5 read ``"links"`` with a FutureWarning,
+3.6 reads ``"edges"``); a file with ``"links"`` only raises ``KeyError: 'edges'`` on 3.6."""
 
 from __future__ import annotations
 
@@ -11,10 +17,13 @@ import pytest
 import torch
 
 from featcirc.circuit import PruneSettings, full_graph, prune
-from featcirc.export.formats import (export, influence_scores, read_json, to_dot, to_neuronpedia, validate_neuronpedia,
-                             write_dot, write_graphml, write_json, write_neuronpedia)
+from featcirc.export.formats import (export, influence_scores, node_link_data, read_json, to_dot, to_neuronpedia,
+                                     validate_neuronpedia, write_dot, write_graphml, write_json, write_neuronpedia)
 from featcirc.attribution.scores import EdgeScores, NodeScores
-from featcirc.sites import METRIC
+from featcirc.export.graph_files import feature_set_name, write_graph_files
+from featcirc.export.neuronpedia import (cantor_pair, cantor_unpair, check_slug, default_slug, feature_number,
+                                         strip_paths)
+from featcirc.sites import METRIC, stream_index
 
 SITES = ["embed", "attn.0", "mlp.0", "resid.0", "resid.1"]
 
@@ -89,6 +98,28 @@ def test_json_round_trip(tmp_path, aggregation):
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave nothing behind
 
 
+def test_json_loads_with_networkx_defaults(tmp_path):
+    G = prune(scored_graph(), PruneSettings(node_threshold=0.1))
+    for _, d in G.nodes(data=True):
+        d["activation"] = 0.0 if math.isnan(d["activation"]) else d["activation"]
+    data = json.loads(write_json(G, tmp_path / "g.json").read_text())
+    assert data["edges"] == data["links"] and len(data["edges"]) == G.number_of_edges()
+    assert data["directed"] is True and data["multigraph"] is False
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        H = nx.node_link_graph(data)  # the installed networkx's defaults
+    assert type(H) is nx.DiGraph and nx.utils.graphs_equal(G, H)
+    for key in ("edges", "links"):  # what networkx >= 3.6 and < 3.6 read by default
+        assert nx.utils.graphs_equal(G, nx.node_link_graph(data, edges=key))
+    # files of older featcirc (links only) still read
+    old = {k: v for k, v in data.items() if k != "edges"}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert nx.utils.graphs_equal(G, read_json(tmp_path / "old.json"))
+    assert node_link_data(G) == data
+
+
 def test_read_json_rejects_other_files(tmp_path):
     (tmp_path / "x.json").write_text('{"a": 1}')
     with pytest.raises(ValueError, match="node-link"):
@@ -153,24 +184,29 @@ def check_neuronpedia_schema(d: dict) -> None:
     assert set(d) >= {"metadata", "qParams", "nodes", "links"}
     md = d["metadata"]
     for k, t in {"slug": str, "scan": str, "prompt_tokens": list, "prompt": str, "node_threshold": float,
-                 "info": dict}.items():
+                 "info": dict, "schema_version": int}.items():
         assert isinstance(md[k], t), k
     assert all(isinstance(t, str) for t in md["prompt_tokens"])
     qp = d["qParams"]
     assert isinstance(qp["pinnedIds"], list) and isinstance(qp["supernodes"], list)
-    assert isinstance(qp["linkType"], str)
+    assert isinstance(qp["linkType"], str) and isinstance(qp["clickedId"], str)
     ids = [n["node_id"] for n in d["nodes"]]
     assert len(ids) == len(set(ids)) and len({n["jsNodeId"] for n in d["nodes"]}) == len(ids)
     for n in d["nodes"]:
         for k, t in NODE_KEYS.items():
             assert isinstance(n[k], t) and not isinstance(n[k], bool), (k, n)
-        assert 0 <= n["ctx_idx"] < len(md["prompt_tokens"])
+        assert 0 <= n["ctx_idx"] < max(len(md["prompt_tokens"]), 1)
         assert n["influence"] is None or isinstance(n["influence"], float)
         assert n["activation"] is None or isinstance(n["activation"], float)
     for ln in d["links"]:
         assert set(ln) >= {"source", "target", "weight"}
         assert ln["source"] in ids and ln["target"] in ids
         assert isinstance(ln["weight"], float) and math.isfinite(ln["weight"])
+
+
+def viewer_keys(d: dict) -> list:
+    """How the viewers key nodes (utilCg.formatData): featureId = layer_feature_ctx, error nodes suffixed."""
+    return [(n["layer"], n["feature"], n["ctx_idx"], "error" in n["feature_type"]) for n in d["nodes"]]
 
 
 @pytest.mark.parametrize("aggregation", ["none", "sum"])
@@ -182,30 +218,43 @@ def test_neuronpedia_schema_and_mapping(aggregation):
     validate_neuronpedia(d)
     json.dumps(d, allow_nan=False)
     md = d["metadata"]
-    assert (md["slug"], md["scan"], md["prompt"], md["prompt_tokens"], md["node_threshold"]) == \
-           ("sva-relp", "gemma-3-270m", "The keys", TOKENS, 0.8)
+    assert (md["slug"], md["scan"], md["prompt"], md["prompt_tokens"], md["node_threshold"], md["schema_version"]) == \
+           ("sva-relp", "gemma-3-270m", "The keys", TOKENS, 0.8, 1)
     assert md["info"]["description"] == "test graph" and md["info"]["generator"]["name"] == "featcirc"
     assert md["pruning_settings"]["node_score_threshold"] == 0.1
     assert md["generation_settings"]["method"] == "relp"
     nodes = {n["node_id"]: n for n in d["nodes"]}
-    assert set(nodes) == set(G.nodes)
+    tokens = [n for n in d["nodes"] if n["feature_type"] == "embedding"]
+    assert set(nodes) == set(G.nodes) | {t["node_id"] for t in tokens}
+    # one embedding node per prompt token, in the embedding row: the viewers draw the prompt from them
+    assert [(t["ctx_idx"], t["feature"], t["layer"], t["clerp"]) for t in tokens] == \
+           [(p, -(1 + p), "E", f"Emb: “{tok}”") for p, tok in enumerate(TOKENS)]
     assert len(d["links"]) == G.number_of_edges()
     assert {(ln["source"], ln["target"]): ln["weight"] for ln in d["links"]} == \
            {(u, v): w for u, v, w in G.edges(data="weight")}
     at = "@2" if aggregation == "none" else ""
     f = nodes[f"resid.1/0{at}"]
     assert (f["feature"], f["layer"], f["feature_type"], f["clerp"]) == \
-           (0, "1", "cross layer transcoder", f"resid.1 f0{' @2' if at else ''}")
+           (cantor_pair(stream_index("resid.1", 2), 0), "1", "cross layer transcoder", f"resid.1 f0{' @2' if at else ''}")
+    assert cantor_unpair(f["feature"]) == (stream_index("resid.1", 2), 0)
     assert f["ctx_idx"] == (2 if aggregation == "none" else 0)
     assert f["activation"] == (3.0 if aggregation == "none" else 9.0)
     e = nodes[f"resid.1/err{at}"]
-    assert (e["feature"], e["feature_type"]) == (-1, "mlp reconstruction error")
+    assert (e["feature"], e["feature_type"]) == (-(1 + stream_index("resid.1", 2)), "mlp reconstruction error")
+    assert e["clerp"] == ("Err: resid.1 “ keys”" if at else "Err: resid.1")  # its own site, not "mlp"
     assert e["activation"] is None  # NaN activations become null
-    emb = [n for n in d["nodes"] if n["site"] == "embed"]
+    emb = [n for n in d["nodes"] if n.get("site") == "embed"]
     assert emb and all(n["layer"] == "E" for n in emb)
     m = nodes[METRIC]
-    assert m["feature_type"] == "logit" and m["influence"] is None and "(p=" in m["clerp"]
-    assert m["layer"] == "2" and m["ctx_idx"] == (len(TOKENS) - 1 if aggregation == "none" else 0)
+    assert m["feature_type"] == "logit" and m["influence"] is None and m["layer"] == "3"
+    assert m["ctx_idx"] == len(TOKENS) - 1
+    # the number the viewers parse out of "(p=...)" is sigmoid(logit diff): P(clean answer | both answers)
+    p = 1 / (1 + math.exp(-3.25))
+    assert float(m["clerp"].split("(p=")[1].split(")")[0]) == pytest.approx(p, abs=5e-4)
+    assert m["clerp"].split('"')[1] == "logit diff = 3.250" and m["token_prob"] == pytest.approx(p)
+    # the panel opens on the feature node of largest |score|
+    feats = [n for n, a in G.nodes(data=True) if a["kind"] == "feature"]
+    assert d["qParams"]["clickedId"] == max(feats, key=lambda n: abs(G.nodes[n]["score"]))
     # influence: cumulative share of |score|, increasing as |score| decreases, last one exactly 1
     infl = influence_scores(G)
     ranked = sorted(infl, key=lambda n: infl[n])
@@ -213,6 +262,33 @@ def test_neuronpedia_schema_and_mapping(aggregation):
     assert mags == sorted(mags, reverse=True) and infl[ranked[-1]] == 1.0
     assert infl[ranked[0]] == pytest.approx(mags[0] / sum(mags))
     assert all(nodes[n]["influence"] == infl[n] for n in infl)
+    assert len(set(viewer_keys(d))) == len(d["nodes"])
+
+
+def test_sites_of_one_layer_stay_distinct():
+    """attn.0/err@2, mlp.0/err@2, resid.0/err@2 and feature 3 at each of attn.0, mlp.0, resid.0 (same
+    layer, index and position) must not share a viewer key, or the viewers merge them into one node."""
+    sites = ["attn.0", "mlp.0", "resid.0", "resid.1"]
+    feats = {s: torch.zeros(3, 5) for s in sites}
+    for s in sites[:3]:
+        feats[s][2, 3] = 0.5
+    ns = NodeScores(method="relp", level="feature", aggregation="none", sites=sites, features=feats,
+                    vectors={s: torch.tensor([0.0, 0.0, 0.2]) for s in sites}, n_pairs=1, metric_clean=1.0,
+                    info={"n_layers": 2})
+    G = full_graph(ns, EdgeScores(method="relp", aggregation="none", edges={("resid.1/err@2", METRIC): 0.1}))
+    d = to_neuronpedia(G, slug="s", prompt="p", prompt_tokens=TOKENS)
+    validate_neuronpedia(d)
+    same_layer = [n for n in d["nodes"] if n["layer"] == "0" and n["ctx_idx"] == 2]
+    assert len(same_layer) == 6
+    assert len(set(viewer_keys(d))) == len(d["nodes"])
+    labels = {n["node_id"]: n["clerp"] for n in same_layer}
+    assert labels["attn.0/err@2"] == "Err: attn.0 “ keys”" and labels["mlp.0/3@2"] == "mlp.0 f3 @2"
+    merged = json.loads(json.dumps(d))
+    for n in merged["nodes"]:
+        if n["node_id"] in ("attn.0/3@2", "mlp.0/3@2"):
+            n["feature"] = 3  # what the old export did: the raw index
+    with pytest.raises(ValueError, match="viewers would merge"):
+        validate_neuronpedia(merged)
 
 
 def test_neuronpedia_component_nodes():
@@ -222,9 +298,12 @@ def test_neuronpedia_component_nodes():
     es = EdgeScores(method="atp", aggregation="sum", edges={("attn.0", "resid.0"): 0.4, ("resid.0", METRIC): 0.8})
     d = to_neuronpedia(full_graph(ns, es), slug="c", prompt="x", prompt_tokens=["x"])
     validate_neuronpedia(d)
-    comp = {n["node_id"]: n for n in d["nodes"]}["attn.0"]
+    nodes = {n["node_id"]: n for n in d["nodes"]}
+    comp = nodes["attn.0"]
     assert (comp["feature"], comp["feature_type"], comp["clerp"], comp["kind"]) == \
-           (-1, "mlp reconstruction error", "attn.0", "component")
+           (-(1 + stream_index("attn.0", 1)), "mlp reconstruction error", "attn.0", "component")
+    assert nodes["resid.0"]["feature"] != comp["feature"]
+    assert d["qParams"]["clickedId"] == ""  # no feature node to open
 
 
 def test_neuronpedia_validator_catches_problems():
@@ -240,14 +319,17 @@ def test_neuronpedia_validator_catches_problems():
 
     broken(lambda d: d.pop("qParams"))
     broken(lambda d: d["metadata"].pop("scan"))
+    broken(lambda d: d["metadata"].update(slug="has space"))
     broken(lambda d: d["qParams"].pop("linkType"))
     broken(lambda d: d["nodes"][0].pop("jsNodeId"))
     broken(lambda d: d["nodes"][0].update(layer=None))
     broken(lambda d: d["nodes"][0].update(ctx_idx=99))
     broken(lambda d: d["nodes"].append(dict(d["nodes"][0])))  # duplicate node id
+    broken(lambda d: d["nodes"].append(dict(d["nodes"][0], node_id="x", jsNodeId="x")))  # a second token at 0
     broken(lambda d: d["links"].append({"source": "nowhere", "target": METRIC, "weight": 1.0}))
     broken(lambda d: d["links"][0].update(weight="heavy"))
     broken(lambda d: [n.update(clerp="out") for n in d["nodes"] if n["feature_type"] == "logit"])
+    broken(lambda d: d["metadata"]["info"].update(description="run on /home/me/data/sva.jsonl"))
 
 
 def test_neuronpedia_argument_checks():
@@ -261,6 +343,35 @@ def test_neuronpedia_argument_checks():
     # summed graphs need no particular prompt length
     to_neuronpedia(prune(scored_graph("sum"), PruneSettings(node_threshold=0.1)), slug="s", prompt="",
                    prompt_tokens=[])
+
+
+def test_default_slug_names_the_run_and_differs_between_runs():
+    G = prune(scored_graph(), PruneSettings(node_threshold=0.1))
+    H = prune(scored_graph(), PruneSettings(node_threshold=0.3))
+    s = default_slug(G, model="gpt2-small", data_name="sva nounpp", method="relp")
+    assert s.startswith("gpt2-small-sva-nounpp-relp-") and check_slug(s) == s
+    assert s == default_slug(prune(scored_graph(), PruneSettings(node_threshold=0.1)), model="gpt2-small",
+                             data_name="sva nounpp", method="relp")  # same circuit, same slug
+    assert s != default_slug(H, model="gpt2-small", data_name="sva nounpp", method="relp")
+    assert to_neuronpedia(G, prompt="p", prompt_tokens=TOKENS)["metadata"]["slug"] == default_slug(G)
+
+
+def test_paths_are_cut_to_file_names():
+    G = prune(scored_graph(), PruneSettings(node_threshold=0.1))
+    d = to_neuronpedia(G, prompt="a/b and /x", prompt_tokens=TOKENS,
+                       info={"description": "relp on /home/me/data/heldout_sva.jsonl (32 pairs)",
+                             "source_urls": ["https://example.org/saes/res"]})
+    validate_neuronpedia(d)
+    assert d["metadata"]["info"]["description"] == "relp on heldout_sva.jsonl (32 pairs)"
+    assert d["metadata"]["info"]["source_urls"] == ["https://example.org/saes/res"]  # URLs stay
+    assert d["metadata"]["prompt"] == "a/b and /x"  # the prompt is text, never edited
+    assert strip_paths({"a": ["C:\\Users\\me\\x.txt", "~/y"]}) == {"a": ["x.txt", "~/y"]}
+
+
+def test_feature_json_base_url_for_neuronpedia():
+    G = prune(scored_graph(), PruneSettings(node_threshold=0.1))
+    d = to_neuronpedia(G, prompt="p", prompt_tokens=TOKENS, feature_json_base_url="https://host/features/")
+    assert d["metadata"]["feature_details"] == {"feature_json_base_url": "https://host/features"}
 
 
 def test_write_neuronpedia_and_export(tmp_path):
@@ -279,5 +390,51 @@ def test_write_neuronpedia_and_export(tmp_path):
     assert sorted(only) == ["dot", "json"] and only["dot"].name == "c.dot"
     with pytest.raises(ValueError, match="unknown export format"):
         export(G, tmp_path / "o3", formats=("svg",))
-    with pytest.raises(ValueError, match="slug"):
+    with pytest.raises(ValueError, match="prompt"):
         export(G, tmp_path / "o4", formats=("neuronpedia",))
+
+
+# ---------------------------------------------------------------------------- circuit-tracer files
+def test_graph_files_layout_and_metadata_merge(tmp_path):
+    G = prune(scored_graph(), PruneSettings(node_threshold=0.1))
+    H = prune(scored_graph(), PruneSettings(node_threshold=0.3))
+    data_dir = tmp_path / "graph_files"
+    p1 = write_graph_files(G, data_dir, prompt="The keys", prompt_tokens=TOKENS, scan="gpt2-small",
+                           feature_set=feature_set_name("gpt2-small", "/abs/dir/res-jb"), data_name="sva",
+                           title_prefix="featcirc relp")
+    p2 = write_graph_files(H, data_dir, prompt="The keys", prompt_tokens=TOKENS, scan="gpt2-small", data_name="sva")
+    g1 = json.loads(p1.read_text())
+    validate_neuronpedia(g1)
+    assert p1.name == g1["metadata"]["slug"] + ".json" and p1 != p2
+    assert g1["metadata"]["scan"] == "./data/features/gpt2-small.res-jb"  # the viewer's feature files
+    meta = json.loads((data_dir / "graph-metadata.json").read_text())
+    assert [g["slug"] for g in meta["graphs"]] == [p1.stem, p2.stem]  # a second run does not replace the first
+    assert meta["graphs"][0]["scan"] == "gpt2-small" and meta["graphs"][0]["title_prefix"] == "featcirc relp"
+    assert set(meta["graphs"][0]) >= {"slug", "scan", "prompt", "prompt_tokens", "node_threshold"}
+    write_graph_files(G, data_dir, prompt="The keys", prompt_tokens=TOKENS, scan="gpt2-small", data_name="sva")
+    assert len(json.loads((data_dir / "graph-metadata.json").read_text())["graphs"]) == 2  # same slug replaced
+    (data_dir / "graph-metadata.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="graph-metadata"):
+        write_graph_files(G, data_dir, prompt="The keys", prompt_tokens=TOKENS)
+
+
+def test_cantor_numbers_match_circuit_tracer():
+    assert cantor_pair(0, 41) == 902  # circuit-tracer: layer 0, feature 41
+    for x, y in [(0, 0), (3, 17), (54, 16383), (1, 0)]:
+        assert cantor_unpair(cantor_pair(x, y)) == (x, y)
+    assert len({feature_number(s, 7) for s in ["embed", "attn.0", "mlp.0", "resid.0", "attn.1"]}) == 5
+
+
+def test_exports_are_written_with_the_umask(tmp_path):
+    import os
+    import stat
+
+    saved = os.umask(0o027)
+    try:
+        G = prune(scored_graph(), PruneSettings(node_threshold=0.1))
+        paths = export(G, tmp_path, slug="s", prompt="The keys", prompt_tokens=TOKENS)
+        paths["gf"] = write_graph_files(G, tmp_path / "gf", prompt="The keys", prompt_tokens=TOKENS)
+    finally:
+        os.umask(saved)
+    for p in paths.values():
+        assert stat.S_IMODE(p.stat().st_mode) == 0o640, p

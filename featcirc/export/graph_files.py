@@ -1,0 +1,174 @@
+"""circuit-tracer's ``graph_files`` directory: what its local server (``circuit_tracer.frontend.
+local_server.serve(data_dir=...)``) and viewer read.
+
+Layout of ``data_dir`` (a run's ``graph_files/``)::
+
+    graph-metadata.json                  {"graphs": [one metadata entry per graph]}
+    {slug}.json                          an attribution graph (featcirc.export.neuronpedia)
+    features/{feature_set}/{n}.json      one feature file per SAE feature (featcirc.features)
+
+The server answers ``/data/...`` and ``/graph_data/...`` from ``data_dir``. The viewer reads
+``./data/graph-metadata.json`` for its graph menu (an entry's ``scan`` and ``title_prefix`` label
+it), ``./graph_data/{slug}.json`` for a graph, and, for the feature panel of a feature node,
+``{metadata.scan}/{feature}.json`` when the graph's ``scan`` starts with ``./``. So a graph file's
+``scan`` is ``./data/features/{feature_set}`` (:func:`features_scan`), while its menu entry keeps
+the model id (Neuronpedia's ``scan``). ``feature`` numbers are
+:func:`featcirc.export.neuronpedia.feature_number` (site and SAE index, Cantor-paired), the same
+in every graph, so runs of one model and SAE set can share one ``features/{feature_set}/``.
+
+Several runs may write into one directory: :func:`write_graph_files` adds or replaces its own
+entry of ``graph-metadata.json`` (by slug) and leaves the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import networkx as nx
+
+from featcirc.export.neuronpedia import default_slug, slug_part, to_neuronpedia, validate_neuronpedia
+from featcirc.io import write_json, write_text
+
+logger = logging.getLogger("featcirc")
+
+GRAPH_METADATA = "graph-metadata.json"
+GRAPH_FILES_DIR = "graph_files"
+FEATURES_DIR = "features"
+_ENTRY_KEYS = ("slug", "scan", "transcoder_list", "prompt_tokens", "prompt", "node_threshold", "schema_version")
+
+
+def feature_set_name(model: str, saes: Optional[str]) -> str:
+    """The directory name of a model's and SAE set's feature files: ``{model}.{saes}`` in slug
+    characters (an SAE directory counts by its name, never its full path)."""
+    if not saes:
+        raise ValueError("feature files need an SAE set (the run was component level: no features)")
+    return f"{slug_part(model)}.{slug_part(Path(str(saes).rstrip('/')).name or saes)}"
+
+
+def features_scan(feature_set: str) -> str:
+    """A graph file's ``metadata.scan`` that points the viewer's feature panel at
+    ``{data_dir}/features/{feature_set}/``."""
+    return f"./data/{FEATURES_DIR}/{slug_part(feature_set)}"
+
+
+def features_dir(data_dir: "str | os.PathLike[str]", feature_set: str) -> Path:
+    """Where the feature files of ``feature_set`` live under ``data_dir``."""
+    return Path(data_dir) / FEATURES_DIR / slug_part(feature_set)
+
+
+def read_graph_metadata(data_dir: "str | os.PathLike[str]") -> list[dict]:
+    """The graph entries of ``data_dir/graph-metadata.json`` (empty if there is none); a file that
+    is not the viewer's format is an error that says so."""
+    path = Path(data_dir) / GRAPH_METADATA
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not JSON ({e}); delete it or choose another graph_files directory") from None
+    if not isinstance(data, dict) or not isinstance(data.get("graphs"), list):
+        raise ValueError(f"{path} is not a circuit-tracer graph-metadata file ({{\"graphs\": [...]}}); "
+                         "delete it or choose another graph_files directory")
+    return [g for g in data["graphs"] if isinstance(g, dict)]
+
+
+def write_graph_files(G: nx.DiGraph, data_dir: "str | os.PathLike[str]", *, prompt: str,
+                      prompt_tokens: Iterable[str], scan: Optional[str] = None, feature_set: Optional[str] = None,
+                      slug: Optional[str] = None, data_name: Optional[str] = None,
+                      title_prefix: Optional[str] = None, **graph_kw: Any) -> Path:
+    """Write ``{slug}.json`` and this graph's entry of ``graph-metadata.json`` into ``data_dir``.
+
+    ``scan``: the model id for the graph menu (and Neuronpedia); ``feature_set``: the name of the
+    feature files' directory (:func:`feature_set_name`), which becomes the graph file's ``scan``
+    so the feature panel reads ``features/{feature_set}/{n}.json``; without it the graph file keeps
+    the model id and the panel stays empty. ``slug`` / ``data_name``: as
+    :func:`featcirc.export.neuronpedia.to_neuronpedia` (default :func:`default_slug`);
+    ``title_prefix``: text before the model id in the viewer's graph menu. Other keyword arguments
+    go to ``to_neuronpedia``. Returns the graph file's path.
+    """
+    data_dir = Path(data_dir)
+    slug = slug or default_slug(G, data_name=data_name)
+    graph = to_neuronpedia(G, prompt=prompt, prompt_tokens=prompt_tokens, slug=slug, scan=scan,
+                           data_name=data_name, **graph_kw)
+    model_scan = graph["metadata"]["scan"]
+    if feature_set:
+        graph["metadata"]["scan"] = features_scan(feature_set)
+        missing = [n["feature"] for n in graph["nodes"] if n["feature_type"] == "cross layer transcoder"
+                   and not (features_dir(data_dir, feature_set) / f"{n['feature']}.json").exists()]
+        if missing:
+            logger.info("%d of the graph's feature nodes have no feature file in %s yet; "
+                        "`featcirc features RUN_DIR` writes them", len(missing), features_dir(data_dir, feature_set))
+    validate_neuronpedia(graph)
+    path = write_text(data_dir / f"{slug}.json", json.dumps(graph, allow_nan=False) + "\n")
+    entry = {k: graph["metadata"][k] for k in _ENTRY_KEYS if k in graph["metadata"]}
+    entry["scan"] = model_scan
+    if title_prefix:
+        entry["title_prefix"] = str(title_prefix)
+    graphs = [g for g in read_graph_metadata(data_dir) if g.get("slug") != slug] + [entry]
+    write_json(data_dir / GRAPH_METADATA, {"graphs": graphs})
+    return path
+
+
+# ------------------------------------------------------------------------------- run directories
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; run `featcirc discover ... --out {path.parent}` first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def run_data_name(run: dict) -> Optional[str]:
+    """A run's task name, else its data file's stem (``run.json`` keys ``task`` / ``data``)."""
+    if run.get("task"):
+        return str(run["task"])
+    if run.get("data"):
+        return Path(str(run["data"])).stem
+    return None
+
+
+def export_run_graphs(run_dir: "str | os.PathLike[str]", *, slug: Optional[str] = None,
+                      scan: Optional[str] = None, node_threshold: float = 1.0,
+                      feature_json_base_url: Optional[str] = None,
+                      graph_files_dir: "str | os.PathLike[str] | None" = None) -> dict[str, Path]:
+    """A run's attribution graphs from its ``circuit.json``, ``summary.json`` and ``run.json``
+    (no model): ``RUN/neuronpedia.json`` (Neuronpedia upload; ``scan`` = the model id) and
+    ``RUN/graph_files/`` (circuit-tracer's local server, feature panel reading
+    ``graph_files/features/{model}.{saes}/``). Both share ``slug`` (default
+    :func:`featcirc.export.neuronpedia.default_slug`: model, task or data name, method, hash of
+    the circuit). ``scan``: Neuronpedia's model id (default: the run's model). Returns
+    ``{"neuronpedia": path, "graph_files": path of {slug}.json}``.
+    """
+    from featcirc.export.formats import read_json
+    from featcirc.export.neuronpedia import write_neuronpedia
+
+    run_dir = Path(run_dir)
+    summary = _read_json(run_dir / "summary.json")
+    run = _read_json(run_dir / "run.json")
+    if not (run_dir / "circuit.json").exists():
+        raise FileNotFoundError(f"{run_dir / 'circuit.json'} not found; run `featcirc discover ... --out {run_dir}` first")
+    C = read_json(run_dir / "circuit.json")
+    prompt, tokens = summary.get("prompt"), summary.get("prompt_tokens")
+    if prompt is None or tokens is None:
+        raise ValueError(f"{run_dir / 'summary.json'} has no prompt / prompt_tokens (written by an older "
+                         "featcirc); rerun `featcirc discover`")
+    model, saes, method = run.get("model"), run.get("saes"), run.get("method")
+    data_name = run_data_name(run)
+    slug = slug or default_slug(C, model=model, data_name=data_name, method=method)
+    info = dict(description=f"featcirc {method} circuit of {model} on {data_name} "
+                            f"({summary.get('pairs_used')} prompt pairs)")
+    common = dict(prompt=prompt, prompt_tokens=tokens, slug=slug, scan=scan or model, node_threshold=node_threshold,
+                  info=info)
+    paths = {"neuronpedia": write_neuronpedia(C, run_dir / "neuronpedia.json",
+                                              feature_json_base_url=feature_json_base_url, **common)}
+    feature_set = feature_set_name(model, saes) if saes and run.get("level") == "feature" else None
+    out = Path(graph_files_dir) if graph_files_dir is not None else run_dir / GRAPH_FILES_DIR
+    paths["graph_files"] = write_graph_files(C, out, feature_set=feature_set, title_prefix=f"featcirc {method}",
+                                             **common)
+    return paths
+
+
+__all__ = ["GRAPH_METADATA", "GRAPH_FILES_DIR", "FEATURES_DIR", "feature_set_name", "features_scan",
+           "features_dir", "read_graph_metadata", "write_graph_files", "run_data_name", "export_run_graphs"]

@@ -1,0 +1,466 @@
+"""Circuits as attribution-graph JSON for Neuronpedia and circuit-tracer's viewer.
+
+Schema: Neuronpedia ``apps/webapp/app/api/graph/graph-schema.json``, the JSON that circuit-tracer's
+``create_graph_files`` writes (``circuit_tracer/frontend/graph_models.py``). Both viewers key a
+node by ``featureId = f"{layer}_{feature}_{ctx_idx}"`` (plus a suffix for error nodes), so two
+nodes with the same layer, ``feature`` number and position are merged into one. The mapping below
+keeps every (site, layer, feature, position) distinct.
+
+=============  ==================================================================================
+our node       attribution-graph node
+=============  ==================================================================================
+feature        ``feature_type="cross layer transcoder"``, ``feature`` = :func:`feature_number`
+               ``= cantor(site code, SAE feature index)`` with ``metadata.schema_version = 1``
+               (circuit-tracer's encoding: its viewer shows ``L{layer}/{index}`` by un-pairing).
+               The site code is :func:`featcirc.sites.stream_index` (embed 0, attn.L / z.L 3L+1,
+               mlp.L 3L+2, resid.L 3L+3), not the layer as in circuit-tracer, because featcirc has
+               up to three sites per layer. Feature files for the viewer's feature panel are
+               named ``{feature}.json`` (:mod:`featcirc.export.graph_files`).
+error          ``feature_type="mlp reconstruction error"``, ``feature = -(1 + site code)`` (unique
+               per site, negative like circuit-tracer's ``-1``: no feature dashboard), ``clerp``
+               ``Err: resid.2 “ wall”`` (its own site). This is the one error type both viewers
+               and Neuronpedia's replacement / completeness scores know; Neuronpedia's webapp
+               replaces that type's label by ``Err: mlp “…”`` itself, whatever ``clerp`` says,
+               so there the site is only in ``node_id`` and the extra ``site`` key.
+component      as an error node (an opaque vector without dashboard), ``clerp`` ``attn.0 @3``.
+token          one ``feature_type="embedding"`` node per prompt token (``node_id`` ``token@3``,
+               ``ctx_idx`` = position, ``layer="E"``), as circuit-tracer's token nodes: the viewers
+               draw the prompt under the graph from them. ``feature = -(1 + position)``
+               (circuit-tracer uses the position; a non-negative number could equal an ``embed``
+               feature's number in the same row and position). They have no links: featcirc
+               scores no edges out of the token embedding.
+metric         ``feature_type="logit"``, ``is_target_logit=True``, ``layer = n_layers + 1`` (the
+               viewers move logit nodes above the top layer anyway), ``clerp``
+               ``Output "logit diff = 6.217" (p=0.998)``. Both viewers parse the number after
+               ``(p=`` into ``logitPct`` (it orders the logit nodes of one position) and
+               Neuronpedia uses ``token_prob`` as the logit node's weight in its scores. featcirc's
+               metric is a logit difference ``m = logit(clean) - logit(patch)``, so p is
+               ``sigmoid(m)``: the probability of the clean answer when the choice is between the
+               two answers, ``exp(l_c) / (exp(l_c) + exp(l_p))``, taken at the mean ``m`` of the
+               dataset (the metric node's score).
+=============  ==================================================================================
+
+``layer`` is the transformer layer as a string and ``"E"`` for the ``embed`` site, which the
+viewers put in the embedding row with the tokens. ``ctx_idx`` is the token position (0 when
+positions are summed; the metric sits at the last prompt token). ``influence`` follows
+circuit-tracer: nodes sorted by ``|score|`` (descending, ties by id), influence = cumulative
+``|score|`` up to and including the node / total, so the viewer's pruning slider (a
+cumulative-influence fraction in [0, 1]) keeps the nodes carrying that share of the total effect;
+token and metric nodes have ``influence=None`` and are always shown. Extra keys ``site``, ``kind``,
+``score`` and ``position`` carry featcirc's attributes; scores and weights keep featcirc's sign
+(positive: supports the clean answer). ``qParams.clickedId`` is the feature node of largest
+``|score|``, so the feature panel opens on it. Non-finite numbers become ``null``, and no absolute
+file path is written (paths in ``info`` are cut to their file name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from typing import Any, Iterable, Optional
+
+import networkx as nx
+
+from featcirc.circuit import graph_n_layers, magnitude, node_label
+from featcirc.io import jsonable, write_text
+from featcirc.sites import METRIC, stream_index
+
+SCHEMA_VERSION = 1
+"""``metadata.schema_version``: 1 = feature numbers are Cantor pairs (circuit-tracer >= 0.3)."""
+
+_SLUG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_SLUG_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
+_ABS_PATH_RE = re.compile(r"(?<![\w.~:/\\-])(?:[A-Za-z]:[\\/]|/)(?:[^\s\"'/\\]+[\\/])+([^\s\"'/\\]*)")
+ERROR_FEATURE_TYPE = "mlp reconstruction error"
+FEATURE_FEATURE_TYPE = "cross layer transcoder"
+
+
+# ---------------------------------------------------------------------------------- numbering
+def cantor_pair(x: int, y: int) -> int:
+    """Cantor pairing ``(x + y)(x + y + 1)/2 + y`` of two non-negative integers (circuit-tracer's
+    feature encoding; the viewers un-pair it with ``cantorUnpair``)."""
+    if x < 0 or y < 0:
+        raise ValueError(f"cantor_pair needs non-negative integers, got ({x}, {y})")
+    s = x + y
+    return s * (s + 1) // 2 + y
+
+
+def cantor_unpair(z: int) -> tuple[int, int]:
+    """Inverse of :func:`cantor_pair`."""
+    if z < 0:
+        raise ValueError(f"cantor_unpair needs a non-negative integer, got {z}")
+    w = (math.isqrt(8 * z + 1) - 1) // 2
+    y = z - w * (w + 1) // 2
+    return w - y, y
+
+
+def site_code(site: str) -> int:
+    """A site's number in feature numbers: :func:`featcirc.sites.stream_index` (unique per site
+    of a model; it does not depend on the layer count for non-metric sites)."""
+    return stream_index(site, 0)
+
+
+def feature_number(site: str, index: int) -> int:
+    """The attribution-graph ``feature`` of SAE feature ``index`` at ``site``:
+    ``cantor_pair(site_code(site), index)``; also the name of its feature file (``{n}.json``)."""
+    return cantor_pair(site_code(site), int(index))
+
+
+def vector_feature_number(site: str) -> int:
+    """The ``feature`` of a site's error or component node: ``-(1 + site_code(site))``."""
+    return -(1 + site_code(site))
+
+
+def graph_digest(G: nx.DiGraph) -> str:
+    """sha256 of a circuit's nodes and edges with their attributes (not ``G.graph``, which holds
+    timings): equal for the same circuit, so it identifies a run's result."""
+    nodes = sorted((str(n), jsonable(d)) for n, d in G.nodes(data=True))
+    edges = sorted((str(u), str(v), jsonable(d)) for u, v, d in G.edges(data=True))
+    blob = json.dumps([nodes, edges], sort_keys=True, allow_nan=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def slug_part(text: str) -> str:
+    """``text`` reduced to slug characters (letters, digits, ``-``, ``_``, ``.``)."""
+    return _SLUG_BAD.sub("-", str(text)).strip("-.") or "x"
+
+
+def default_slug(G: nx.DiGraph, *, model: Optional[str] = None, data_name: Optional[str] = None,
+                 method: Optional[str] = None) -> str:
+    """``{model}-{data}-{method}-{hash8}``: the model, the task or data file name, the scoring
+    method (default ``G.graph["method"]``) and the first 8 hex digits of :func:`graph_digest`, so
+    two different runs never share a slug (a second graph would replace the first in a viewer)."""
+    gi = _graph_info(G)
+    parts = [model or gi.get("model") or "featcirc", data_name, method or G.graph.get("method"),
+             graph_digest(G)[:8]]
+    return "-".join(slug_part(p) for p in parts if p)
+
+
+def check_slug(slug: str) -> str:
+    """Return ``slug`` if it is a valid graph name, else raise ``ValueError`` saying what is allowed."""
+    if not isinstance(slug, str) or not _SLUG_RE.match(slug):
+        raise ValueError(f"slug {slug!r} must be non-empty letters, digits, '-', '_' or '.' "
+                         "(it names the graph's URL and file)")
+    return slug
+
+
+def strip_paths(x: Any) -> Any:
+    """Copy of ``x`` with every absolute file path inside a string cut to its last component
+    (``/home/me/data/sva.jsonl`` -> ``sva.jsonl``), recursively."""
+    if isinstance(x, str):
+        return _ABS_PATH_RE.sub(lambda m: m.group(1) or "", x)
+    if isinstance(x, dict):
+        return {k: strip_paths(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [strip_paths(v) for v in x]
+    return x
+
+
+def display_token(token: str) -> str:
+    """A token as the viewers print it (circuit-tracer's ``process_token``): newline, tab and
+    carriage return become ``⏎``, ``→``, ``↵``."""
+    return str(token).replace("\n", "⏎").replace("\t", "→").replace("\r", "↵")
+
+
+# ---------------------------------------------------------------------------------- influence
+def influence_scores(G: nx.DiGraph) -> dict[str, float]:
+    """circuit-tracer-style cumulative influence of every non-metric node (see the module doc).
+
+    Nodes ranked by ``|score|`` descending (ties by id); ``influence(n)`` = sum of ``|score|`` of
+    the nodes ranked up to n / the total, in (0, 1], the last node exactly 1. Non-finite scores
+    count as 0; when every score is 0 each node gets 1.0.
+    """
+    ranked = sorted(((n, magnitude(d.get("score"))) for n, d in G.nodes(data=True) if n != METRIC),
+                    key=lambda t: (-t[1], t[0]))
+    total = sum(m for _, m in ranked)
+    out, cum = {}, 0.0
+    for n, m in ranked:
+        cum += m
+        out[n] = min(cum / total, 1.0) if total > 0 else 1.0
+    if ranked and total > 0:
+        out[ranked[-1][0]] = 1.0
+    return out
+
+
+def _opt(x: Any) -> Optional[float]:
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _graph_info(G: nx.DiGraph) -> dict:
+    gi = G.graph.get("info") or {}
+    if isinstance(gi, str):  # a graph read back from GraphML
+        try:
+            gi = json.loads(gi)
+        except json.JSONDecodeError:
+            gi = {}
+    return gi if isinstance(gi, dict) else {}
+
+
+def metric_probability(m: Optional[float]) -> float:
+    """``sigmoid(m)``: the probability of the clean answer against the patch answer for a logit
+    difference ``m`` (0.5 when unknown)."""
+    if m is None or not math.isfinite(m):
+        return 0.5
+    return 1.0 / (1.0 + math.exp(-m)) if m >= 0 else math.exp(m) / (1.0 + math.exp(m))
+
+
+def metric_clerp(m: Optional[float], answers: Optional[tuple[str, str]] = None) -> str:
+    """The metric node's label: ``Output "logit diff = 6.217" (p=0.998)``, or with the answers
+    ``Output "logit[ is] - logit[ are] = 6.217" (p=0.998)``; p = :func:`metric_probability`."""
+    name = "logit diff" if not answers else f"logit[{answers[0]}] - logit[{answers[1]}]"
+    name = name.replace('"', "“")
+    value = f" = {m:.3f}" if m is not None and math.isfinite(m) else ""
+    return f'Output "{name}{value}" (p={metric_probability(m):.3f})'
+
+
+# ---------------------------------------------------------------------------------- the graph
+def to_neuronpedia(G: nx.DiGraph, *, prompt: str, prompt_tokens: Iterable[str], slug: Optional[str] = None,
+                   scan: Optional[str] = None, data_name: Optional[str] = None, node_threshold: float = 1.0,
+                   info: Optional[dict] = None, answers: Optional[tuple[str, str]] = None,
+                   feature_json_base_url: Optional[str] = None) -> dict:
+    """A circuit as attribution-graph JSON (mapping in the module docstring).
+
+    ``prompt`` / ``prompt_tokens``: one example prompt and its tokens as strings; for per-position
+    circuits every node position must index a token. ``slug``: the graph's name (letters, digits,
+    ``-``, ``_``, ``.``), default :func:`default_slug` (with ``data_name``, the task or data file
+    name). ``scan``: Neuronpedia's model id the graph is filed under, default
+    ``G.graph["info"]["model"]``, else ``"featcirc"``; circuit-tracer's viewer reads feature files
+    from ``{scan}/{feature}.json`` when it starts with ``./`` (:mod:`featcirc.export.graph_files`).
+    ``node_threshold``: the viewer's default pruning, a cumulative-influence fraction in [0, 1]
+    (1.0 shows every node), not the ``|score|`` threshold of :func:`featcirc.circuit.prune` (that
+    one goes to ``metadata.pruning_settings``). ``info``: merged into ``metadata.info``
+    (description, creator_name, ...). ``answers``: the clean and patch answer tokens, for the
+    metric label. ``feature_json_base_url``: where feature files are served for Neuronpedia
+    (``metadata.feature_details.feature_json_base_url``; the files of
+    :func:`featcirc.features.tracer_files.write_tracer_features`).
+    Neuronpedia's viewer needs a non-metric node above layer 0 to lay a graph out.
+    """
+    node_threshold = float(node_threshold)
+    if not (0.0 <= node_threshold <= 1.0):
+        raise ValueError(
+            f"node_threshold={node_threshold} must be in [0, 1]: the viewers prune by cumulative "
+            "influence (the share of total |score| kept), not by the |score| bound given to prune()"
+        )
+    tokens = [display_token(t) for t in prompt_tokens]
+    if METRIC not in G:
+        raise ValueError("the graph has no 'metric' node; build it with featcirc.circuit.full_graph")
+    gi = _graph_info(G)
+    slug = check_slug(slug) if slug is not None else default_slug(G, data_name=data_name)
+    scan = scan or gi.get("model") or "featcirc"
+    if not isinstance(scan, str) or not scan.strip():
+        raise ValueError(f"scan {scan!r} must be a non-empty string (Neuronpedia's model id)")
+    others = [(n, d) for n, d in G.nodes(data=True) if n != METRIC]
+    per_position = any(int(d.get("position", -1)) >= 0 for _, d in others)
+    if per_position:
+        max_pos = max(int(d["position"]) for _, d in others)
+        if max_pos >= len(tokens):
+            raise ValueError(
+                f"the circuit has nodes at position {max_pos} but prompt_tokens has {len(tokens)} "
+                "tokens; pass the tokens of a longest prompt of the dataset (positions index them)"
+            )
+    n_layers = graph_n_layers(G)
+    influence = influence_scores(G)
+
+    nodes = [dict(node_id=f"token@{p}", feature=-(1 + p), layer="E", ctx_idx=p, feature_type="embedding",
+                  jsNodeId=f"token@{p}", clerp=f"Emb: “{t}”", influence=None, activation=None,
+                  site="token", kind="token", score=None, position=p)
+             for p, t in enumerate(tokens)]
+    for n, d in others:
+        kind, site = d["kind"], d["site"]
+        pos = int(d.get("position", -1))
+        ctx = max(pos, 0)
+        layer = "E" if site == "embed" else str(int(d["layer"]))
+        if kind == "feature":
+            number, ftype, clerp = feature_number(site, int(d["feature"])), FEATURE_FEATURE_TYPE, node_label(n)
+        elif kind in ("error", "component"):
+            number, ftype = vector_feature_number(site), ERROR_FEATURE_TYPE
+            if kind == "error":
+                clerp = f"Err: {site}" + (f" “{tokens[pos]}”" if pos >= 0 else "")
+            else:
+                clerp = node_label(n) + (f" “{tokens[pos]}”" if pos >= 0 else "")
+        else:
+            raise ValueError(f"node {n!r} has unknown kind {kind!r}")
+        nodes.append(dict(node_id=n, feature=number, layer=layer, ctx_idx=ctx, feature_type=ftype,
+                          jsNodeId=n, clerp=clerp, influence=influence[n], activation=_opt(d.get("activation")),
+                          site=site, kind=kind, score=_opt(d.get("score")), position=pos))
+    clean = _opt(G.nodes[METRIC].get("score"))
+    nodes.append(dict(node_id=METRIC, feature=-1, layer=str(n_layers + 1),
+                      ctx_idx=(len(tokens) - 1 if tokens else 0), feature_type="logit", jsNodeId=METRIC,
+                      clerp=metric_clerp(clean, answers), influence=None, activation=clean,
+                      is_target_logit=True, token_prob=metric_probability(clean),
+                      site=METRIC, kind="metric", score=clean, position=-1))
+    links = []
+    for u, v, d in G.edges(data=True):
+        w = float(d["weight"])
+        if not math.isfinite(w):
+            raise ValueError(f"edge {u} -> {v} has a non-finite weight {w}")
+        links.append(dict(source=u, target=v, weight=w))
+
+    meta_info: dict[str, Any] = {"generator": {"name": "featcirc", "version": _version()}}
+    meta_info.update(info or {})
+    pruning = {name: G.graph[k] for k, name in (("node_threshold", "node_score_threshold"), ("top_k", "top_k"),
+                                                ("edge_threshold", "edge_weight_threshold"))
+               if G.graph.get(k) is not None}
+    generation = {k: G.graph[k] for k in ("method", "level", "aggregation", "n_pairs", "edge_method",
+                                          "metric_clean", "metric_patch") if G.graph.get(k) is not None}
+    metadata = dict(slug=slug, scan=scan, transcoder_list=[], prompt_tokens=tokens, prompt=str(prompt),
+                    node_threshold=node_threshold, schema_version=SCHEMA_VERSION,
+                    info=strip_paths(jsonable(meta_info)),
+                    generation_settings=strip_paths(jsonable(generation)),
+                    pruning_settings=jsonable(pruning))
+    if feature_json_base_url:
+        metadata["feature_details"] = {"feature_json_base_url": str(feature_json_base_url).rstrip("/")}
+    features = [(n, d) for n, d in others if d["kind"] == "feature"]
+    top = min(features, key=lambda nd: (-magnitude(nd[1].get("score")), nd[0]))[0] if features else ""
+    qparams = dict(pinnedIds=[], supernodes=[], linkType="both", clickedId=top, sg_pos="")
+    return dict(metadata=metadata, qParams=qparams, nodes=nodes, links=links)
+
+
+def _version() -> str:
+    from featcirc import __version__
+
+    return __version__
+
+
+# ---------------------------------------------------------------------------------- validation
+def _strings(x: Any) -> Iterable[str]:
+    if isinstance(x, str):
+        yield x
+    elif isinstance(x, dict):
+        for k, v in x.items():
+            yield str(k)
+            yield from _strings(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from _strings(v)
+
+
+def validate_neuronpedia(data: dict) -> None:
+    """Check an attribution-graph dict against Neuronpedia's schema and what the viewers assume:
+    required keys and types at every level, unique node ids, node keys ``(layer, feature, ctx_idx)``
+    unique among non-error and among error nodes (the viewers merge equal keys), at most one
+    embedding node per position, links between existing nodes, a logit label with ``(p=...)``,
+    strict JSON, no absolute paths. Raise ``ValueError`` listing every problem."""
+    errs: list[str] = []
+
+    def num(x: Any, nullable: bool) -> bool:
+        if x is None:
+            return nullable
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if not isinstance(data, dict):
+        raise ValueError("an attribution graph is a JSON object")
+    for k, t in (("metadata", dict), ("qParams", dict), ("nodes", list), ("links", list)):
+        if not isinstance(data.get(k), t):
+            errs.append(f"top level: '{k}' missing or not a {t.__name__}")
+    if errs:
+        raise ValueError("invalid Neuronpedia graph:\n  " + "\n  ".join(errs))
+    md = data["metadata"]
+    for k in ("slug", "scan", "prompt"):
+        if not isinstance(md.get(k), str):
+            errs.append(f"metadata.{k} missing or not a string")
+    if isinstance(md.get("slug"), str) and not _SLUG_RE.match(md["slug"]):
+        errs.append(f"metadata.slug {md['slug']!r} has characters other than letters, digits, '-', '_', '.'")
+    toks = md.get("prompt_tokens")
+    if not isinstance(toks, list) or not all(isinstance(t, str) for t in toks):
+        errs.append("metadata.prompt_tokens missing or not a list of strings")
+        toks = None
+    if "node_threshold" in md and not num(md["node_threshold"], True):
+        errs.append("metadata.node_threshold is not a number")
+    if "info" in md and not isinstance(md["info"], dict):
+        errs.append("metadata.info is not an object")
+    qp = data["qParams"]
+    if not (isinstance(qp.get("pinnedIds"), list) and all(isinstance(x, str) for x in qp["pinnedIds"])):
+        errs.append("qParams.pinnedIds missing or not a list of strings")
+    if not isinstance(qp.get("supernodes"), list):
+        errs.append("qParams.supernodes missing or not a list")
+    if not isinstance(qp.get("linkType"), str):
+        errs.append("qParams.linkType missing or not a string")
+    ids: set[str] = set()
+    js_ids: set[str] = set()
+    keys: dict[tuple, str] = {}
+    emb_pos: set[int] = set()
+    for i, nd in enumerate(data["nodes"]):
+        where = f"nodes[{i}]"
+        if not isinstance(nd, dict):
+            errs.append(f"{where} is not an object")
+            continue
+        for k in ("node_id", "feature_type", "jsNodeId", "clerp"):
+            if not isinstance(nd.get(k), str):
+                errs.append(f"{where}.{k} missing or not a string")
+        f = nd.get("feature", "missing")
+        if not (f is None or (isinstance(f, int) and not isinstance(f, bool))):
+            errs.append(f"{where}.feature missing or not an integer/null")
+        if not isinstance(nd.get("layer"), (str, int)) or isinstance(nd.get("layer"), bool):
+            errs.append(f"{where}.layer missing or not a string/integer")
+        c = nd.get("ctx_idx")
+        if not (isinstance(c, int) and not isinstance(c, bool) and c >= 0):
+            errs.append(f"{where}.ctx_idx missing or not a non-negative integer")
+        elif toks and c >= len(toks):
+            errs.append(f"{where}.ctx_idx={c} is past the {len(toks)} prompt tokens")
+        for k in ("influence", "activation"):
+            if k in nd and not num(nd[k], True):
+                errs.append(f"{where}.{k} is not a finite number or null")
+        nid = nd.get("node_id")
+        if isinstance(nid, str):
+            if nid in ids:
+                errs.append(f"{where}.node_id {nid!r} is not unique")
+            ids.add(nid)
+        jid = nd.get("jsNodeId")
+        if isinstance(jid, str):
+            if jid in js_ids:
+                errs.append(f"{where}.jsNodeId {jid!r} is not unique")
+            js_ids.add(jid)
+        ftype = str(nd.get("feature_type", ""))
+        key = (str(nd.get("layer")), nd.get("feature"), nd.get("ctx_idx"), "error" in ftype)
+        if key in keys:
+            errs.append(f"{where} ({nid}) has the viewer key layer={key[0]}, feature={key[1]}, "
+                        f"ctx_idx={key[2]} of {keys[key]}: the viewers would merge them")
+        keys.setdefault(key, str(nid))
+        if ftype == "embedding" and isinstance(c, int):
+            if c in emb_pos:
+                errs.append(f"{where}: a second embedding node at ctx_idx={c}")
+            emb_pos.add(c)
+        if ftype == "logit" and "(p=" not in str(nd.get("clerp", "")):
+            errs.append(f"{where}: a logit node's clerp must contain '(p=...)' (the viewers parse it)")
+    for i, ln in enumerate(data["links"]):
+        where = f"links[{i}]"
+        if not isinstance(ln, dict):
+            errs.append(f"{where} is not an object")
+            continue
+        for k in ("source", "target"):
+            if not isinstance(ln.get(k), str):
+                errs.append(f"{where}.{k} missing or not a string")
+            elif ln[k] not in ids:
+                errs.append(f"{where}.{k} {ln[k]!r} is not a node_id")
+        if not num(ln.get("weight"), False):
+            errs.append(f"{where}.weight missing or not a finite number")
+    try:
+        json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        errs.append(f"not strict JSON: {e}")
+    described = {k: v for k, v in md.items() if k not in ("prompt", "prompt_tokens", "feature_details")}
+    paths = sorted({m.group(0) for s in _strings(described) for m in _ABS_PATH_RE.finditer(s)})
+    if paths:
+        errs.append(f"metadata holds absolute paths {paths[:3]} (they leak the machine's layout)")
+    if errs:
+        shown = errs[:20] + ([f"... and {len(errs) - 20} more"] if len(errs) > 20 else [])
+        raise ValueError("invalid Neuronpedia graph:\n  " + "\n  ".join(shown))
+
+
+def write_neuronpedia(G: nx.DiGraph, path, **kw: Any):
+    """Validate :func:`to_neuronpedia` output and write it (upload it at neuronpedia.org/graph)."""
+    data = to_neuronpedia(G, **kw)
+    validate_neuronpedia(data)
+    return write_text(path, json.dumps(data, allow_nan=False) + "\n")
+
+
+__all__ = ["SCHEMA_VERSION", "cantor_pair", "cantor_unpair", "site_code", "feature_number",
+           "vector_feature_number", "graph_digest", "default_slug", "check_slug", "slug_part", "strip_paths",
+           "display_token", "influence_scores", "metric_probability", "metric_clerp", "to_neuronpedia",
+           "validate_neuronpedia", "write_neuronpedia"]
