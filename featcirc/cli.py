@@ -9,7 +9,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-COMMANDS: tuple[str, ...] = ("discover", "evaluate", "export", "view", "compare", "demo", "features")
+COMMANDS: tuple[str, ...] = ("discover", "evaluate", "export", "view", "compare", "demo", "train-saes", "features")
 """Command names, each a module ``featcirc.commands.<name>`` (``-`` in a name is ``_`` in its module)."""
 
 

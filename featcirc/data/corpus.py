@@ -356,14 +356,17 @@ def _tokenizer_of(model_or_tokenizer: Any) -> Any:
 
 
 def token_windows(model_or_tokenizer: Any, corpus: Corpus, context_size: int, *,
-                  max_tokens: Optional[int] = None, prepend_bos: bool = True,
+                  max_tokens: Optional[int] = None, prepend_bos: bool = True, pack: bool = True,
                   batch_docs: int = 512) -> torch.Tensor:
     """``[N, context_size]`` long tensor of token windows over ``corpus``, in document order.
 
-    Stream = doc_1 ids, SEP, doc_2 ids, SEP, ... (ids without special tokens; SEP = BOS, or EOS for
-    a tokenizer without BOS). With ``prepend_bos`` each window is ``[BOS] + context_size - 1``
-    stream tokens, else ``context_size`` stream tokens; the last partial window is dropped.
-    ``max_tokens`` caps ``N * context_size`` (documents are tokenized only as far as needed).
+    ``pack=True``: stream = doc_1 ids, SEP, doc_2 ids, SEP, ... (ids without special tokens; SEP =
+    BOS, or EOS for a tokenizer without BOS). With ``prepend_bos`` each window is ``[BOS] +
+    context_size - 1`` stream tokens, else ``context_size`` stream tokens; the last partial window
+    is dropped. ``pack=False``: one window per document, ``[BOS] + its ids`` cut to
+    ``context_size`` and right-padded with the tokenizer's PAD token (for a model trained on single
+    short documents, such as the tiny model; under causal attention the padding changes nothing
+    before it). ``max_tokens`` caps ``N * context_size`` (documents are tokenized only as far as needed).
     """
     if context_size < 2:
         raise CorpusError(f"context_size must be at least 2, got {context_size}")
@@ -378,6 +381,22 @@ def token_windows(model_or_tokenizer: Any, corpus: Corpus, context_size: int, *,
         max_windows = max_tokens // context_size
         if max_windows < 1:
             raise CorpusError(f"max_tokens={max_tokens} is less than one window of {context_size} tokens")
+    if not pack:
+        pad = getattr(tok, "pad_token_id", None)
+        if pad is None:
+            raise CorpusError("one window per document (pack=False) needs a tokenizer with a PAD token")
+        rows: list[list[int]] = []
+        for s in range(0, len(corpus.texts), batch_docs):
+            ids = tok(list(corpus.texts[s:s + batch_docs]), add_special_tokens=False, verbose=False)["input_ids"]
+            for row in ids:
+                row = ([bos] if prepend_bos else []) + list(row)[:body]
+                rows.append(row + [pad] * (context_size - len(row)))
+            if max_windows is not None and len(rows) >= max_windows:
+                break
+        rows = rows[:max_windows] if max_windows is not None else rows
+        if not rows:
+            raise CorpusError(f"corpus {corpus.name!r} has no documents")
+        return torch.tensor(rows, dtype=torch.long)
     need = None if max_windows is None else max_windows * body
     stream: list[int] = []
     for s in range(0, len(corpus.texts), batch_docs):

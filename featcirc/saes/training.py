@@ -1,0 +1,434 @@
+"""Train one SAE per site with SAELens, all from one shared model forward, and measure them.
+
+``train_saes(model, sites, corpus, out, settings)``:
+
+1. checks the sites against the model and the output directory (before any long work);
+2. splits the corpus (seeded) into training and held-out documents and cuts both into token
+   windows (:func:`featcirc.data.corpus.token_windows`, BOS first), given to SAELens as a local
+   pre-tokenized ``datasets.Dataset`` (no hub);
+3. trains with SAELens's ``MultiSAETrainingRunner``: ONE model forward per batch of windows feeds
+   the activations of every site to its own SAE (own optimizer, schedule and norm scaling);
+   BOS positions (the attention sink, with outlying norms) are excluded from training;
+4. measures every SAE on held-out windows (:func:`evaluate_saes`) and writes the card
+   (``README.md`` + ``metrics.json``);
+5. everything is written into a temporary sibling ``.<name>.partial-<pid>`` and renamed onto
+   ``out`` at the very end, so a killed run leaves nothing that ``--saes`` accepts.
+
+Architecture: **TopK** (SAELens ``TopKTrainingSAE``): every token has exactly ``k`` active
+features, so the L0 target is met by construction, the saved SAE computes exactly the function
+that was trained (BatchTopK saves a JumpReLU with an estimated threshold, whose per-token L0 then
+differs from training), and featcirc's bundled tiny SAEs are TopK too. The decoder is
+normalised at use (``rescale_acts_by_decoder_norm``) and the AuxK loss revives dead features.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import torch
+
+from featcirc.data.corpus import Corpus, CorpusError, token_windows
+from featcirc.io import write_json, write_text
+from featcirc.sites import Site, all_sites, sort_sites
+
+__all__ = ["TrainSettings", "evaluate_saes", "parse_sites", "train_saes", "write_card"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Hyper-parameters of one ``train-saes`` run (every field goes into the card)."""
+
+    width: int = 4096               # d_sae, features per SAE
+    k: int = 32                     # TopK: active features per token
+    tokens: int = 1_000_000         # training tokens seen by every SAE
+    context_size: int = 128         # tokens per window (BOS first)
+    batch_tokens: int = 1024        # SAE batch size, in tokens
+    lr: float = 1e-3
+    warmup_fraction: float = 0.02   # linear warm-up, fraction of the steps
+    decay_fraction: float = 0.2     # linear decay to lr/10 over the last fraction of the steps
+    store_batch_prompts: int = 8    # windows per model forward
+    buffer_windows: int = 64        # mixing buffer, in windows (SAELens n_batches_in_buffer)
+    norm_estimate_batches: int = 20  # batches used to estimate the activation norm scaling
+    aux_loss_coefficient: float = 1.0 / 32  # AuxK weight (Gao et al. 2024)
+    heldout_fraction: float = 0.02  # documents held out of training, for the metrics
+    eval_tokens: int = 8192         # held-out tokens for L0 and variance explained
+    ce_eval_tokens: int = 2048      # held-out tokens for the CE-loss metrics (one forward per site each)
+    eval_batch_windows: int = 4     # windows per evaluation forward
+    seed: int = 0
+    dtype: str = "float32"
+    pack: bool = True               # False: one document per window, right-padded (token_windows)
+
+    def check(self) -> None:
+        for name in ("width", "k", "tokens", "context_size", "batch_tokens", "store_batch_prompts",
+                     "buffer_windows", "norm_estimate_batches", "eval_tokens", "ce_eval_tokens",
+                     "eval_batch_windows"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.k > self.width:
+            raise ValueError(f"k={self.k} must not exceed the width {self.width}")
+        if self.tokens < self.batch_tokens:
+            raise ValueError(f"tokens={self.tokens} is less than one batch of {self.batch_tokens} tokens")
+        if self.buffer_windows * (self.context_size - 1) < self.batch_tokens:
+            raise ValueError(f"the mixing buffer ({self.buffer_windows} windows of {self.context_size - 1} "
+                             f"training tokens) must hold one batch of {self.batch_tokens} tokens; raise "
+                             "buffer_windows or lower batch_tokens")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.context_size < 2:
+            raise ValueError("context_size must be at least 2 (BOS + one token)")
+
+    @property
+    def steps(self) -> int:
+        return self.tokens // self.batch_tokens
+
+
+def parse_sites(model: Any, spec: "str | Iterable[str]") -> list[Site]:
+    """Sites from ``"all-resid"`` (embed and every ``resid.L``), ``"all"`` (every site) or a
+    comma-separated list of site names, checked against ``model``; in forward order."""
+    n = int(model.cfg.n_layers)
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text == "all-resid":
+            return all_sites(n, kinds=("embed", "resid"))
+        if text == "all":
+            return all_sites(n)
+        names = [s.strip() for s in text.split(",") if s.strip()]
+    else:
+        names = list(spec)
+    if not names:
+        raise ValueError("no sites given: write e.g. --sites embed,resid.0,resid.1 or --sites all-resid")
+    sites = []
+    for name in names:
+        site = Site.parse(name)
+        if site.layer >= n:
+            raise ValueError(f"site {site.name} is beyond the model: it has {n} layers (0..{n - 1})")
+        if site.hook_name not in model.hook_dict:
+            raise ValueError(f"model has no hook {site.hook_name} for site {site.name}")
+        sites.append(site)
+    if len(set(sites)) != len(sites):
+        raise ValueError(f"a site is listed twice in {names}")
+    return sort_sites(sites)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+# ---------------------------------------------------------------------------------------------
+def _next_token_ce(logits: torch.Tensor, tokens: torch.Tensor, pad_id: Optional[int] = None) -> tuple[float, int]:
+    """Summed next-token cross-entropy over every position but the last (targets that are
+    ``pad_id`` excluded), and the number of predictions summed."""
+    lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    nll = -lp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    valid = torch.ones_like(nll, dtype=torch.bool) if pad_id is None else tokens[:, 1:] != pad_id
+    return float(nll[valid].sum()), int(valid.sum())
+
+
+@torch.no_grad()
+def evaluate_saes(model: Any, saes: Mapping[str, Any], windows: torch.Tensor, *,
+                  ce_windows: Optional[int] = None, batch_windows: int = 4, pad_id: Optional[int] = None,
+                  progress: bool = False) -> dict[str, dict[str, float]]:
+    """Per site (``saes`` keyed by site name; any object with ``encode``/``decode``), on ``windows``
+    (``[N, T]``, BOS first; BOS and ``pad_id`` positions are never counted nor replaced):
+
+    - ``l0``: mean number of active features per token; ``dead_fraction``: features never active;
+    - ``fve``: fraction of variance explained, ``1 - sum |x - x_hat|^2 / sum |x - mean(x)|^2``;
+    - ``ce_clean``, ``ce_sae``, ``ce_zero``: next-token CE of the model, with the site replaced by
+      the SAE reconstruction (no error term), and with the site set to zero, on the first
+      ``ce_windows`` windows (default all); ``ce_recovered = (ce_zero - ce_sae) / (ce_zero - ce_clean)``.
+
+    Each CE run restarts the model at the block of the site (``start_at_layer``) from the clean
+    residual stream, so it costs only the blocks from that site on.
+    """
+    sites = sort_sites(saes)
+    sae_of = {s: saes[s.name] if s.name in saes else saes[s.hook_name] for s in sites}
+    device = next(model.parameters()).device
+    bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
+    from tqdm.auto import tqdm
+
+    def keep_mask(toks: torch.Tensor) -> torch.Tensor:
+        keep = torch.ones_like(toks, dtype=torch.bool)
+        keep[:, 0] = False
+        if bos is not None:
+            keep &= toks != bos
+        return keep & (toks != pad_id) if pad_id is not None else keep
+
+    def recon(site: Site, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sae = sae_of[site]
+        dtype = getattr(getattr(sae, "W_dec", None), "dtype", x.dtype)
+        f = sae.encode(x.to(dtype))
+        return f, sae.decode(f).to(x.dtype)
+
+    # L0, FVE, dead features: one forward up to the last site's block per batch
+    hooks = {s.hook_name for s in sites}
+    stop = max(s.block for s in sites) + 1
+    acc = {s: {"sq_err": 0.0, "n": 0, "sum": 0.0, "sum_sq": 0.0, "l0": 0.0, "alive": None} for s in sites}
+    for b in tqdm(range(0, len(windows), batch_windows), desc="SAE metrics", disable=not progress, leave=False):
+        toks = windows[b:b + batch_windows].to(device)
+        keep = keep_mask(toks)
+        _, cache = model.run_with_cache(toks, names_filter=lambda h: h in hooks, stop_at_layer=stop,
+                                        prepend_bos=False)
+        for s in sites:
+            x = cache[s.hook_name][keep].float()
+            f, x_hat = recon(s, x)
+            a = acc[s]
+            a["sq_err"] += float(((x - x_hat.float()) ** 2).sum())
+            a["n"] += x.shape[0]
+            a["sum"] = a["sum"] + x.sum(0)
+            a["sum_sq"] += float((x ** 2).sum())
+            active = f != 0
+            a["l0"] += float(active.sum())
+            a["alive"] = active.any(0) if a["alive"] is None else a["alive"] | active.any(0)
+    results: dict[str, dict[str, float]] = {}
+    for s in sites:
+        a = acc[s]
+        if a["n"] == 0:
+            raise ValueError("no held-out tokens to evaluate the SAEs on (every position is BOS)")
+        total_var = a["sum_sq"] - float((a["sum"] ** 2).sum()) / a["n"]
+        results[s.name] = {"eval_tokens": a["n"], "l0": a["l0"] / a["n"], "fve": 1.0 - a["sq_err"] / total_var,
+                           "dead_fraction": 1.0 - float(a["alive"].float().mean())}
+
+    # CE: clean, SAE spliced, zero-ablated, per site
+    ce_n = len(windows) if ce_windows is None else min(ce_windows, len(windows))
+    if ce_n == 0:
+        return results
+    starts = {f"blocks.{s.block}.hook_resid_pre" for s in sites}
+    tot: dict[str, list[float]] = {"clean": [0.0, 0]}
+    for b in tqdm(range(0, ce_n, batch_windows), desc="CE with SAEs", disable=not progress, leave=False):
+        toks = windows[b:min(b + batch_windows, ce_n)].to(device)
+        keep = keep_mask(toks)
+        logits, cache = model.run_with_cache(toks, names_filter=lambda h: h in starts, prepend_bos=False)
+        for key, lg in [("clean", logits)]:
+            t, c = _next_token_ce(lg, toks, pad_id)
+            tot[key][0] += t
+            tot[key][1] += c
+        del logits
+        for s in sites:
+            for kind in ("sae", "zero"):
+                def patch(act: torch.Tensor, hook: Any, s: Site = s, kind: str = kind) -> torch.Tensor:
+                    new = act.clone()
+                    new[keep] = recon(s, act[keep])[1] if kind == "sae" else 0.0
+                    return new
+
+                with model.hooks(fwd_hooks=[(s.hook_name, patch)]):
+                    out = model(cache[f"blocks.{s.block}.hook_resid_pre"], start_at_layer=s.block,
+                                return_type="logits")
+                t, c = _next_token_ce(out, toks, pad_id)
+                row = tot.setdefault(f"{kind}:{s.name}", [0.0, 0])
+                row[0] += t
+                row[1] += c
+    clean = tot["clean"][0] / tot["clean"][1]
+    for s in sites:
+        sae_ce = tot[f"sae:{s.name}"][0] / tot[f"sae:{s.name}"][1]
+        zero_ce = tot[f"zero:{s.name}"][0] / tot[f"zero:{s.name}"][1]
+        results[s.name].update(
+            ce_eval_tokens=int(tot["clean"][1]), ce_clean=clean, ce_sae=sae_ce, ce_zero=zero_ce,
+            ce_recovered=(zero_ce - sae_ce) / (zero_ce - clean) if zero_ce != clean else float("nan"))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# the card
+# ---------------------------------------------------------------------------------------------
+def write_card(directory: Path, info: Mapping[str, Any]) -> None:
+    """``metrics.json`` (everything in ``info``) and ``README.md`` (a table per SAE) in ``directory``."""
+    write_json(directory / "metrics.json", info)
+    s = info["settings"]
+    rows = []
+    for site, m in info["saes"].items():
+        rows.append(f"| {site} | {m['tokens_seen']:,} | {m['l0']:.1f} | {m['fve']:.3f} | "
+                    f"{m.get('ce_recovered', float('nan')):.3f} | {m.get('ce_sae', float('nan')):.3f} | "
+                    f"{m.get('ce_zero', float('nan')):.3f} | {m['dead_fraction']:.3f} |")
+    first = next(iter(info["saes"].values()))
+    lines = [
+        f"# SAEs for {info['model']}", "",
+        f"{len(info['saes'])} TopK SAEs (SAELens `TopKTrainingSAE`, width {s['width']}, k = {s['k']}), one per "
+        f"site, trained by `featcirc train-saes` with one shared model forward per batch.", "",
+        "```bash", info["command"], "```", "",
+        f"- corpus: `{info['corpus']['name']}` (sha256 `{info['corpus']['sha256']}`), "
+        f"{info['corpus']['train_documents']:,} training / {info['corpus']['heldout_documents']:,} held-out "
+        f"documents; {info['corpus']['train_windows']:,} training windows of {s['context_size']} tokens",
+        f"- training: {s['tokens']:,} tokens per SAE ({s['steps']:,} steps of {s['batch_tokens']} tokens), "
+        f"lr {s['lr']} (warm-up {s['warmup_fraction']:.0%}, linear decay over the last "
+        f"{s['decay_fraction']:.0%}), AuxK {s['aux_loss_coefficient']:.4g}, seed {s['seed']}, BOS positions excluded",
+        f"- wall time: {info['train_seconds']:.0f} s training, {info['eval_seconds']:.0f} s evaluation "
+        f"({info['device']}, {info['threads']} torch thread(s))",
+        f"- held-out evaluation: L0, FVE and dead fraction on {first['eval_tokens']:,} tokens; CE on "
+        f"{first.get('ce_eval_tokens', 0):,} next-token predictions (clean CE "
+        f"{first.get('ce_clean', float('nan')):.3f}); BOS positions neither counted nor replaced", "",
+        "FVE = 1 - sum |x - x_hat|^2 / sum |x - mean x|^2. CE recovered = (CE_zero - CE_sae) / (CE_zero - "
+        "CE_clean): CE with the SAE reconstruction spliced in at that one site (no error term) against "
+        "the clean model and the site set to zero.", "",
+        "| site | tokens seen | L0 | FVE | CE recovered | CE with SAE | CE zero-ablated | dead fraction |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows, "",
+        "Load them with `featcirc.load_saes(model, <this directory>)`.", "",
+    ]
+    write_text(directory / "README.md", "\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+def _partial_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial-{os.getpid()}"
+
+
+def check_output_dir(out: "str | os.PathLike[str]", force: bool) -> Path:
+    """``out`` must not exist, unless ``force`` (it is then replaced at the end of training)."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists; pass --force to replace it, or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory; remove it or choose another --out")
+    return out
+
+
+def train_saes(model: Any, sites: Sequence["Site | str"], corpus: Corpus, out: "str | os.PathLike[str]",
+               settings: TrainSettings = TrainSettings(), *, model_name: str, command: str = "",
+               force: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train one TopK SAE per site on ``corpus`` and write the set and its card to ``out``
+    (see the module doc). Returns the card's content (``metrics.json``)."""
+    settings.check()
+    sites = parse_sites(model, [Site.parse(s).name for s in sites])
+    out = check_output_dir(out, force)
+    tok = getattr(model, "tokenizer", None)
+    if tok is None or getattr(tok, "bos_token_id", None) is None:
+        raise ValueError("the model needs a tokenizer with a BOS token (load it with featcirc.load_model)")
+    train_c, held_c = corpus.split(settings.heldout_fraction, seed=settings.seed)
+    if settings.context_size > int(model.cfg.n_ctx):
+        raise ValueError(f"context_size {settings.context_size} exceeds the model's n_ctx {model.cfg.n_ctx}")
+    pad_id = None if settings.pack else getattr(tok, "pad_token_id", None)
+    held = token_windows(model, held_c, settings.context_size, max_tokens=settings.eval_tokens, pack=settings.pack)
+    ce_windows = max(1, math.ceil(settings.ce_eval_tokens / settings.context_size))
+    norm_tokens = settings.norm_estimate_batches * settings.batch_tokens
+    want = settings.tokens + norm_tokens + settings.buffer_windows * settings.context_size
+    want = int(want * settings.context_size / (settings.context_size - 1)) + settings.context_size
+    train = token_windows(model, train_c, settings.context_size, max_tokens=want if settings.pack else None,
+                          pack=settings.pack)
+    real = int((train != tok.bos_token_id).sum() if pad_id is None else ((train != tok.bos_token_id) & (train != pad_id)).sum())
+    epochs = (settings.tokens + norm_tokens) / max(real, 1)
+    if epochs > 1:
+        logger.warning("the training corpus has %d windows (%d tokens without BOS); %d tokens means %.1f "
+                       "passes over it", len(train), real,
+                       settings.tokens, epochs)
+
+    import datasets
+    from sae_lens import TopKTrainingSAEConfig
+    from sae_lens.config import LoggingConfig
+    from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner, MultiSAETrainingRunnerConfig
+
+    device = str(next(model.parameters()).device)
+    d_model = int(model.cfg.d_model)
+    sae_cfgs = {s.name: TopKTrainingSAEConfig(
+        d_in=d_model, d_sae=settings.width, k=settings.k, dtype=settings.dtype, device=device,
+        normalize_activations="expected_average_only_in", aux_loss_coefficient=settings.aux_loss_coefficient)
+        for s in sites}
+    steps = settings.steps
+    partial = _partial_dir(out)
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    try:
+        dataset = datasets.Dataset.from_dict({"input_ids": train.tolist()})
+        cfg = MultiSAETrainingRunnerConfig(
+            saes=sae_cfgs, hook_names={s.name: s.hook_name for s in sites},
+            model_name=model_name, dataset_path=f"featcirc-corpus:{corpus.name}@{corpus.sha256[:12]}",
+            streaming=False, context_size=settings.context_size, n_batches_in_buffer=settings.buffer_windows,
+            training_tokens=settings.tokens, store_batch_size_prompts=settings.store_batch_prompts,
+            train_batch_size_tokens=settings.batch_tokens, device=device, seed=settings.seed,
+            dtype=settings.dtype, prepend_bos=True, lr=settings.lr, lr_scheduler_name="constant",
+            lr_warm_up_steps=max(1, int(settings.warmup_fraction * steps)),
+            lr_decay_steps=int(settings.decay_fraction * steps), lr_end=settings.lr / 10,
+            dead_feature_window=max(1, min(1000, steps // 10)), feature_sampling_window=max(1, min(2000, steps // 2)),
+            logger=LoggingConfig(log_to_wandb=False), checkpoint_path=None, output_path=str(partial),
+            exclude_special_tokens=[int(tok.bos_token_id)] + ([int(pad_id)] if pad_id is not None else []), n_batches_for_norm_estimate=settings.norm_estimate_batches,
+            model_from_pretrained_kwargs={}, sequence_separator_token="bos")
+        torch.manual_seed(settings.seed)
+        t0 = time.time()
+        sink = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
+        with sink, _quiet_sae_lens():
+            runner = MultiSAETrainingRunner(cfg, override_dataset=dataset, override_model=model)
+            runner.run()
+        train_seconds = time.time() - t0
+        for s in sites:  # SAELens's extras: the card replaces them
+            (partial / s.name / "sparsity.safetensors").unlink(missing_ok=True)
+        for extra in partial.glob("*.json"):
+            extra.unlink()
+
+        from featcirc.saes.loading import load_saes
+
+        t1 = time.time()
+        trained = load_saes(model, partial)
+        metrics = evaluate_saes(model, trained, held, ce_windows=ce_windows,
+                                batch_windows=settings.eval_batch_windows, pad_id=pad_id, progress=progress)
+        eval_seconds = time.time() - t1
+        info = {
+            "model": model_name, "command": command, "device": device, "threads": torch.get_num_threads(),
+            "architecture": "topk", "sae_lens_version": _sae_lens_version(),
+            "settings": {**asdict(settings), "steps": steps},
+            "corpus": {"name": corpus.name, "sha256": corpus.sha256, "documents": len(corpus.texts),
+                       "train_documents": len(train_c.texts), "heldout_documents": len(held_c.texts),
+                       "train_windows": len(train), "heldout_windows": len(held), "train_epochs": epochs},
+            "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+            "saes": {name: {"hook_name": Site.parse(name).hook_name, "tokens_seen": steps * settings.batch_tokens,
+                            **m} for name, m in metrics.items()},
+        }
+        write_card(partial, info)
+        _replace_dir(partial, out)
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
+    return info
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Rename ``src`` onto ``dst``; an existing ``dst`` is moved aside first and removed after."""
+    old = None
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+        dst.rename(old)
+    src.rename(dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _sae_lens_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("sae-lens")
+    except Exception:  # pragma: no cover - metadata missing in odd installs
+        return "unknown"
+
+
+@contextlib.contextmanager
+def _quiet_sae_lens():
+    """SAELens warns that override_dataset/override_model make the run irreproducible from its own
+    config: featcirc's card records the corpus hash and settings instead."""
+    lg = logging.getLogger("sae_lens")
+    old = lg.level
+    lg.setLevel(logging.ERROR)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*pretokenized dataset.*")
+        warnings.filterwarnings("ignore", message="All samples in the training dataset")
+        # SAELens compares dataset rows (windows) with training tokens; the card reports the passes
+        warnings.filterwarnings("ignore", message=".*fewer samples.*")
+        warnings.filterwarnings("ignore", message="To copy construct from a tensor")
+        try:
+            yield
+        finally:
+            lg.setLevel(old)
