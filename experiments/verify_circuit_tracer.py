@@ -39,6 +39,7 @@ import functools
 import importlib
 import inspect
 import json
+import os
 import re
 import shutil
 import socket
@@ -267,6 +268,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir", nargs="?", help="a featcirc run directory (discover + features)")
     ap.add_argument("--demo", action="store_true", help="make one: featcirc demo + featcirc features in a temp dir")
+    ap.add_argument("--demo-dir", type=Path, default=None, help="with --demo: make it here instead (kept)")
     ap.add_argument("--circuit-tracer", required=True, help="circuit-tracer copy (see the module doc)")
     ap.add_argument("--vendor", type=Path, default=None, help="npm prefix holding the viewer's scripts")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -280,11 +282,12 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="featcirc-ct-") as tmp:
         work = Path(tmp)
-        run_dir = Path(args.run_dir) if args.run_dir else work / "demo"
+        run_dir = Path(args.run_dir) if args.run_dir else (args.demo_dir or work / "demo")
         if args.demo:
-            log("featcirc demo + features (about two minutes)")
-            subprocess.run([sys.executable, "-m", "featcirc", "-q", "demo", "--out", str(run_dir)], check=True)
-            subprocess.run([sys.executable, "-m", "featcirc", "-q", "features", str(run_dir)], check=True)
+            log(f"featcirc demo + features into {run_dir} (a few minutes)")
+            env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+            for cmd in (["demo", "--out", str(run_dir), "--force"], ["features", str(run_dir)]):
+                subprocess.run([sys.executable, "-m", "featcirc", "-q", *cmd], check=True, env=env)
         paths = export_run_graphs(run_dir)
         graph_path = paths["graph_files"]
         data_dir = graph_path.parent
