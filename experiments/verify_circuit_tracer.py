@@ -320,7 +320,7 @@ def main(argv=None) -> int:
         fails = check_dom(dom, graph)
         n_features = len(wanted)
         n_sites = len({n["site"] for n in graph["nodes"] if n.get("kind") in ("feature", "error")})
-        log(f"circuit-tracer {version}: graph {slug}: {len(graph['nodes'])} nodes ({n_features} features on "
+        log(f"circuit-tracer {version}: graph {slug}: {len(graph['nodes'])} nodes ({n_features} distinct features on "
             f"{n_sites} sites, {len(graph['metadata']['prompt_tokens'])} tokens), feature panel on {clicked}")
         log(f"screenshot -> {shot}")
         for f in fails:
