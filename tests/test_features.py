@@ -315,3 +315,17 @@ def test_features_command_errors(tmp_path, capsys, monkeypatch):
     (run / "run.json").write_text(json.dumps({**comp, "level": "component", "saes": None}))
     assert main(["features", str(run)]) == 2
     assert "component-level" in capsys.readouterr().err
+
+
+def test_unpacked_windows_cut_padding_and_count_text_tokens():
+    from featcirc.data.corpus import load_corpus
+    from featcirc.features.run import corpus_windows
+    from featcirc.models.loading import load_model
+
+    model = load_model("tiny")
+    tok = model.tokenizer
+    w = corpus_windows(model, load_corpus("tiny"), 48, 3000, pack=False)
+    real = w != tok.pad_token_id
+    assert bool(real[:, -1].any())  # no column of padding only is left
+    assert 3000 - 48 < int(real.sum()) <= 3000  # max_tokens counts text tokens, not padding
+    assert bool((w[:, 0] == tok.bos_token_id).all()) and int((w == tok.bos_token_id).sum()) == len(w)

@@ -1,7 +1,8 @@
 """A disk cache of feature cards, one file per (model, SAE set, corpus, settings).
 
 ``cache_root()/cards/{model}--{saes}/{corpus sha256[:16]}-{settings hash[:12]}.json`` holds every
-card computed so far for that key, so a second circuit of the same model and SAEs reuses them and
+card computed so far for that key (settings: window length and layout, tokens scanned, what a card
+shows), so a second circuit of the same model and SAEs reuses them and
 only its new features are computed. The file records its full key, with content fingerprints of
 the model and SAE weights (:func:`model_fingerprint`, :func:`sae_set_fingerprint`): SAEs retrained
 under the same name do not match and their cards are recomputed. Writes are atomic and merge
@@ -71,9 +72,10 @@ class CardCache:
 
     def __init__(self, root: "str | os.PathLike[str]", *, model_name: str, saes_name: str, model_fp: str,
                  saes_fp: str, corpus_sha256: str, context_size: int, max_tokens: Optional[int],
-                 settings: CardSettings):
+                 settings: CardSettings, pack: bool = True):
         self.key = dict(format=CACHE_FORMAT, model=model_fp, saes=saes_fp, corpus=corpus_sha256,
-                        context_size=int(context_size), max_tokens=max_tokens, settings=settings.as_dict())
+                        context_size=int(context_size), max_tokens=max_tokens, pack=bool(pack),
+                        settings=settings.as_dict())
         digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()
         self.path = (Path(root) / f"{_safe(model_name)}--{_safe(saes_name)}" /
                      f"{corpus_sha256[:16]}-{digest[:12]}.json")

@@ -62,23 +62,49 @@ def short_name(name: str) -> str:
     return Path(str(name).rstrip("/")).name or str(name)
 
 
+def corpus_windows(model, corpus, context_size: int, max_tokens: Optional[int], pack: bool):
+    """Token windows of ``corpus`` (:func:`featcirc.data.corpus.token_windows`). ``pack=False``: one
+    document per window, right-padded; trailing all-padding columns are cut (under causal
+    attention they change nothing before them) and windows are taken until ``max_tokens``
+    non-padding tokens, so ``max_tokens`` counts text tokens in both layouts."""
+    from featcirc.data.corpus import token_windows
+
+    if pack:
+        return token_windows(model, corpus, context_size, max_tokens=max_tokens)
+    windows = token_windows(model, corpus, context_size, pack=False)
+    pad = getattr(getattr(model, "tokenizer", None), "pad_token_id", None)
+    if pad is None:
+        return windows if max_tokens is None else windows[: max(1, max_tokens // context_size)]
+    real = windows != pad
+    width = int(real.any(0).nonzero().max()) + 1
+    windows = windows[:, :width]
+    if max_tokens is not None:
+        n = int((real.sum(1).cumsum(0) <= max_tokens).sum())
+        windows = windows[: max(n, 1)]
+    return windows
+
+
 def build_cards(model, saes: Mapping[str, Any], features: Mapping[str, Iterable[int]], corpus, *,
                 model_name: str, saes_name: str, context_size: Optional[int] = None,
                 max_tokens: Optional[int] = DEFAULT_MAX_TOKENS, settings: CardSettings = CardSettings(),
-                batch_size: int = 16, use_cache: bool = True, progress: bool = True) -> dict:
+                pack: Optional[bool] = None, batch_size: int = 16, use_cache: bool = True,
+                progress: bool = True) -> dict:
     """Cards of ``features`` over ``corpus`` (a :class:`featcirc.data.corpus.Corpus`), from the cache
     where it has them (:class:`featcirc.features.cache.CardCache`), computing the rest in one pass.
 
+    ``pack``: windows of packed documents (SAELens's layout, for models trained on packed text) or
+    one document per window (:func:`corpus_windows`); default: one per window for the tiny model,
+    which was trained on single sentences, packed for every other model.
     Returns the ``cards.json`` document, plus ``"_extras"`` (per card: the activation histogram
     and percentiles for circuit-tracer files), which :func:`cards_document` leaves out.
     """
-    from featcirc.data.corpus import token_windows
     from featcirc.features.cache import CardCache, model_fingerprint, sae_set_fingerprint
     from featcirc.models.loading import cache_root
 
     request = normalize_request(features, saes)
     keys = [card_key(s, i) for s, idx in request.items() for i in idx]
     ctx = int(context_size or min(DEFAULT_CONTEXT, int(model.cfg.n_ctx)))
+    pack = (str(model_name).lower() != "tiny") if pack is None else bool(pack)
     if ctx > int(model.cfg.n_ctx):
         raise ValueError(f"context_size={ctx} exceeds the model's context of {model.cfg.n_ctx} tokens")
     cache = None
@@ -87,7 +113,8 @@ def build_cards(model, saes: Mapping[str, Any], features: Mapping[str, Iterable[
     if use_cache:
         cache = CardCache(cache_root() / "cards", model_name=model_name, saes_name=saes_name,
                           model_fp=model_fingerprint(model), saes_fp=sae_set_fingerprint(saes),
-                          corpus_sha256=corpus.sha256, context_size=ctx, max_tokens=max_tokens, settings=settings)
+                          corpus_sha256=corpus.sha256, context_size=ctx, max_tokens=max_tokens, pack=pack,
+                          settings=settings)
         cached, n_tokens = cache.load()
     missing: dict[str, list[int]] = {}
     for k in keys:
@@ -98,7 +125,7 @@ def build_cards(model, saes: Mapping[str, Any], features: Mapping[str, Iterable[
         n_missing = sum(map(len, missing.values()))
         logger.info("feature cards: %d of %d from the cache, computing %d over %s", len(keys) - n_missing,
                     len(keys), n_missing, short_name(corpus.name))
-        windows = token_windows(model, corpus, ctx, max_tokens=max_tokens)
+        windows = corpus_windows(model, corpus, ctx, max_tokens, pack)
         new, n_tokens = compute_cards(model, saes, missing, windows, settings=settings, batch_size=batch_size,
                                       progress=progress)
         cached = {**cached, **new}
@@ -158,11 +185,13 @@ def validate_cards(doc: Mapping) -> None:
 def write_run_cards(run_dir: "str | os.PathLike[str]", *, model=None, saes=None, corpus: Optional[str] = None,
                     extra_features: Iterable[str] = (), top_k: Optional[int] = None,
                     max_tokens: Optional[int] = DEFAULT_MAX_TOKENS, context_size: Optional[int] = None,
-                    batch_size: int = 16, use_cache: bool = True, progress: bool = True) -> Path:
+                    pack: Optional[bool] = None, batch_size: int = 16, use_cache: bool = True,
+                    progress: bool = True) -> Path:
     """Cards for a run: every feature node of ``RUN/circuit.json`` plus ``extra_features``
     (``SITE/INDEX``), with the run's model and SAEs (``run.json``; pass ``model`` / ``saes`` when
     they are loaded already, as ``discover`` has them). ``corpus``: ``"tiny"``, ``"default"`` or a
-    text path (default: ``tiny`` for the tiny model, else ``default``). Writes ``RUN/cards.json``
+    text path (default: ``tiny`` for the tiny model, else ``default``); ``pack``: as
+    :func:`build_cards`. Writes ``RUN/cards.json``
     and ``RUN/graph_files/features/{model}.{saes}/{n}.json`` (circuit-tracer's feature panel);
     returns the path of ``cards.json``.
     """
@@ -197,7 +226,8 @@ def write_run_cards(run_dir: "str | os.PathLike[str]", *, model=None, saes=None,
     normalize_request(features, saes)  # unknown sites / indices fail here, before the corpus pass
     corpus_obj = load_corpus(corpus or ("tiny" if str(run["model"]).lower() == "tiny" else "default"))
     built = build_cards(model, saes, features, corpus_obj, model_name=run["model"], saes_name=run["saes"],
-                        context_size=context_size, max_tokens=max_tokens, settings=settings, batch_size=batch_size,
+                        context_size=context_size, max_tokens=max_tokens, settings=settings, pack=pack,
+                        batch_size=batch_size,
                         use_cache=use_cache, progress=progress)
     doc = cards_document(built)
     validate_cards(doc)
@@ -208,5 +238,6 @@ def write_run_cards(run_dir: "str | os.PathLike[str]", *, model=None, saes=None,
     return path
 
 
-__all__ = ["CARDS_FORMAT", "CARDS_FILE", "DEFAULT_MAX_TOKENS", "circuit_features", "parse_features", "build_cards",
+__all__ = ["CARDS_FORMAT", "CARDS_FILE", "DEFAULT_MAX_TOKENS", "circuit_features", "parse_features", "corpus_windows",
+           "build_cards",
            "cards_document", "validate_cards", "write_run_cards", "short_name"]
