@@ -286,6 +286,10 @@ def test_features_command_writes_cards_and_tracer_files(tmp_path, monkeypatch):
     assert 0 < doc["corpus"]["n_tokens"] <= 2400
     for c in doc["cards"].values():
         assert len(c["top_examples"]) <= 3 and len(c["logit_lens"]["top"]) == 10
+        examples = c["top_examples"] + [e for q in c["quantiles"] for e in q["examples"]]
+        # one sentence per window for the tiny model: examples start at BOS and show no padding
+        assert all("<|pad|>" not in e["tokens"] for e in examples)
+        assert all(e["tokens"][0] == "<|bos|>" for e in examples if e["max_index"] < 24)
     assert doc["cards"]["resid.0/5"] != doc["cards"]["mlp.1/5"]
     fdir = run / "graph_files" / "features" / "tiny.tiny"
     assert sorted(int(p.stem) for p in fdir.glob("*.json")) == sorted(

@@ -25,7 +25,8 @@ from featcirc.io import write_json
 
 logger = logging.getLogger("featcirc")
 
-CACHE_FORMAT = "featcirc-card-cache/1"
+CACHE_FORMAT = "featcirc-card-cache/2"
+"""Bumped whenever what a card holds changes, so older cached cards are recomputed."""
 _SAMPLE = 4096
 
 

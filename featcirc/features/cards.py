@@ -18,7 +18,7 @@ For every requested feature ``(site, index)`` a card holds
   ``z.L`` sites (attention heads before ``W_O``) are mapped into the residual stream by ``W_O``.
 
 Examples are token spans of their window, ``context_before`` tokens before the marked token and
-``context_after`` after it, with the feature's activation at every token. Statistics skip BOS and
+``context_after`` after it (trailing padding left out), with the feature's activation at every token. Statistics skip BOS and
 padding positions (an SAE's activation at BOS says nothing about text; windows from
 :func:`featcirc.data.corpus.token_windows` start with BOS and separate documents by BOS).
 
@@ -314,18 +314,23 @@ class CardAccumulator:
         self.s_span = torch.where(from_batch.unsqueeze(-1), sel_b, sel_o)
 
     # --------------------------------------------------------------------- results
-    def _example(self, windows: torch.Tensor, win: int, pos: int, span: torch.Tensor, decode) -> dict:
+    def _example(self, windows: torch.Tensor, win: int, pos: int, span: torch.Tensor, decode,
+                 pad_id: Optional[int] = None) -> dict:
         st = self.settings
         lo = max(0, pos - st.context_before)
         hi = min(self.T, pos + st.context_after + 1)
+        while pad_id is not None and hi > pos + 1 and int(windows[win, hi - 1]) == pad_id:
+            hi -= 1  # padding after a document is not text
         toks = windows[win, lo:hi].tolist()
         acts = span[lo - (pos - st.context_before): hi - (pos - st.context_before)]
         return {"tokens": [decode(t) for t in toks],
                 "activations": [round(float(a), 4) if math.isfinite(float(a)) else 0.0 for a in acts],
                 "max_index": pos - lo}
 
-    def cards(self, windows: torch.Tensor, decode, lens: Sequence[tuple[list, list]]) -> dict[str, dict]:
-        """The cards (``cards.json`` schema) and, per card, ``_extras`` for circuit-tracer files."""
+    def cards(self, windows: torch.Tensor, decode, lens: Sequence[tuple[list, list]],
+              pad_id: Optional[int] = None) -> dict[str, dict]:
+        """The cards (``cards.json`` schema) and, per card, ``_extras`` for circuit-tracer files;
+        examples end before trailing ``pad_id`` tokens."""
         st = self.settings
         n = max(self.n_valid, 1)
         edges = bucket_edges()
@@ -338,7 +343,7 @@ class CardAccumulator:
                     break
                 w, p = int(self.top_win[j, k]), int(self.top_pos[j, k])
                 used.add(w)
-                top.append(self._example(windows, w, p, self.top_span[j, k], decode))
+                top.append(self._example(windows, w, p, self.top_span[j, k], decode, pad_id))
             quantiles = []
             if mx > 0:
                 valid = self.s_win[j] >= 0
@@ -356,7 +361,8 @@ class CardAccumulator:
                         if w in used:
                             continue
                         used.add(w)
-                        ex.append(self._example(windows, w, int(self.s_pos[j, i]), self.s_span[j, i], decode))
+                        ex.append(self._example(windows, w, int(self.s_pos[j, i]), self.s_span[j, i], decode,
+                                                pad_id))
                         if len(ex) >= st.per_range:
                             break
                     if ex:
@@ -465,7 +471,9 @@ def compute_cards(model, saes: Mapping[str, Any], features: Mapping[str, Iterabl
         for s in sites:
             lens += logit_lens(model, decoder_directions(model, s.name, saes[s.name], idx[s.name]).to(device),
                                settings.n_logits)
-    return acc.cards(windows, token_decoder(getattr(model, "tokenizer", None)), lens), acc.n_valid
+    tokenizer = getattr(model, "tokenizer", None)
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    return acc.cards(windows, token_decoder(tokenizer), lens, pad_id=pad_id), acc.n_valid
 
 
 def token_decoder(tokenizer):
