@@ -1,75 +1,257 @@
-"""``featcirc evaluate``: the faithfulness curve of a discovered circuit."""
+"""``featcirc evaluate``: faithfulness of a discovered run's circuits, on its held-out pairs, with
+bootstrap intervals, MIB's CPR / CMD and the exported circuit's own faithfulness and completeness.
+
+Pairs: ``--data`` / ``--task`` when given; else the run's held-out pairs (``DIR/eval_pairs.jsonl``,
+written by ``discover``); else, with a warning and ``"in-sample"`` in every output, the pairs the
+circuit was discovered on. Results are named by ablation (``faithfulness-<ablation>.csv / .json /
+.png``), so evaluating another ablation never overwrites earlier results.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import dataclasses
+import json
+import logging
+import math
 from pathlib import Path
 from typing import Optional, Sequence
 
-from featcirc.commands.common import RunConfig, load_data, load_model_and_saes, write_csv
+from featcirc.commands.common import RunConfig, write_csv
 from featcirc.io import write_json
 
+logger = logging.getLogger("featcirc")
 
-def evaluate(run_dir: "str | Path", *, data: Optional[str] = None, task: Optional[str] = None,
-             n: Optional[int] = None, seed: Optional[int] = None, ablation: str = "mean",
-             thresholds: Optional[Sequence[float]] = None, progress: bool = True) -> list:
-    """Faithfulness and completeness of the run's circuits over node thresholds."""
-    import json
+EVAL_ABLATIONS = ("mean", "zero", "resample", "patch")
+SPLIT_HELD_OUT, SPLIT_IN_SAMPLE, SPLIT_GIVEN = "held-out", "in-sample", "given"
 
-    from featcirc.circuit import full_graph
-    from featcirc.evaluate.faithfulness import DEFAULT_THRESHOLDS, Ablator, curve_area
-    from featcirc.export.plot import plot_faithfulness
-    from featcirc.attribution.scores import EdgeScores, NodeScores
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "run.json").exists():
+def read_run_config(run_dir: Path) -> tuple[RunConfig, dict]:
+    """``run.json`` as a :class:`RunConfig` (unknown keys ignored) and as the raw dict."""
+    path = run_dir / "run.json"
+    if not path.exists():
         raise FileNotFoundError(f"{run_dir} is not a featcirc run directory (no run.json); "
                                 "make one with `featcirc discover ... --out DIR`")
-    cfg = RunConfig(**json.loads((run_dir / "run.json").read_text()))
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); rerun discover to recreate it") from None
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    missing = [f.name for f in dataclasses.fields(RunConfig)
+               if f.default is dataclasses.MISSING and f.name not in raw]
+    if missing:
+        raise ValueError(f"{path} lacks {missing}; rerun discover to recreate it")
+    return RunConfig(**{k: v for k, v in raw.items() if k in names}), raw
+
+
+def evaluation_source(run_dir: Path, cfg: RunConfig, *, data: Optional[str] = None, task: Optional[str] = None,
+                      n: Optional[int] = None, seed: Optional[int] = None) -> tuple[dict, str]:
+    """Where the evaluation pairs come from: ``(load_data source dict, split label)``; the label is
+    ``"given"`` (``data``/``task``), ``"held-out"`` (the run's ``eval_pairs.jsonl``: all of its
+    pairs unless ``n``) or ``"in-sample"`` (the discovery pairs)."""
+    from featcirc.data.split import EVAL_PAIRS_FILE
+
     src = dict(cfg.source)
     if data is not None or task is not None:
         src.update(data=data, task=task)
+        label = SPLIT_GIVEN
+    elif (run_dir / EVAL_PAIRS_FILE).exists():
+        src.update(data=str(run_dir / EVAL_PAIRS_FILE), task=None, n=None)
+        label = SPLIT_HELD_OUT
+    else:
+        label = SPLIT_IN_SAMPLE
     if n is not None:
         src["n"] = n
     if seed is not None:
         src["seed"] = seed
+    if src.get("task") is not None and src.get("n") is None:
+        src["n"] = 64
+    return src, label
+
+
+def output_paths(run_dir: Path, out: "str | Path | None", ablation: str) -> dict[str, Path]:
+    """``faithfulness-<ablation>.{csv,json,png}`` in ``out`` (a directory; default the run directory),
+    or ``<out stem>.{csv,json,png}`` when ``out`` names a file (has a suffix)."""
+    if out is None:
+        base = run_dir / f"faithfulness-{ablation}"
+    else:
+        out = Path(out)
+        base = out.with_suffix("") if out.suffix and not out.is_dir() else out / f"faithfulness-{ablation}"
+    return {ext: base.with_name(base.name + f".{ext}") for ext in ("csv", "json", "png")}
+
+
+def _check_request(ablation: str, sizes: Optional[Sequence[int]], fractions: Optional[Sequence[float]],
+                   n_resamples: int) -> None:
+    if ablation not in EVAL_ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}; choose one of {', '.join(EVAL_ABLATIONS)}")
+    if sizes is not None and (not sizes or any(int(k) != k or k < 0 for k in sizes)):
+        raise ValueError(f"--sizes must be non-negative whole numbers of nodes, e.g. 10,20,50; got {sizes}")
+    if fractions is not None:
+        if len(fractions) < 2 or any(not (0 < f <= 1) for f in fractions) or list(fractions) != sorted(set(fractions)):
+            raise ValueError(f"--fractions must be at least two increasing fractions in (0, 1], got {fractions}")
+    if n_resamples < 1:
+        raise ValueError(f"--bootstrap must be >= 1 resamples, got {n_resamples}")
+
+
+def evaluate_run(run_dir: "str | Path", *, data: Optional[str] = None, task: Optional[str] = None,
+                 n: Optional[int] = None, seed: Optional[int] = None, ablation: str = "mean",
+                 thresholds: Optional[Sequence[float]] = None, sizes: Optional[Sequence[int]] = None,
+                 fractions: Optional[Sequence[float]] = None, out: "str | Path | None" = None,
+                 n_resamples: int = 1000, bootstrap_seed: int = 0, progress: bool = True):
+    """Evaluate a run directory and write ``faithfulness-<ablation>.csv / .json / .png``.
+
+    Returns ``(report, paths)``: the :class:`~featcirc.evaluate.curves.FaithfulnessReport` (its
+    ``info`` holds the data provenance) and the written paths by extension.
+    """
+    from featcirc.attribution.scores import EdgeScores, NodeScores
+    from featcirc.circuit import full_graph
+    from featcirc.commands.common import load_data, load_model_and_saes
+    from featcirc.data import read_pairs
+    from featcirc.evaluate.curves import FAITHFUL, evaluate_curves
+    from featcirc.evaluate.faithfulness import Ablator
+    from featcirc.evaluate.figure import plot_report
+    from featcirc.evaluate.metrics import MIB_FRACTIONS
+    from featcirc.export.formats import read_json as read_circuit
+
+    run_dir = Path(run_dir)
+    fractions = tuple(MIB_FRACTIONS if fractions is None else fractions)
+    _check_request(ablation, sizes, fractions, n_resamples)
+    cfg, raw = read_run_config(run_dir)
+    for name in ("nodes.pt", "edges.pt"):
+        if not (run_dir / name).exists():
+            raise FileNotFoundError(f"{run_dir / name} is missing; rerun `featcirc discover` for this run")
+    src, split = evaluation_source(run_dir, cfg, data=data, task=task, n=n, seed=seed)
+    if src.get("data") is not None:
+        read_pairs(src["data"])  # a bad file fails here, before the model loads
+    paths = output_paths(run_dir, out, ablation)
+
     model, saes = load_model_and_saes(cfg.model, cfg.saes, cfg.level)
     dataset = load_data(model, src)
+    if split == SPLIT_IN_SAMPLE:
+        logger.warning("in-sample: %s has no eval_pairs.jsonl, so faithfulness is measured on the pairs the "
+                       "circuit was discovered on (%s); discover with a held-out split for honest numbers",
+                       run_dir, dataset.source)
     nodes = NodeScores.load(run_dir / "nodes.pt")
     edges = EdgeScores.load(run_dir / "edges.pt")
     G = full_graph(nodes, edges, n_layers=model.cfg.n_layers)
+    exported = read_circuit(run_dir / "circuit.json") if (run_dir / "circuit.json").exists() else None
     ab = Ablator(model, dataset, level=cfg.level, saes=saes, sites=nodes.sites, ablation=ablation,
                  progress=progress)
-    points = ab.curve(G, thresholds or DEFAULT_THRESHOLDS, edge_threshold=cfg.edge_threshold)
-    write_csv(run_dir / "faithfulness.csv", ["threshold", "n_nodes", "n_edges", "faithfulness", "completeness"],
-               [[p.threshold, p.n_nodes, p.n_edges, p.faithfulness, p.completeness] for p in points])
-    n_max = max(cfg.max_nodes or 0, max((p.n_nodes for p in points), default=1), 1)
-    area = curve_area(points, n_max)
-    plot_faithfulness({cfg.method: [(p.n_nodes, p.faithfulness) for p in points]},
-                      run_dir / "faithfulness.png",
-                      title=f"{cfg.model} {cfg.method}, {ablation} ablation, area {area:.3f}")
-    write_json(run_dir / "faithfulness.json", dict(
-        ablation=ablation, data=dataset.source, area=area, area_n_max=n_max, m_full=ab.m_full,
-        m_empty=ab.m_empty, points=[asdict(p) for p in points]))
-    return points
+    report = evaluate_curves(ab, G, thresholds=thresholds, sizes=sizes, fractions=fractions, exported=exported,
+                             edge_threshold=cfg.edge_threshold, n_resamples=n_resamples, seed=bootstrap_seed,
+                             area_n_max=cfg.max_nodes,
+                             progress=progress)
+    report.info.update(
+        model=cfg.model, method=cfg.method, level=cfg.level, data=dataset.source, split=split,
+        in_sample=split == SPLIT_IN_SAMPLE, pairs_dropped=dataset.dropped,
+        run_split=raw.get("split"), exported_circuit=None if exported is None else "circuit.json")
+    write_csv(paths["csv"], report.CSV_HEADER, report.csv_rows())
+    write_json(paths["json"], report.to_json())
+    best = report.smallest_faithful()
+    title = (f"{cfg.model} {cfg.method}, {split} pairs ({dataset.source})"
+             + (f"; smallest with F >= {FAITHFUL}: {best.n_nodes} nodes" if best else
+                f"; no circuit reaches F = {FAITHFUL}"))
+    plot_report(report, paths["png"], title=title)
+    return report, paths
 
 
-HELP = "faithfulness curve of a discovered circuit"
+def evaluate(run_dir: "str | Path", **kwargs) -> list:
+    """:func:`evaluate_run`, returning the main curve's points (:class:`~featcirc.evaluate.faithfulness.CurvePoint`)."""
+    report, _ = evaluate_run(run_dir, **kwargs)
+    return report.curve_points()
+
+
+def _interval(iv) -> str:
+    if not math.isfinite(iv.value):
+        return "n/a"
+    ci = f" [{iv.lo:.3f}, {iv.hi:.3f}]" if math.isfinite(iv.lo) and math.isfinite(iv.hi) else ""
+    return f"{iv.value:.3f}{ci}"
+
+
+def format_report(report, paths: dict[str, Path]) -> str:
+    """The lines ``featcirc evaluate`` prints."""
+    from featcirc.evaluate.curves import FAITHFUL
+
+    info = report.info
+    lines = [f"{info.get('split', '?')}: {report.n_pairs} pairs from {info.get('data', '?')}, "
+             f"{report.ablation} ablation, {report.confidence:.0%} intervals from {report.n_resamples} "
+             f"pair resamples"]
+    groups: dict[int, list] = {}
+    for r, c in report.points(report.main_selector):
+        groups.setdefault(r.circuit, []).append(r)
+    for idx, reqs in groups.items():
+        c = report.circuits[idx]
+        vals = [r.value for r in reqs]
+        what = (f"threshold {min(vals):9.2e}" + (f"..{max(vals):.2e} ({len(vals)})" if len(vals) > 1 else "")
+                if reqs[0].selector == "threshold" else f"top {int(reqs[0].k):5d}")
+        lines.append(f"{what:28s} nodes {c.n_nodes:5d}  faithfulness {_interval(c.faithfulness):24s} "
+                     f"completeness {_interval(c.completeness)}")
+    lines.append(f"MIB over fractions of the {report.n_graph}-node graph: CPR {_interval(report.cpr)} "
+                 f"(higher is better), CMD {_interval(report.cmd)} (lower is better)")
+    exp = report.exported
+    if exp is not None:
+        lines.append(f"exported circuit (circuit.json): {exp.n_nodes} nodes, faithfulness "
+                     f"{_interval(exp.faithfulness)}, completeness {_interval(exp.completeness)}")
+    best = report.smallest_faithful()
+    lines.append(f"smallest circuit with F >= {FAITHFUL}: " + (
+        f"{best.n_nodes} nodes (F = {_interval(best.faithfulness)})" if best else "none"))
+    if report.completeness_note:
+        lines.append(f"note: {report.completeness_note}")
+    lines.append(f"-> {paths['csv']}, {paths['json'].name}, {paths['png'].name}")
+    return "\n".join(lines)
+
+
+HELP = "faithfulness of a discovered circuit on held-out pairs (intervals, CPR/CMD)"
+
+
+def _int_list(text: str) -> list[int]:
+    import argparse
+
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers of nodes, e.g. 10,20,50; "
+                                         f"got {text!r}") from None
+    if not vals or any(v < 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected non-negative sizes, e.g. 10,20,50; got {text!r}")
+    return vals
+
+
+def _fraction_list(text: str) -> list[float]:
+    import argparse
+
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions, e.g. 0.01,0.1,1; got {text!r}") from None
+    if len(vals) < 2 or any(not (0 < v <= 1) for v in vals) or vals != sorted(set(vals)):
+        raise argparse.ArgumentTypeError(f"expected at least two increasing fractions in (0, 1]; got {text!r}")
+    return vals
 
 
 def add_arguments(p) -> None:
     from featcirc.commands.common import add_data_arguments
 
-    p.add_argument("dir")
+    p.add_argument("dir", help="a run directory made by `featcirc discover`")
     add_data_arguments(p, required=False)
-    p.add_argument("--ablation", choices=("mean", "zero", "resample"), default="mean")
+    p.add_argument("--ablation", choices=EVAL_ABLATIONS, default="mean",
+                   help="value of the nodes outside the circuit: mean / zero / resample over the patch "
+                        "prompts, or patch (each pair's own patch prompt)")
+    p.add_argument("--sizes", type=_int_list, default=None,
+                   help="circuit sizes (top-k nodes), e.g. 10,20,50,100, instead of node thresholds")
+    p.add_argument("--fractions", type=_fraction_list, default=None,
+                   help="fractions of the graph for CPR/CMD (default MIB's 0.001,...,0.5,1)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="pair resamples for the intervals")
+    p.add_argument("--bootstrap-seed", type=int, default=0)
+    p.add_argument("--out", default=None,
+                   help="directory for faithfulness-<ablation>.* (default DIR), or a file name whose stem "
+                        "names the .csv/.json/.png")
 
 
 def run(args, progress: bool) -> int:
-    pts = evaluate(args.dir, data=args.data, task=args.task, n=args.n, seed=args.seed,
-                   ablation=args.ablation, progress=progress)
-    for p in pts:
-        print(f"threshold {p.threshold:9.2e}  nodes {p.n_nodes:5d}  faithfulness {p.faithfulness:7.3f}  "
-              f"completeness {p.completeness:7.3f}")
-    print(f"-> {args.dir}/faithfulness.csv, faithfulness.png")
+    report, paths = evaluate_run(args.dir, data=args.data, task=args.task, n=args.n,
+                                 seed=args.seed if (args.data or args.task) else None, ablation=args.ablation,
+                                 sizes=args.sizes, fractions=args.fractions, out=args.out,
+                                 n_resamples=args.bootstrap, bootstrap_seed=args.bootstrap_seed,
+                                 progress=progress)
+    print(format_report(report, paths))
     return 0

@@ -4,21 +4,30 @@ Every node outside the circuit ``C`` is ablated: at each spliced site the stream
 features and errors not in ``C`` take their ablation value, nodes in ``C`` are not ablated: they
 keep the value computed from the (modified) stream, as in Marks et al. (holding them at their clean
 values instead would make any circuit containing the last residual site trivially faithful), and
-later sites see the result. With ``m(M)`` the clean metric and
-``m(∅)`` everything ablated::
+later sites see the result. With ``m(M)`` the clean metric and ``m(∅)`` everything ablated::
 
     F(C) = (m(C) - m(∅)) / (m(M) - m(∅))
 
-Completeness is ``F(M \\ C)``: the circuit ablated and the rest kept (0 when C carries everything).
-Ablation values: ``mean`` (mean over the patch prompts, per position), ``zero``, ``resample``
-(each pair takes another pair's patch values: the batch rolled by one).
+Completeness is Marks et al.'s ``F(M \\ C)``: the circuit ablated and the rest kept (0 when C
+carries everything). It is *degenerate* when ablating C alone already gives ``m(∅)`` on every pair
+(C contains a cut of the model, e.g. the whole last residual site at the answer position): then it
+is 0 whatever else C holds and says nothing about the circuit; :meth:`Ablator.completeness_is_degenerate`
+detects it.
 
-Metrics are means over pairs, so ``F`` is a ratio of means (as in Marks et al.).
+Ablation values: ``mean`` (mean over the patch prompts, per position), ``zero``, ``resample``
+(each pair takes another pair's patch values: the batch rolled by one) and ``patch`` (each pair
+takes its own patch prompt's values: the nodes outside C see the counterfactual, as in activation
+patching and MIB's "patching" intervention; then ``m(∅)`` is the patch run's metric). Under
+``patch`` ablation nodes before the first token where clean and patch differ keep their values
+(they are identical in both runs), so a circuit need not contain them.
+
+Metrics are means over pairs, so ``F`` is a ratio of means (as in Marks et al.). The per-pair
+metric values of each distinct circuit are computed once and cached (:meth:`Ablator.metric_values`),
+for bootstrap intervals over pairs (:mod:`featcirc.evaluate.bootstrap`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional, Sequence
 
@@ -28,43 +37,83 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from featcirc.attribution.splice import make_splice
+from featcirc.attribution.splice import SiteState, Splice, make_splice
 from featcirc.circuit import PruneSettings, circuit_nodes, prune
-from featcirc.data import PairBatch, PairDataset
+from featcirc.data import PairBatch, PairDataset, PromptPair
+from featcirc.evaluate.metrics import curve_area
 from featcirc.metric import logit_diff_from_resid
-from featcirc.sites import METRIC, parse_node_id
-from featcirc.attribution.splice import SiteState, Splice
+from featcirc.sites import METRIC, Site, parse_node_id
 
-ABLATIONS = ("mean", "zero", "resample")
+ABLATIONS = ("mean", "zero", "resample", "patch")
 DEFAULT_THRESHOLDS = tuple(float(x) for x in np.logspace(-4, 0, 15))
+
+NodeSet = frozenset
 
 
 @dataclass
 class CurvePoint:
+    """One circuit of a curve: chosen by node ``threshold`` (``size`` None) or by ``size`` (top-k,
+    ``threshold`` NaN); ``n_nodes`` excludes the metric node."""
+
     threshold: float
     n_nodes: int
     n_edges: int
     faithfulness: float
     completeness: float
+    size: Optional[int] = None
+
+
+def select_circuit(G: nx.DiGraph, *, threshold: Optional[float] = None, size: Optional[int] = None,
+                   edge_threshold: float = 0.0) -> nx.DiGraph:
+    """The circuit of ``G`` at a node threshold or of a size (top-k nodes by |score|), pruned as
+    :func:`featcirc.circuit.prune` does (dead ends dropped, so it can be smaller than ``size``)."""
+    if (threshold is None) == (size is None):
+        raise ValueError("give exactly one of threshold= or size=")
+    if size is not None:
+        return prune(G, PruneSettings(top_k=int(size), edge_threshold=edge_threshold))
+    return prune(G, PruneSettings(node_threshold=float(threshold), edge_threshold=edge_threshold))
 
 
 class Ablator:
-    """Evaluates the metric of a model whose nodes outside a given set are ablated."""
+    """Evaluates the metric of a model whose nodes outside a given set are ablated.
+
+    ``metric_values(keep)`` is the ``[n_pairs]`` per-pair metric (pairs in :attr:`pairs` order) and is
+    cached per distinct node set, as is ``completeness_values``; :attr:`n_evaluations` counts the
+    sweeps over the data actually run.
+    """
 
     def __init__(self, model: HookedTransformer, data: PairDataset, *, level: str = "feature",
                  saes: Optional[Mapping[str, object]] = None, sites: Optional[Iterable[str]] = None,
                  ablation: str = "mean", progress: bool = True) -> None:
         if ablation not in ABLATIONS:
-            raise ValueError(f"unknown ablation {ablation!r}; choose one of {ABLATIONS}")
+            raise ValueError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
         if data.n_pairs == 0:
             raise ValueError("no pairs to evaluate on: the dataset is empty")
         self.model, self.data, self.ablation, self.progress = model, data, ablation, progress
         self.splice: Splice = make_splice(model, level, saes, sites)
         self.level = level
+        self.n_evaluations = 0
+        self._keep_cache: dict[Optional[NodeSet], np.ndarray] = {}
+        self._ablate_cache: dict[NodeSet, np.ndarray] = {}
         self._patch_states = [self._record(b.patch) for b in data.batches]
         self._means = self._mean_values() if ablation == "mean" else None
-        self.m_full = self.metric(None)
-        self.m_empty = self.metric(set())
+        self.m_full_values = self.metric_values(None)
+        self.m_empty_values = self.metric_values(set())
+
+    @property
+    def pairs(self) -> list[PromptPair]:
+        """The pairs, in the order of every per-pair array."""
+        return [p for b in self.data.batches for p in b.pairs]
+
+    @property
+    def m_full(self) -> float:
+        """``m(M)``: the mean clean metric, nothing ablated."""
+        return float(self.m_full_values.mean())
+
+    @property
+    def m_empty(self) -> float:
+        """``m(∅)``: the mean metric with every node ablated."""
+        return float(self.m_empty_values.mean())
 
     # ---- ablation values -------------------------------------------------------------------
     def _record(self, tokens: torch.Tensor) -> dict[str, SiteState]:
@@ -95,6 +144,8 @@ class Ablator:
 
     def _ablation_for(self, batch_idx: int, site: str, B: int, t: int) -> SiteState:
         st = self._patch_states[batch_idx][site]
+        if self.ablation == "patch":
+            return st
         if self.ablation == "mean":
             m = self._means[site]
             f = None if m.features is None else m.features[:t].expand(B, -1, -1)
@@ -129,44 +180,86 @@ class Ablator:
             if ref.kind == "feature":
                 if out[s].features is None:
                     raise ValueError(f"node {nid} is a feature but {s} has no SAE here")
+                if ref.feature >= out[s].features.shape[1]:
+                    raise ValueError(f"node {nid}: {s}'s SAE has only {out[s].features.shape[1]} features")
                 out[s].features[pos, ref.feature] = True
             else:
                 out[s].vector[pos] = True
         return out
 
-    # ---- the metric ------------------------------------------------------------------------
+    # ---- per-pair metric values --------------------------------------------------------------
+    @staticmethod
+    def _key(nodes: Iterable[str]) -> NodeSet:
+        return frozenset(n for n in nodes if n != METRIC)
+
+    def metric_values(self, keep: Optional[Iterable[str]]) -> np.ndarray:
+        """``[n_pairs]`` metric with every node not in ``keep`` ablated (``None``: no hooks at all).
+        Computed once per distinct node set."""
+        key = None if keep is None else self._key(keep)
+        if key not in self._keep_cache:
+            vals = [self._run_with_masks(i, b, self.masks(None if key is None else set(key), b.clean.shape[1]))
+                    for i, b in enumerate(self.data.batches)]
+            self.n_evaluations += 1
+            self._keep_cache[key] = torch.cat(vals).double().cpu().numpy()
+        return self._keep_cache[key]
+
+    def completeness_values(self, nodes: Iterable[str]) -> np.ndarray:
+        """``[n_pairs]`` metric with exactly ``nodes`` ablated and everything else kept."""
+        key = self._key(nodes)
+        if key not in self._ablate_cache:
+            vals = []
+            for i, b in enumerate(self.data.batches):
+                masks = self.masks(set(key), b.clean.shape[1])
+                inverted = {s: SiteState(None if mk.features is None else ~mk.features, ~mk.vector)
+                            for s, mk in masks.items()}
+                vals.append(self._run_with_masks(i, b, inverted))
+            self.n_evaluations += 1
+            self._ablate_cache[key] = torch.cat(vals).double().cpu().numpy()
+        return self._ablate_cache[key]
+
     def metric(self, keep: Optional[set[str]]) -> float:
         """Mean metric with every node not in ``keep`` ablated (``keep=None``: nothing ablated)."""
-        total = 0.0
-        for i, batch in enumerate(self.data.batches):
-            total += float(self._batch_metric(i, batch, keep).sum())
-        return total / self.data.n_pairs
-
-    def _batch_metric(self, i: int, batch: PairBatch, keep: Optional[set[str]]) -> torch.Tensor:
-        masks = self.masks(keep, batch.clean.shape[1])
-        return self._run_with_masks(i, batch, masks)
+        return float(self.metric_values(keep).mean())
 
     # ---- scores ----------------------------------------------------------------------------
-    def _ratio(self, m: float) -> float:
+    def ratio(self, m: float) -> float:
+        """``(m - m(∅)) / (m(M) - m(∅))``; NaN when ``m(M) = m(∅)`` (the ablation changes nothing)."""
         denom = self.m_full - self.m_empty
         return (m - self.m_empty) / denom if denom != 0 else float("nan")
 
-    def faithfulness(self, nodes: set[str]) -> float:
-        return self._ratio(self.metric(set(nodes)))
+    def faithfulness(self, nodes: Iterable[str]) -> float:
+        """``F(C)``: the circuit kept, everything else ablated."""
+        return self.ratio(float(self.metric_values(set(nodes)).mean()))
 
-    def completeness(self, nodes: set[str]) -> float:
+    def completeness(self, nodes: Iterable[str]) -> float:
         """``F(M \\ C)``: ablate exactly the circuit's nodes, keep everything else."""
-        total = 0.0
-        for i, batch in enumerate(self.data.batches):
-            total += float(self._batch_metric_complement(i, batch, set(nodes)).sum())
-        return self._ratio(total / self.data.n_pairs)
+        return self.ratio(float(self.completeness_values(nodes).mean()))
 
-    def _batch_metric_complement(self, i: int, batch: PairBatch, ablate: set[str]) -> torch.Tensor:
-        B, t = batch.clean.shape
-        masks = self.masks(ablate, t)
-        for s, mk in masks.items():
-            masks[s] = SiteState(None if mk.features is None else ~mk.features, ~mk.vector)
-        return self._run_with_masks(i, batch, masks)
+    def completeness_is_degenerate(self, nodes: Iterable[str], rtol: float = 1e-5) -> bool:
+        """True when ablating the (non-empty) circuit alone gives ``m(∅)`` on every pair, to ``rtol``
+        of the pair's ``|m(M) - m(∅)|``: C then contains a cut of the model (e.g. every node of the last
+        residual site at the answer position) and ``F(M \\ C) = 0`` whatever else it holds."""
+        key = self._key(nodes)
+        if not key:
+            return False
+        gap = np.abs(self.m_full_values - self.m_empty_values)
+        diff = np.abs(self.completeness_values(key) - self.m_empty_values)
+        return bool(np.all(diff <= rtol * np.maximum(gap, 1e-6)))
+
+    def holds_final_site(self, nodes: Iterable[str]) -> bool:
+        """True when the circuit holds the vector node (error or component) of the last residual
+        site at every prompt's last position: the node through which every path reaches the metric."""
+        last = Site("resid", self.model.cfg.n_layers - 1).name
+        if last not in self.splice.site_names:
+            return False
+        key = self._key(nodes)
+        vector = "err" if self.splice.has_sae(last) else None
+        for t in sorted({b.clean.shape[1] for b in self.data.batches}):
+            nid = f"{last}/{vector}@{t - 1}" if vector else f"{last}@{t - 1}"
+            summed = f"{last}/{vector}" if vector else last
+            if nid not in key and summed not in key:
+                return False
+        return True
 
     def _run_with_masks(self, i: int, batch: PairBatch,
                         masks: Optional[dict[str, SiteState]]) -> torch.Tensor:
@@ -191,31 +284,22 @@ class Ablator:
             resid = model(batch.clean, stop_at_layer=model.cfg.n_layers)
             return logit_diff_from_resid(model, resid, batch.clean_answer, batch.patch_answer)
 
-    def curve(self, G: nx.DiGraph, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, *,
-              edge_threshold: float = 0.0) -> list[CurvePoint]:
-        """Faithfulness and completeness of the circuit pruned at each node threshold."""
+    def curve(self, G: nx.DiGraph, thresholds: Optional[Sequence[float]] = DEFAULT_THRESHOLDS, *,
+              sizes: Optional[Sequence[int]] = None, edge_threshold: float = 0.0) -> list[CurvePoint]:
+        """Faithfulness and completeness of the circuit pruned at each node threshold, or (``sizes``
+        given) of the top-k circuit for each size. One point per request; requests that give the
+        same circuit are evaluated once."""
+        if sizes is not None:
+            requests = [dict(size=int(k)) for k in sizes]
+        else:
+            requests = [dict(threshold=float(th)) for th in (thresholds or DEFAULT_THRESHOLDS)]
         points = []
-        for th in tqdm(thresholds, desc="faithfulness", disable=not self.progress, leave=False):
-            C = prune(G, PruneSettings(node_threshold=float(th), edge_threshold=edge_threshold))
+        for req in tqdm(requests, desc="faithfulness", disable=not self.progress, leave=False):
+            C = select_circuit(G, edge_threshold=edge_threshold, **req)
             nodes = circuit_nodes(C)
-            points.append(CurvePoint(float(th), len(nodes), C.number_of_edges(),
-                                     self.faithfulness(nodes), self.completeness(nodes)))
+            points.append(CurvePoint(req.get("threshold", float("nan")), len(nodes), C.number_of_edges(),
+                                     self.faithfulness(nodes), self.completeness(nodes), req.get("size")))
         return points
 
 
-def curve_area(points: Sequence[CurvePoint], n_max: int, grid: int = 64) -> float:
-    """Area under faithfulness vs log10(#nodes), normalised to [0, 1] over ``1..n_max`` nodes.
-
-    At each grid size ``n`` the curve takes the faithfulness of the largest circuit with at most
-    ``n`` nodes (0 if none), clipped to [0, 1]; the area is the mean over a log-spaced grid, so
-    curves of different methods are compared on the same axis.
-    """
-    if n_max < 1:
-        raise ValueError("n_max must be >= 1")
-    ns = np.unique(np.round(np.logspace(0, math.log10(max(n_max, 1)), grid)).astype(int))
-    pts = sorted((p.n_nodes, p.faithfulness) for p in points if math.isfinite(p.faithfulness))
-    vals = []
-    for n in ns:
-        best = [f for k, f in pts if k <= n and k > 0]
-        vals.append(min(max(best[-1], 0.0), 1.0) if best else 0.0)
-    return float(np.mean(vals))
+__all__ = ["ABLATIONS", "DEFAULT_THRESHOLDS", "Ablator", "CurvePoint", "curve_area", "select_circuit"]
