@@ -39,8 +39,6 @@ from featcirc.metric import logit_diff
 from featcirc.sites import all_sites
 from featcirc.models.tiny import HELDOUT_FILES, TINY_DIR, build_tokenizer, n_parameters, tiny_config
 
-warnings.filterwarnings("ignore", category=DeprecationWarning)
-logging.getLogger("featcirc.data.pairs").setLevel(logging.ERROR)
 
 HELDOUT_TEMPLATE_INDEX = 2  # "After {X} and {Y} arrived at the {PLACE}, {B} handed a {OBJECT} to"
 TAILS = {  # continuation after an SVA answer verb, by singular form
@@ -483,6 +481,8 @@ def write_card(out: Path, info: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.getLogger("featcirc.data").setLevel(logging.ERROR)  # the generated pairs drop by design
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=TINY_DIR, help="bundle directory (default: the package's)")
     ap.add_argument("--seed", type=int, default=0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import make_dataset, make_model, make_saes
-from featcirc.attribution.edges import score_graph
+from featcirc.attribution import AttributionSettings, attribute
 from featcirc.circuit import circuit_nodes, full_graph, prune, PruneSettings
 from featcirc.evaluate.curves import evaluate_curves
 from featcirc.evaluate.faithfulness import ABLATIONS, Ablator, curve_area
@@ -27,7 +27,7 @@ def setup():
 @pytest.fixture(scope="module")
 def graph(setup):
     model, saes, data = setup
-    nodes, edges = score_graph(model, data, method="relp", saes=saes, max_nodes=None, progress=False)
+    nodes, edges = attribute(model, data, "relp", saes, settings=AttributionSettings(max_nodes=None, progress=False))
     return full_graph(nodes, edges)
 
 

@@ -21,6 +21,9 @@ def test_pearson_and_spearman_match_definitions():
     assert spearman(x, np.exp(x)) == pytest.approx(1.0)  # monotone, not linear
     assert pearson(x, np.exp(x)) < 0.99
     assert np.isnan(pearson(x, np.ones_like(x)))
+    # ties share their average rank: constant blocks do not get an arbitrary order
+    assert spearman([0, 0, 0, 1, 2], [5, 4, 3, 6, 7]) == pytest.approx(pearson([1, 1, 1, 3, 4], [2, 1, 0, 3, 4]))
+    assert spearman([0, 0, 1], [0, 0, 1]) == pytest.approx(1.0)
 
 
 # ---- CPR / CMD --------------------------------------------------------------------------------

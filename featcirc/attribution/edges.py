@@ -297,13 +297,3 @@ def _project(splice: Splice, u: Site, cands: SiteCandidates, grad_x: torch.Tenso
     ok = owner >= 0
     col = idx[None, None, :].expand_as(owner)
     out.index_put_((owner[ok], col[ok]), val[ok].detach().float(), accumulate=True)
-
-def score_graph(model, data, *, method: str = "relp", level: str = "feature", saes=None, sites=None,
-                aggregation: str = "none", ig_steps: int = 10, max_nodes: Optional[int] = 1000,
-                max_rows: int = 256, progress: bool = True, **_ignored):
-    """Deprecated spelling of :func:`featcirc.attribution.attribute` (kept while callers move)."""
-    from featcirc.attribution import AttributionSettings, attribute
-
-    return attribute(model, data, method, saes, settings=AttributionSettings(
-        level=level, aggregation=aggregation, sites=None if sites is None else tuple(sites), ig_steps=ig_steps,
-        max_nodes=max_nodes, max_rows=max_rows, progress=progress))

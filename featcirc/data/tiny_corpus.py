@@ -1,4 +1,4 @@
-"""Sentences in the tiny model's training distribution (DESIGN §10), generated deterministically.
+"""Sentences in the tiny model's training distribution (docs/design.md §10), generated deterministically.
 
 The same generator as ``experiments/train_tiny.py`` (steps 1-2): IOI narratives and SVA sentences
 from :mod:`featcirc.data.tasks` (prompt + its correct answer + a short continuation) plus filler

@@ -1,4 +1,4 @@
-"""Faithfulness and completeness of circuits (DESIGN §9).
+"""Faithfulness and completeness of circuits (docs/design.md §9).
 
 Every node outside the circuit ``C`` is ablated: at each spliced site the stream is re-encoded,
 features and errors not in ``C`` take their ablation value, nodes in ``C`` are not ablated: they

@@ -1,10 +1,8 @@
-"""Agreement between attribution methods: per-pair score cells and their correlations."""
+"""Agreement between attribution methods: correlations of score cells (``NodeScores.cell_groups``)."""
 
 from __future__ import annotations
 
 import numpy as np
-
-from featcirc.sites import Site
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -15,26 +13,19 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def average_ranks(a: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1, tied values sharing the mean of their ranks."""
+    a = np.asarray(a, dtype=np.float64)
+    order = np.argsort(a, kind="stable")
+    ranks = np.empty(len(a))
+    ranks[order] = np.arange(len(a), dtype=np.float64)
+    _, first, counts = np.unique(a[order], return_index=True, return_counts=True)
+    for start, n in zip(first, counts):
+        if n > 1:
+            ranks[order[start:start + n]] = start + (n - 1) / 2
+    return ranks
+
+
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rho: Pearson's r of the ranks (ties ranked by order)."""
-    rank = lambda a: np.argsort(np.argsort(a, kind="stable"), kind="stable").astype(float)  # noqa: E731
-    return pearson(rank(np.asarray(x)), rank(np.asarray(y)))
-
-
-def score_cells(records, level: str) -> dict[str, np.ndarray]:
-    """Every pair's per-position indirect effects (``BatchRecord.ie``), flattened and grouped by site
-    kind (embed / resid / attn / mlp) and, at feature level, by node kind (feature / error). The
-    order of cells is the same for every method run on the same data, so groups can be correlated."""
-    groups: dict[str, list[np.ndarray]] = {}
-    for rec in records:
-        for s, (ie_f, ie_v) in rec.ie.items():
-            kind = Site.parse(s).kind
-            v = ie_v.flatten().numpy()
-            groups.setdefault(kind, []).append(v)
-            if level == "feature":
-                groups.setdefault("error", []).append(v)
-            if ie_f is not None:
-                f = ie_f.flatten().numpy()
-                groups[kind].append(f)
-                groups.setdefault("feature", []).append(f)
-    return {k: np.concatenate(v) for k, v in groups.items()}
+    """Spearman's rho: Pearson's r of the ranks, ties given their average rank."""
+    return pearson(average_ranks(x), average_ranks(y))

@@ -1,7 +1,7 @@
 """Export circuits: node-link JSON, GraphML, Graphviz DOT and attribution-graph JSON (Neuronpedia,
 circuit-tracer; :mod:`featcirc.export.neuronpedia`, :mod:`featcirc.export.graph_files`).
 
-Every writer is atomic (``featcirc.io``) and never re-runs a model (DESIGN §1).
+Every writer is atomic (``featcirc.io``) and never re-runs a model (docs/design.md §1).
 
 ``circuit.json`` is networkx node-link JSON that networkx's *default* ``nx.node_link_graph(data)``
 reads back on every networkx 3.x: networkx 3.6 reads the edges from ``"edges"`` by default, 3.4 and

@@ -307,7 +307,7 @@ def draw_circuit(G: nx.DiGraph, path: "str | os.PathLike[str]", *, title: str = 
 
 def plot_faithfulness(curves: dict[str, Sequence[tuple[int, float]]], path: "str | os.PathLike[str]", *,
                       title: str = "") -> Path:
-    """Faithfulness F against circuit size, one line per method (DESIGN §9); log x axis
+    """Faithfulness F against circuit size, one line per method (docs/design.md §9); log x axis
     (symlog, linear below 1 so an empty circuit still shows), reference lines at F = 0 and 1."""
     if not curves:
         raise ValueError("no faithfulness curves to plot (curves is empty)")
