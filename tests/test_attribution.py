@@ -207,3 +207,19 @@ def test_pair_effects_average_to_the_scores():
         assert feats.shape[0] == vec.shape[0] == data.n_pairs
         assert torch.allclose(vec.mean(0), nodes.vectors[s], atol=1e-6)
         assert torch.allclose(feats.mean(0), nodes.features[s], atol=1e-6)
+
+
+def test_per_node_rule_overrides_take_each_node_from_its_rules():
+    """relp-feat-grad: features scored as AtP, error nodes as RelP; relp-attn-grad: attention sites as
+    RelP without the AH-rule, every other site as RelP. One extra backward per extra rule set."""
+    model = make_model("gemma3")
+    saes = make_saes(model)
+    data = make_dataset()
+    run = lambda m: score_nodes(model, data, method=m, level="feature", saes=saes, progress=False)  # noqa: E731
+    relp, atp, no_ah = run("relp"), run("atp"), run("relp-no-ah")
+    feat, attn = run("relp-feat-grad"), run("relp-attn-grad")
+    for s in relp.sites:
+        assert torch.equal(feat.features[s], atp.features[s]) and torch.equal(feat.vectors[s], relp.vectors[s])
+        want = no_ah if s.startswith("attn") else relp
+        assert torch.equal(attn.features[s], want.features[s]) and torch.equal(attn.vectors[s], want.vectors[s])
+    assert feat.cost.backward_passes == attn.cost.backward_passes == 2 * relp.cost.backward_passes

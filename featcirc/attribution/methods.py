@@ -43,17 +43,32 @@ class UnknownMethodError(ValueError):
 
 @dataclass(frozen=True)
 class Method:
-    """A registered attribution method."""
+    """A registered attribution method.
+
+    ``overrides``: per-node rule choices for gradient estimators, ``((selector, rules), ...)``; a selector
+    ``"<site kind>/<node kind>"`` (``*`` matches any; e.g. ``"attn/*"``, ``"*/feature"``) picks the rules
+    whose backward pass gives those nodes' gradients (first match wins, else ``rules``). Each distinct
+    rule set costs one more clean forward and backward. Edge Jacobians use ``rules``.
+    """
 
     name: str
     estimator: Estimator
     rules: LRPRules = field(default_factory=LRPRules.none)
     description: str = ""
+    overrides: tuple[tuple[str, LRPRules], ...] = ()
 
     @property
     def has_edges(self) -> bool:
         """Whether edge scores exist for this method (every estimator with gradients)."""
         return self.estimator != "exact"
+
+    def rules_for(self, site_kind: str, node_kind: str) -> LRPRules:
+        """The rules whose gradient scores nodes of that kind at sites of that kind."""
+        for selector, rules in self.overrides:
+            want_site, _, want_node = selector.partition("/")
+            if want_site in ("*", site_kind) and want_node in ("*", "", node_kind):
+                return rules
+        return self.rules
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -105,3 +120,10 @@ register(Method("relp-no-ln", "gradient", LRPRules(ln=False), "RelP without the 
 register(Method("relp-no-ah", "gradient", LRPRules(attention=False), "RelP without the AH-rule"))
 register(Method("relp-no-act", "gradient", LRPRules(activation=False), "RelP without the identity rule"))
 register(Method("relp-no-half", "gradient", LRPRules(gate=False), "RelP without the half-rule"))
+# per-node rule choices (experiments/rule_variants.py measures them)
+register(Method("relp-attn-grad", "gradient", LRPRules(),
+                "RelP, but attention-output nodes scored without the AH-rule",
+                overrides=(("attn/*", LRPRules(attention=False)), ("z/*", LRPRules(attention=False)))))
+register(Method("relp-feat-grad", "gradient", LRPRules(),
+                "RelP for error and component nodes, plain gradients (AtP) for SAE features",
+                overrides=(("*/feature", LRPRules.none()),)))

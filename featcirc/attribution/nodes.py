@@ -73,7 +73,7 @@ def record_batch(splice: Splice, batch: PairBatch, method: Method, ig_steps: int
     """Run one estimator on one batch (docs/design.md §5)."""
     patch, _, m_patch = _record(splice, batch.patch, batch, cost)
     if method.estimator == "gradient":
-        clean, grads, resid_pre, m_clean = _gradients(splice, batch, method.rules, cost)
+        clean, grads, resid_pre, m_clean = _gradients_by_rules(splice, batch, method, cost)
         effects = {s: _dot(grads[s], clean[s] - patch[s]) for s in splice.sites}
     else:
         clean, resid_pre, m_clean = _record(splice, batch.clean, batch, cost)
@@ -119,6 +119,21 @@ def _gradients(splice: Splice, batch: PairBatch, rules: LRPRules, cost: Cost):
         node_grads[s] = SiteState(g_f, _or_zeros(next(grads), st.vector))
         clean[s] = st.detach()
     return clean, node_grads, dict(resid_pre), m.detach()
+
+
+def _gradients_by_rules(splice: Splice, batch: PairBatch, method: Method, cost: Cost):
+    """:func:`_gradients` once per distinct rule set of the method's nodes (one pass without overrides)."""
+    clean, grads, resid_pre, m = _gradients(splice, batch, method.rules, cost)
+    kinds = {s: ("feature" if splice.has_sae(s) else None, "error" if splice.has_sae(s) else "component")
+             for s in splice.sites}
+    needed = {method.rules_for(s.kind, k) for s, ks in kinds.items() for k in ks if k} - {method.rules}
+    for rules in needed:
+        _, other, _, _ = _gradients(splice, batch, rules, cost)
+        for s, (fk, vk) in kinds.items():
+            f = other[s].features if fk and method.rules_for(s.kind, fk) == rules else grads[s].features
+            v = other[s].vector if method.rules_for(s.kind, vk) == rules else grads[s].vector
+            grads[s] = SiteState(f, v)
+    return clean, grads, resid_pre, m
 
 
 def _or_zeros(grad: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
