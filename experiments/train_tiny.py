@@ -37,17 +37,11 @@ from featcirc.data import PromptPair, tokenize_pairs, write_pairs
 from featcirc.io import write_json, write_text
 from featcirc.metric import logit_diff
 from featcirc.sites import all_sites
+from featcirc.data.tiny_corpus import _tup, build_corpus
 from featcirc.models.tiny import HELDOUT_FILES, TINY_DIR, build_tokenizer, n_parameters, tiny_config
 
 
 HELDOUT_TEMPLATE_INDEX = 2  # "After {X} and {Y} arrived at the {PLACE}, {B} handed a {OBJECT} to"
-TAILS = {  # continuation after an SVA answer verb, by singular form
-    "is": ("happy", "here", "tired", "late"), "has": ("left", "won", "eaten"),
-    "was": ("happy", "here", "tired", "late"), "does": ("well", "not", "so"),
-    "goes": ("home", "away", "out"),
-}
-ADJECTIVES = ("happy", "tired", "late", "busy", "quiet", "kind", "here", "there")
-
 
 # --------------------------------------------------------------------------------------------
 # 1. vocabulary split
@@ -79,89 +73,6 @@ def split_vocab(seed: int, frac: float = 0.2) -> dict[str, Any]:
         "ioi_heldout_names_kwargs": {"names": held_names,
                                      "templates": {k: list(v) for k, v in tasks.IOI_TEMPLATES.items()}},
     }
-
-
-def _tup(pairs: Sequence[Sequence[str]]) -> list[tuple[str, str]]:
-    return [(a, b) for a, b in pairs]
-
-
-# --------------------------------------------------------------------------------------------
-# 2. corpus
-# --------------------------------------------------------------------------------------------
-def _sva_sentence(p: PromptPair, rng: random.Random, clean: bool) -> str:
-    prefix, ans = (p.clean_prefix, p.clean_answer) if clean else (p.patch_prefix, p.patch_answer)
-    verb = ans.strip()
-    sing = {pl: s for s, pl in tasks.VERB_PAIRS}.get(verb, verb)
-    return f"{prefix}{ans} {rng.choice(TAILS.get(sing, ADJECTIVES))}."
-
-
-def filler_sentence(rng: random.Random, split: dict[str, Any]) -> str:
-    """One filler sentence: names (all, held-out included), places, objects and nouns in simple
-    sentences. Held-out nouns show their number only through a transitive verb (likes/like, ...),
-    never with the SVA answer verbs (is/are, has/have, ...)."""
-    names = list(tasks.NAMES)
-    a, b = rng.sample(names, 2)
-    place, obj, place2 = rng.choice(tasks.PLACES), rng.choice(tasks.OBJECTS), rng.choice(tasks.PLACES)
-    noun = rng.choice(tasks.NOUNS)
-    pp = rng.choice(tasks.PP_NOUNS)
-    num = rng.randrange(2)
-    rv, rv2 = rng.choice(tasks.RC_VERBS), rng.choice(tasks.RC_VERBS)
-    vp = rng.choice(tasks.VERB_PAIRS)
-    adj = rng.choice(ADJECTIVES)
-    prep = rng.choice(tasks.PREPOSITIONS)
-    train_noun = tuple(rng.choice(split["train_nouns"]))
-    who = (a, b)[rng.randrange(2)]
-    templates = [
-        f"{a} went to the {place}.",
-        f"{a} has a {obj}.",
-        f"{a} and {b} went to the {place} together.",
-        f"{a} likes the {place}.",
-        f"{a} found a {obj} at the {place}.",
-        f"{a} went to the {place}. Then {a} ate a {obj}.",
-        f"{a} was at the {place}, and {a} was {adj}.",
-        f"{a} and {b} are friends.",
-        f"{a} saw {b} at the {place}.",
-        f"{a} met {b} at the {place}. {a} was {adj}.",
-        f"{a} {rv[0]} {b}.",
-        f"The {noun[num]} {rv[num]} the {pp[rng.randrange(2)]}.",
-        f"The {noun[num]} {rv[num]} {a}.",
-        f"{a} {rv[0]} the {noun[num]}.",
-        f"The {noun[num]} went to the {place}.",
-        f"The {pp[num]} {vp[num]} {prep} the {place}.",
-        f"The {obj} is on the {pp[0]}.",
-        f"The {train_noun[num]} {vp[num]} {adj}.",
-        f"{a} took the {obj} from the {place} to the {place2}.",
-        f"The {noun[num]} and {a} went to the {place}.",
-        f"{a} gave a {obj} to the {noun[num]}.",
-        f"The {noun[num]} {prep} the {pp[rng.randrange(2)]} {rv[num]} the {place}.",
-        # generic copying of names from context (no indirect-object selection)
-        f"{a} and {b} went to the {place}. {a} and {b} were {adj}.",
-        f"{a} saw a {obj}. Then {a} took the {obj} home.",
-        f"{a} gave a {obj} to {b}. {b} was {adj}.",
-        f"{a} and {b} were at the {place}. Then {who} went home.",
-        # a noun in object position carrying its number into a subject relative clause
-        f"{a} {rv[0]} the {noun[num]} that {rv2[num]} the {pp[rng.randrange(2)]}.",
-        f"{a} met the {noun[num]} that {rv2[num]} {b}.",
-    ]
-    return templates[rng.randrange(len(templates))]
-
-
-def build_corpus(split: dict[str, Any], seed: int, n_ioi: int, n_sva: int, n_filler: int) -> list[str]:
-    """The training sentences, deterministic for ``seed`` and shuffled."""
-    rng = random.Random(seed)
-    out: list[str] = []
-    ioi = tasks.ioi_pairs(n_ioi, seed + 1, names=split["train_names"], templates=split["train_templates"])
-    for p in ioi:
-        out.append(p.clean_prefix + p.clean_answer + ".")
-        out.append(p.patch_prefix + p.patch_answer + ".")
-    nouns = _tup(split["train_nouns"])
-    for i, s in enumerate(tasks.SVA_STRUCTURES):
-        for p in tasks.sva_pairs(s, n_sva, seed + 2 + i, nouns=nouns):
-            out.append(_sva_sentence(p, rng, True))
-            out.append(_sva_sentence(p, rng, False))
-    out += [filler_sentence(rng, split) for _ in range(n_filler)]
-    rng.shuffle(out)
-    return out
 
 
 def corpus_words(sentences: Sequence[str]) -> list[str]:
