@@ -29,10 +29,10 @@
   Jacobian is the identity), the projection on the upstream candidates and the ``max_nodes^2`` sums.
 - *runtime*: the framework's own memory (kernels' workspaces, a CUDA context on a GPU).
 
-Measured on tiny-model runs (RelP, AtP, IG, feature and component level, 1 to 128 pairs) the
-estimate is 0.9 to 1.9 times the peak resident-memory growth, up to 3.3 times with thousands of
-edge candidates (how many candidates share a backward depends on which features are active together,
-which only the data decides): it leans towards overestimating, and ignores allocator fragmentation.
+On the tiny-model runs of ``tests/test_memory.py`` the estimate is about 0.95x and 1.8x the
+measured peak resident-memory growth. It leans towards overestimating, most with thousands of edge
+candidates (how many of them share a backward depends on which features are active together, which
+only the data decides), and it ignores allocator fragmentation.
 :func:`fit_to_budget` picks the largest ``batch_size``, then the largest ``max_rows`` (the edge pass's
 rows per backward: results do not depend on it) whose estimate fits ``--max-memory``, then gives what
 is left to ``record_bytes``.
