@@ -115,10 +115,15 @@ class Splice:
         """``[F, d]``: ``dec(e_i) - dec(0)``, the (affine) decoder's direction for each feature."""
         if site not in self._dirs:
             sae = self.saes[site]
+            F, w = int(sae.cfg.d_sae), sae.W_dec
             with torch.no_grad():
-                eye = torch.eye(int(sae.cfg.d_sae), device=sae.W_dec.device, dtype=sae.W_dec.dtype)
-                zero = torch.zeros(1, int(sae.cfg.d_sae), device=sae.W_dec.device, dtype=sae.W_dec.dtype)
-                self._dirs[site] = (sae.decode(eye) - sae.decode(zero)).detach()
+                base = sae.decode(torch.zeros(1, F, device=w.device, dtype=w.dtype))
+                rows = []
+                for i in range(0, F, 1024):  # one-hot blocks: never an F x F matrix
+                    block = torch.zeros(min(1024, F - i), F, device=w.device, dtype=w.dtype)
+                    block[torch.arange(block.shape[0]), torch.arange(i, i + block.shape[0])] = 1
+                    rows.append(sae.decode(block) - base)
+                self._dirs[site] = torch.cat(rows).detach()
         return self._dirs[site]
 
     def encoder_directions(self, site: Site) -> torch.Tensor:
