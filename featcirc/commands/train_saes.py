@@ -106,8 +106,11 @@ def run(args, progress: bool) -> int:
     sites = parse_sites(model, site_spec)
     logger.info("training %d SAEs (%s) on %d tokens each -> %s", len(sites), ", ".join(s.name for s in sites),
                 settings.tokens, out)
-    command = "featcirc train-saes " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == [
-        "train-saes"] else "featcirc train-saes " + _flags_text(args)
+    if "train-saes" in sys.argv[1:]:  # the command line as typed (python -m featcirc / featcirc)
+        rest = sys.argv[sys.argv.index("train-saes") + 1:]
+        command = "featcirc train-saes " + " ".join(shlex.quote(a) for a in rest)
+    else:  # called through featcirc.cli.main(argv)
+        command = "featcirc train-saes " + _flags_text(args)
     info = train_saes(model, sites, corpus, out, settings, model_name=model_name, command=command,
                       force=args.force, progress=progress)
     worst = min(info["saes"].items(), key=lambda kv: kv[1].get("ce_recovered", kv[1]["fve"]))

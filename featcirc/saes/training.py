@@ -209,10 +209,9 @@ def evaluate_saes(model: Any, saes: Mapping[str, Any], windows: torch.Tensor, *,
         toks = windows[b:min(b + batch_windows, ce_n)].to(device)
         keep = keep_mask(toks)
         logits, cache = model.run_with_cache(toks, names_filter=lambda h: h in starts, prepend_bos=False)
-        for key, lg in [("clean", logits)]:
-            t, c = _next_token_ce(lg, toks, pad_id)
-            tot[key][0] += t
-            tot[key][1] += c
+        t, c = _next_token_ce(logits, toks, pad_id)
+        tot["clean"][0] += t
+        tot["clean"][1] += c
         del logits
         for s in sites:
             for kind in ("sae", "zero"):
@@ -312,6 +311,8 @@ def train_saes(model: Any, sites: Sequence["Site | str"], corpus: Corpus, out: "
     pad_id = None if settings.pack else getattr(tok, "pad_token_id", None)
     held = token_windows(model, held_c, settings.context_size, max_tokens=settings.eval_tokens, pack=settings.pack)
     ce_windows = max(1, math.ceil(settings.ce_eval_tokens / settings.context_size))
+    # windows enough for one pass: training + norm-estimation batches + what the mixing buffer keeps,
+    # scaled from training tokens (BOS excluded) to window tokens
     norm_tokens = settings.norm_estimate_batches * settings.batch_tokens
     want = settings.tokens + norm_tokens + settings.buffer_windows * settings.context_size
     want = int(want * settings.context_size / (settings.context_size - 1)) + settings.context_size
