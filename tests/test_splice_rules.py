@@ -163,3 +163,44 @@ def test_each_rule_changes_gradient_only_across_its_component(arch_name):
         for n in names[:-1]:
             assert torch.allclose(plain[n], ruled[n], atol=1e-7), (rule, n)
         assert not torch.allclose(plain[names[-1]], ruled[names[-1]], atol=1e-6), (rule, names[-1])
+
+
+@pytest.mark.parametrize("kind", ["standard", "topk", "jumprelu", "topk-rescaled"])
+def test_encoder_directions_are_the_encoder_jacobian(kind):
+    """d f_i / d x = E_i wherever f_i != 0, for every supported SAE family."""
+    from sae_lens import (JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE,
+                          TopKSAEConfig)
+
+    torch.manual_seed(0)
+    d, F = 16, 40
+    sae = {"standard": lambda: StandardSAE(StandardSAEConfig(d_in=d, d_sae=F)),
+           "topk": lambda: TopKSAE(TopKSAEConfig(d_in=d, d_sae=F, k=5)),
+           "topk-rescaled": lambda: TopKSAE(TopKSAEConfig(d_in=d, d_sae=F, k=5, rescale_acts_by_decoder_norm=True)),
+           "jumprelu": lambda: JumpReLUSAE(JumpReLUSAEConfig(d_in=d, d_sae=F))}[kind]()
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0, 0.5)
+        if kind == "jumprelu":
+            sae.threshold.abs_()
+    sae.cfg.metadata.hook_name = "blocks.0.hook_resid_post"
+    model = make_model("gpt2")
+    splice = Splice(model, {"resid.0": sae})
+    E = splice.encoder_directions("resid.0")
+    x = torch.randn(5, d, requires_grad=True)
+    f = sae.encode(x)
+    for i in torch.nonzero(f[0]).flatten().tolist()[:3]:
+        g = torch.autograd.grad(f[0, i], x, retain_graph=True)[0][0]
+        assert torch.allclose(g, E[i], atol=1e-5)
+
+
+def test_encoder_directions_reject_a_per_token_normalised_encoder():
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=24, normalize_activations="layer_norm"))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0, 0.5)
+    sae.cfg.metadata.hook_name = "blocks.0.hook_resid_post"
+    splice = Splice(make_model("gpt2"), {"resid.0": sae})
+    with pytest.raises(ValueError, match="affine encoder"):
+        splice.encoder_directions("resid.0")

@@ -18,6 +18,7 @@ At ``z.L`` sites (``blocks.L.attn.hook_z``, ``[B,T,H,d_head]``) the heads are fl
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Mapping, Optional
@@ -190,36 +191,34 @@ class Splice:
 
 
 def _encoder_directions(site: Site, sae) -> torch.Tensor:
-    act_fn = getattr(sae, "activation_fn", None)
-    if not isinstance(act_fn, torch.nn.Module):
+    if not isinstance(getattr(sae, "activation_fn", None), torch.nn.Module):
         raise ValueError(f"the SAE at {site} ({type(sae).__name__}) has no activation module to read its "
                          "encoder from; edges need a SAELens ReLU, TopK or JumpReLU SAE")
+    w = sae.W_dec.detach()
+    d = int(sae.cfg.d_in)
+    exact = copy.deepcopy(sae).to(torch.float64)  # pre(e_k) - pre(0) cancels: read it in double precision
     seen: list[torch.Tensor] = []
-    handle = act_fn.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    handle = exact.activation_fn.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
     try:
-        d = int(sae.cfg.d_in)
-        w = sae.W_dec
         with torch.no_grad():
-            basis = torch.cat([torch.zeros(1, d, dtype=w.dtype, device=w.device),
-                               torch.eye(d, dtype=w.dtype, device=w.device)])
-            sae.encode(basis)
-            pre = seen[-1]
-            directions = (pre[1:] - pre[:1]).T.contiguous()  # [F, d]
-        # check: the Jacobian of f at random inputs is diag(f != 0) @ directions
-        g = torch.Generator(device="cpu").manual_seed(0)
-        scale = float(w.norm(dim=-1).mean()) or 1.0
-        x = (torch.randn(8, d, generator=g) * scale * 4).to(w.device, w.dtype).requires_grad_()
-        with torch.enable_grad():
-            f = sae.encode(x)
-            probe = torch.randn(f.shape, generator=g).to(f.device, f.dtype)
-            got = torch.autograd.grad((f * probe).sum(), x)[0]
-        want = ((f != 0) * probe).detach() @ directions
-        if not torch.allclose(got, want, rtol=1e-3, atol=1e-4 * float(want.abs().max() + 1e-12)):
-            raise ValueError(f"the SAE at {site} ({type(sae).__name__}) is not a ReLU/TopK/JumpReLU SAE with an "
-                             "affine encoder (e.g. it normalises every input by its norm); edges need one")
-        return directions
+            exact.encode(torch.cat([torch.zeros(1, d, dtype=torch.float64, device=w.device),
+                                    torch.eye(d, dtype=torch.float64, device=w.device)]))
     finally:
         handle.remove()
+    directions = (seen[-1][1:] - seen[-1][:1]).T.contiguous().to(w.dtype)  # [F, d]
+    # check: the Jacobian of f at random inputs is diag(f != 0) @ directions
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = (torch.randn(8, d, generator=g) * 4 * float(w.norm(dim=-1).mean() or 1.0)).to(w.device, w.dtype)
+    x.requires_grad_()
+    with torch.enable_grad():
+        f = sae.encode(x)
+        probe = torch.randn(f.shape, generator=g).to(f.device, f.dtype)
+        got = torch.autograd.grad((f * probe).sum(), x)[0]
+    want = ((f != 0) * probe).detach() @ directions
+    if not torch.allclose(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max() + 1e-12)):
+        raise ValueError(f"the SAE at {site} ({type(sae).__name__}) is not a ReLU/TopK/JumpReLU SAE with an "
+                         "affine encoder (e.g. it normalises every input by its norm); edges need one")
+    return directions
 
 
 def _as_hook(fn: SiteFn, flatten_heads: bool):
