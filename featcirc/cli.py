@@ -1,16 +1,36 @@
 """``featcirc`` command line. Each command is a module of :mod:`featcirc.commands` with ``HELP``,
-``add_arguments(parser)`` and ``run(args, progress) -> exit code``; :data:`COMMANDS` lists them."""
+``add_arguments(parser)`` and ``run(args, progress) -> exit code``; :data:`COMMANDS` lists them.
+
+Conventions (docs/design.md §12): bad input is one line on stderr and exit 2, found before any model
+loads (this module and the commands' checks import no torch); Ctrl-C (or SIGTERM) prints one line,
+leaves every output as it was and exits 130 (143); no traceback for either. Options are never a
+prefix of ``torchrun``'s, so ``torchrun ... -m featcirc discover ...`` passes them through (``--n``,
+kept as an alias of ``--pairs``, is the one exception: use ``--pairs`` under torchrun).
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
+import signal
 import sys
 from typing import Optional, Sequence
 
 COMMANDS: tuple[str, ...] = ("discover", "evaluate", "export", "view", "compare", "demo", "train-saes", "features")
 """Command names, each a module ``featcirc.commands.<name>`` (``-`` in a name is ``_`` in its module)."""
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
+               NotADirectoryError, KeyError, ImportError)
+"""Exceptions that are the input's fault: reported in one line, exit 2 (``ModelLoadError`` too)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A termination signal (SIGTERM) turned into an interrupt, so that cleanup runs as for Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _module(name: str):
@@ -18,27 +38,67 @@ def _module(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="featcirc", description=(
+    from featcirc.commands.common import DEFAULT_THREADS, HelpFormatter
+
+    ap = argparse.ArgumentParser(prog="featcirc", formatter_class=HelpFormatter, description=(
         "Sparse feature circuits: SAEs spliced with error nodes, RelP / IG / AtP / activation-patching "
         "attribution, pruned networkx circuits, faithfulness and export."))
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
+    ap.add_argument("--threads", type=int, default=None, metavar="N",
+                    help=f"torch CPU threads; 0: torch's default, one per core (default: OMP_NUM_THREADS when "
+                         f"set, else {DEFAULT_THREADS}: faster than more threads on a small shared CPU)")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         mod = _module(name)
-        mod.add_arguments(sub.add_parser(name, help=mod.HELP, description=mod.HELP))
+        mod.add_arguments(sub.add_parser(name, help=mod.HELP, description=mod.HELP, formatter_class=HelpFormatter))
     return ap
+
+
+def _is_user_error(e: BaseException) -> bool:
+    if isinstance(e, USER_ERRORS):
+        return True
+    loading = sys.modules.get("featcirc.models.loading")  # imported only if a model was asked for
+    return loading is not None and isinstance(e, loading.ModelLoadError)
+
+
+def _target(args) -> str:
+    out = getattr(args, "out", None) or getattr(args, "dir", None)
+    return str(out) if out else "the output"
+
+
+def _raise_interrupted(signum, frame) -> None:  # noqa: ARG001
+    raise Interrupted(signum)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="featcirc: %(message)s")
-    from featcirc.models.loading import ModelLoadError
-
+    previous = signal.getsignal(signal.SIGTERM)
     try:
+        signal.signal(signal.SIGTERM, _raise_interrupted)
+        installed = True
+    except ValueError:  # not the main thread: leave signals alone
+        installed = False
+    try:
+        if args.threads is not None and args.threads < 0:
+            raise ValueError(f"--threads must be a whole number >= 0 (0: torch's default), got {args.threads}")
         return _module(args.command).run(args, progress=not args.quiet)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError, ModelLoadError) as e:
-        print(f"featcirc {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"featcirc {args.command}: interrupted; nothing written to {_target(args)}", file=sys.stderr)
+        return 128 + int(signum)
+    except Exception as e:
+        if _is_user_error(e):
+            print(f"featcirc {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        if type(e).__name__ == "OutOfMemoryError":
+            print(f"featcirc {args.command}: error: out of GPU memory ({e}); use a smaller --batch-size or "
+                  "--max-nodes", file=sys.stderr)
+            return 1
+        raise
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from transformers import PreTrainedTokenizerFast
 from featcirc.data import tasks
 from featcirc.data import (DataError, PairDataset, PromptPair, load_pairs, read_pairs, tokenize_pairs,
                            write_pairs)
+from featcirc.data.load import run_pairs
+from featcirc.data.pairs import DROP_LIMIT
 from featcirc.metric import logit_diff, logit_diff_full
 
 SVA_DIR = Path(__file__).parents[1].parent / "shared" / "data" / "sva"
@@ -169,7 +171,7 @@ def test_tokenize_keeps_good_pairs_and_counts_drops(model, caplog):
     assert ds.n_pairs == 4
     assert ds.summary() == ("kept 4 of 9 pairs from mem; dropped: 1 multi-token answer, "
                             "1 unequal clean/patch length, 1 same answer, 1 unknown-token answer, "
-                            "1 identical clean/patch tokens")
+                            "1 identical clean/patch tokens; unknown words: 'zzyzx'")
     assert "kept 4 of 9" in caplog.text and "multi-token answer" in caplog.text
     # grouped by length (ascending), input order within a length, batch_size respected
     assert [b.pairs for b in ds.batches] == [[good[0]], [good[2]], [good[1]], [good[3]]]
@@ -282,8 +284,65 @@ def test_load_pairs_from_file(model, tmp_path):
     ds = load_pairs(model, data=f, n=None)
     assert ds.n_pairs == 10 and ds.dropped == {"multi-token answer": 1} and ds.source == str(f)
     ds = load_pairs(model, data=str(f), n=4)
-    assert ds.n_pairs == 4 and ds.dropped == {"multi-token answer": 1, "over max_pairs": 6}
+    assert ds.n_pairs == 4 and ds.dropped == {"multi-token answer": 1, DROP_LIMIT: 6}
     assert [p for b in ds.batches for p in b.pairs] == pairs[:4]
+    assert "6 over max_pairs (--pairs)" in ds.summary()  # the message names the option that caps the pairs
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.5])
+def test_a_pair_limit_below_one_is_an_error_that_names_the_option(model, bad):
+    pairs = tasks.make_task("sva-simple", 4, seed=0)
+    with pytest.raises(ValueError, match="--pairs"):
+        tokenize_pairs(model, pairs, max_pairs=bad)
+    with pytest.raises(ValueError, match="--pairs"):
+        load_pairs(model, task="ioi", n=bad)
+
+
+def test_pairs_differing_only_in_unknown_words_name_those_words():
+    """Two different words that both map to the unknown token make equal token lists: the pair is
+    dropped for its unknown words (not as "identical"), and when nothing survives the error lists them."""
+    m = make_model(exclude=("Ġdesk", "Ġdesks"))
+    pair = PromptPair("The author near the desk", "The author near the desks", " is", " are")
+    ok = PromptPair("The author", "The authors", " is", " are")
+    ds = tokenize_pairs(m, [ok, pair])
+    assert ds.dropped == {"unknown token in prompt": 1} and ds.unknown_words == ["desk", "desks"]
+    assert "unknown words: 'desk', 'desks'" in ds.summary()
+    with pytest.raises(DataError) as e:
+        tokenize_pairs(m, [pair], source="f.jsonl")
+    msg = str(e.value)
+    assert "not in the vocabulary of" in msg and "'desk', 'desks'" in msg and "identical" not in msg
+
+
+def test_reading_and_splitting_pairs_imports_no_torch(tmp_path):
+    """A command checks its data before torch is imported (docs/design.md §12)."""
+    import subprocess
+    import sys
+
+    f = write_pairs(tmp_path / "p.jsonl", tasks.make_task("sva-nounpp", 10, seed=0))
+    code = (f"import sys; from featcirc.data.load import run_pairs; r = run_pairs(data={str(f)!r}, n=4); "
+            "print(len(r.discovery), len(r.evaluation), r.split, "
+            "sorted(m for m in ('torch', 'transformer_lens', 'sae_lens') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "5 5 {'eval_fraction': 0.5, 'seed': 0} []"
+
+
+def test_run_pairs_splits_generated_pairs_for_about_n_discovery_pairs(tmp_path):
+    r = run_pairs(task="sva-nounpp", n=10, seed=3, eval_fraction=0.5)
+    assert (len(r.discovery), len(r.evaluation)) == (10, 10) and not set(r.discovery) & set(r.evaluation)
+    assert r.split == {"eval_fraction": 0.5, "seed": 3} and "n=20" in r.source
+    assert run_pairs(task="sva-nounpp", n=10, seed=3, eval_fraction=0.5).discovery == r.discovery  # seeded
+    none = run_pairs(task="ioi", n=6, eval_fraction=0)
+    assert len(none.discovery) == 6 and none.evaluation is None
+    f = write_pairs(tmp_path / "ev.jsonl", tasks.make_task("ioi", 3, seed=9))
+    given = run_pairs(task="ioi", n=6, eval_data=f)
+    assert len(given.discovery) == 6 and len(given.evaluation) == 3 and given.split == {"source": str(f)}
+    for bad in (1.0, -0.1, "half"):
+        with pytest.raises(DataError, match="--eval-fraction"):
+            run_pairs(task="ioi", n=6, eval_fraction=bad)
+    with pytest.raises(DataError, match="--pairs"):
+        run_pairs(task="ioi", n=0)
+    with pytest.raises(DataError, match="no such file"):
+        run_pairs(data=tmp_path / "missing.jsonl")
 
 
 def test_load_pairs_needs_exactly_one_source(model, tmp_path):

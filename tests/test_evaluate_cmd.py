@@ -19,9 +19,10 @@ FAST = ["--fractions", "0.1,0.5,1", "--bootstrap", "200"]
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
+    """A run discovered without a held-out split (--eval-fraction 0)."""
     out = tmp_path_factory.mktemp("eval") / "sva"
-    rc = main(["-q", "discover", "--model", "tiny", "--saes", "tiny", "--task", "sva-nounpp", "--n", "8",
-               "--method", "relp", "--max-nodes", "80", "--top-k", "20", "--out", str(out)])
+    rc = main(["-q", "discover", "--model", "tiny", "--saes", "tiny", "--task", "sva-nounpp", "--pairs", "8",
+               "--eval-fraction", "0", "--method", "relp", "--max-nodes", "80", "--top-k", "20", "--out", str(out)])
     assert rc == 0
     return out
 

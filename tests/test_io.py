@@ -61,3 +61,92 @@ def test_jsonable_makes_strict_json():
                     "t": torch.tensor([1.0]), "ok": [True, None, "s"]})
     assert out == {"nan": None, "inf": None, "1": [3, 0.5], "t": "tensor([1.])", "ok": [True, None, "s"]}
     assert type(out["1"][0]) is int and type(out["1"][1]) is float
+
+
+# ----------------------------------------------------------------------------- whole run directories
+from featcirc.io import OutputDirError, atomic_paths, check_out_dir, staged_dir  # noqa: E402
+
+
+def _hidden(parent):
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def test_staged_dir_appears_only_when_complete(tmp_path, umask):
+    umask(0o022)
+    out = tmp_path / "run"
+    with staged_dir(out) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".run.partial-")
+        (tmp / "a.txt").write_text("a")
+        assert not out.exists()  # nothing at --out while the run is being built
+    assert (out / "a.txt").read_text() == "a"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755  # as a plain mkdir under umask 022
+    assert _hidden(tmp_path) == []
+
+
+@pytest.mark.parametrize("interrupt", [RuntimeError("crash"), KeyboardInterrupt()])
+def test_failed_or_interrupted_run_leaves_out_absent(tmp_path, interrupt):
+    out = tmp_path / "new" / "deeper" / "run"
+    with pytest.raises(type(interrupt)):
+        with staged_dir(out) as tmp:
+            (tmp / "half.pt").write_text("x")
+            raise interrupt
+    assert not (tmp_path / "new").exists()  # parents made for the run go too: no empty --out behind
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_force_replaces_the_previous_run_only_at_the_end(tmp_path):
+    out = tmp_path / "run"
+    with staged_dir(out) as tmp:
+        (tmp / "old.txt").write_text("old")
+    with pytest.raises(FileExistsError, match="--force"):
+        with staged_dir(out):
+            pass
+    with pytest.raises(RuntimeError):
+        with staged_dir(out, force=True) as tmp:
+            (tmp / "new.txt").write_text("new")
+            assert (out / "old.txt").read_text() == "old"
+            raise RuntimeError("crash")
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]  # the previous complete run is intact
+    with staged_dir(out, force=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+        assert (out / "old.txt").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert _hidden(tmp_path) == []
+
+
+def test_an_empty_out_directory_is_filled_without_force(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    with staged_dir(out) as tmp:
+        (tmp / "a").write_text("a")
+    assert (out / "a").exists()
+
+
+def test_check_out_dir_refuses_files_and_unwritable_places(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(OutputDirError, match="is a file"):
+        check_out_dir(f, force=True)
+    with pytest.raises(OutputDirError, match="working directory"):
+        check_out_dir(".", force=True)
+    assert check_out_dir(tmp_path / "a" / "b", force=False) == tmp_path / "a" / "b"
+    assert not (tmp_path / "a").exists()  # checking writes nothing
+    if os.geteuid() != 0:  # root may write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        with pytest.raises(OutputDirError, match="may write"):
+            check_out_dir(ro / "run", force=False)
+
+
+def test_atomic_paths_replace_all_files_or_none(tmp_path):
+    a, b = write_text(tmp_path / "a.txt", "old a"), write_text(tmp_path / "b.txt", "old b")
+    with pytest.raises(RuntimeError):
+        with atomic_paths(a, b) as (ta, tb):
+            ta.write_text("new a")
+            raise RuntimeError("crash before b")
+    assert (a.read_text(), b.read_text()) == ("old a", "old b")
+    with atomic_paths(a, b) as (ta, tb):
+        ta.write_text("new a")
+        tb.write_text("new b")
+    assert (a.read_text(), b.read_text()) == ("new a", "new b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]

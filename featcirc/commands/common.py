@@ -1,29 +1,59 @@
-"""What the commands share: the run configuration (``run.json``), loading a model with its SAEs
-and the data, and CSV output.
+"""What the commands share (docs/design.md §12): the run configuration (``run.json``) and its checks,
+the shared options, starting torch (threads, device, dtype), loading a model with its SAEs and the
+data, the phase hook, and CSV output.
 
-A run directory holds ``run.json`` (what was run, so ``evaluate`` can reload the model and SAEs), the
-full scores (``nodes.pt``, ``edges.pt``: re-thresholding needs no model), the circuit in every export
-format, a drawing and ``summary.json``.
+A command first checks everything it can without a model (:meth:`RunConfig.check`,
+:mod:`featcirc.commands.checks`, :func:`featcirc.data.load.run_pairs`), with nothing heavy imported;
+then it starts torch (:func:`start_torch`) and loads. A run directory is built in a temporary
+sibling (:func:`featcirc.io.staged_dir`) and holds ``run.json`` (what was run, with its data split),
+the full scores (``nodes.pt``, ``edges.pt``), the circuit in every export format, drawings, the
+viewer and ``summary.json``.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import csv
 import io
 import logging
 import math
+import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
+from featcirc.commands.checks import (DTYPE_NAMES, InputError, check_device_name, check_dtype_name, check_float,
+                                      check_int, check_memory_size, check_model_name, check_sae_spec)
 from featcirc.io import write_text
 
 logger = logging.getLogger("featcirc")
 
+DEFAULT_THREADS = 1
+"""torch CPU threads when neither ``--threads`` nor ``OMP_NUM_THREADS`` says otherwise: measured on a busy
+2-core machine, one thread is as fast or faster than torch's default for these small tensors
+(``experiments/results/scale/threads.txt``)."""
+
+PAUSE_ENV = "FEATCIRC_PAUSE_AT"
+"""Test hook: a command that reaches the phase named here (see :func:`phase`) says so on stderr and
+waits (up to a minute) for a signal, so an interrupt can be sent at an exact point of a run."""
+
+TASK_CHOICES = ("ioi", "sva-simple", "sva-nounpp", "sva-rc", "sva-within-rc")
+LEVELS = ("feature", "component")
+AGGREGATIONS = ("none", "sum")
+
 
 @dataclass
 class RunConfig:
-    """What a discover run used; stored as ``run.json``."""
+    """What a discover run used; stored as ``run.json`` (with the data split under ``"split"``).
+
+    ``n``: discovery pairs (``--pairs``); ``eval_fraction``: the share of the pairs held out for
+    evaluation (0: none), or ``eval_data``: a file of evaluation pairs instead; ``eval_pairs``: how
+    many of them ``discover`` measures the exported circuit on (None: all; ``eval_pairs.jsonl``
+    keeps them all for ``evaluate``); ``max_memory``: the attribution's memory budget per process
+    (:func:`featcirc.memory.fit_to_budget`; None: batch size as given, records kept up to 1 GiB)."""
 
     model: str
     saes: Optional[str]
@@ -40,10 +70,200 @@ class RunConfig:
     node_threshold: Optional[float] = None
     top_k: Optional[int] = 100
     edge_threshold: float = 0.0
+    eval_fraction: Optional[float] = 0.5
+    eval_data: Optional[str] = None
+    eval_pairs: Optional[int] = None
+    max_memory: Optional[str] = None
+    device: str = "auto"
+    dtype: str = "float32"
 
     @property
     def source(self) -> dict:
         return dict(data=self.data, task=self.task, n=self.n, seed=self.seed, batch_size=self.batch_size)
+
+    def check(self) -> Optional[dict]:
+        """Every check that needs no model (options in range, known method, level and aggregation,
+        device and dtype names, model name, SAE directories); returns the model's shape where it is
+        known without loading it. Raises :class:`~featcirc.commands.checks.InputError`."""
+        from featcirc.attribution.methods import get_method
+
+        if (self.data is None) == (self.task is None):
+            raise InputError("give exactly one of --data FILE or --task NAME")
+        if self.task is not None and self.task not in TASK_CHOICES:
+            raise InputError(f"unknown --task {self.task!r}; choose one of {', '.join(TASK_CHOICES)}")
+        method = get_method(self.method)  # UnknownMethodError (a ValueError) lists the known ones
+        if not method.has_edges:
+            raise InputError(f"--method {self.method} scores nodes only (no edges), so it cannot build a circuit; "
+                             "use relp, atp or ig (compare runs exact patching against them)")
+        if self.level not in LEVELS:
+            raise InputError(f"unknown --level {self.level!r}; choose feature or component")
+        if self.aggregation not in AGGREGATIONS:
+            raise InputError(f"unknown --aggregation {self.aggregation!r}; choose none or sum")
+        if self.level == "feature" and not self.saes:
+            raise InputError("feature-level circuits need SAEs: pass --saes (e.g. --saes tiny), or use --level component")
+        check_int(self.n, "--pairs", what="the prompt pairs to discover the circuit on")
+        check_int(self.seed, "--seed", minimum=0, allow_none=False)
+        check_int(self.batch_size, "--batch-size", allow_none=False)
+        check_int(self.ig_steps, "--ig-steps", allow_none=False, what="interpolation steps of integrated gradients")
+        check_int(self.max_nodes, "--max-nodes", what="edges are scored among the top N nodes")
+        check_int(self.top_k, "--top-k", what="nodes kept in the circuit")
+        check_float(self.node_threshold, "--node-threshold")
+        check_float(self.edge_threshold, "--edge-threshold", allow_none=False)
+        check_int(self.eval_pairs, "--eval-pairs", what="held-out pairs to measure the circuit on")
+        if self.eval_data is None:
+            check_float(self.eval_fraction, "--eval-fraction", below=1.0, what="share of the pairs held out; 0: none")
+        check_memory_size(self.max_memory)
+        check_device_name(self.device)
+        check_dtype_name(self.dtype)
+        shape = check_model_name(self.model)
+        check_sae_spec(self.saes, shape)
+        return shape
+
+
+# ------------------------------------------------------------------------------------- options
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` after every option whose default is a value (not None or False) and
+    whose help does not state it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.default in (None, False, argparse.SUPPRESS)
+                or "%(default)" in text):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def add_model_arguments(p, *, saes_help: str = "SAE set: tiny, a named set, or a directory of SAELens SAEs "
+                                                "(omit for --level component)") -> None:
+    p.add_argument("--model", required=True, help="tiny, gemma-3-270m, or a TransformerLens model name")
+    p.add_argument("--saes", help=saes_help)
+
+
+def add_device_arguments(p, *, dtype_default: Optional[str] = "float32") -> None:
+    """``--device`` and ``--dtype`` (for every command that loads a model)."""
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default=dtype_default,
+                   help="model and SAE dtype" + ("" if dtype_default else " (default: the run's)"))
+
+
+def add_data_arguments(p, *, required: bool = True, default_pairs: Optional[int] = 64,
+                       pairs_help: Optional[str] = None) -> None:
+    """``--data FILE | --task NAME``, ``--pairs`` (alias ``--n``), ``--seed``, ``--batch-size``."""
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("--data", help="feature-circuits JSONL file of prompt pairs")
+    g.add_argument("--task", choices=TASK_CHOICES, help="generate pairs for a built-in task")
+    p.add_argument("--pairs", "--n", dest="pairs", type=int, default=default_pairs, metavar="N",
+                   help=pairs_help or "prompt pairs to use (--n is an alias, not usable under torchrun)")
+    p.add_argument("--seed", type=int, default=0, help="seed of generated pairs and of the held-out split")
+    p.add_argument("--batch-size", type=int, default=16, help="prompt pairs per forward pass")
+
+
+def add_output_arguments(p, *, required: bool = True, default: Optional[str] = None) -> None:
+    p.add_argument("--out", required=required, default=default,
+                   help="run directory (built beside it and moved into place when complete)")
+    p.add_argument("--force", action="store_true",
+                   help="replace a previous run in --out (only once the new one is complete)")
+
+
+# ------------------------------------------------------------------------------- running phases
+def phase(name: str) -> None:
+    """Mark a phase of a command (``checked``, ``loaded``, ``scored``, ``written``): logged at debug
+    level, and the test hook :data:`PAUSE_ENV` pauses here."""
+    logger.debug("phase: %s", name)
+    if os.environ.get(PAUSE_ENV) == name:
+        print(f"featcirc: paused at {name}", file=sys.stderr, flush=True)
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            time.sleep(0.05)
+
+
+def resolve_threads(requested: Optional[int]) -> Optional[int]:
+    """torch CPU threads to set: ``--threads`` when given (0: None, torch's own default of one per
+    core), else None when ``OMP_NUM_THREADS`` is set (torch honours it), else :data:`DEFAULT_THREADS`."""
+    if requested is not None:
+        check_int(requested, "--threads", minimum=0, allow_none=False)
+        return requested or None
+    if os.environ.get("OMP_NUM_THREADS", "").strip():
+        return None
+    return DEFAULT_THREADS
+
+
+def start_torch(args) -> tuple[Any, Any]:
+    """Import torch (the first heavy import of a command), set its CPU threads and resolve
+    ``--device`` / ``--dtype``: returns ``(torch.device, torch.dtype)``; a GPU asked for on a machine
+    without one is a :class:`~featcirc.models.device.DeviceError` here, before anything loads."""
+    import torch
+
+    from featcirc.models.device import resolve_device, resolve_dtype
+
+    threads = resolve_threads(getattr(args, "threads", None))
+    if threads is not None:
+        torch.set_num_threads(threads)
+    device = resolve_device(getattr(args, "device", "auto") or "auto")
+    dtype = resolve_dtype(getattr(args, "dtype", None) or "float32")
+    return device, dtype
+
+
+def process_context(device: str):
+    """This process's place in a run (docs/design.md §13), :func:`featcirc.distributed.context`: one
+    process, or a rank of several started by torchrun; use it as a context manager."""
+    from featcirc.distributed import context
+
+    return context(device)
+
+
+@contextlib.contextmanager
+def stdout_to_log():
+    """Send what libraries print while loading (TransformerLens's "Moving model to device") to the
+    info log (silent under ``-q``) instead of stdout, which holds the command's own output."""
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            yield
+    finally:
+        for line in buf.getvalue().splitlines():
+            if line.strip():
+                logger.info("%s", line.strip())
+
+
+def load_model_and_saes(model_name: str, saes_spec: Optional[str], level: str, *, device: Any = "cpu",
+                        dtype: Any = None):
+    """The model (on ``device``, in ``dtype``) and, at feature level, its SAEs (which follow the
+    model's device and dtype). A SAELens failure on a bad SAE file becomes a clear ``ValueError``."""
+    import torch
+
+    from featcirc.models.loading import load_model
+    from featcirc.saes.loading import load_saes
+
+    if level == "feature" and not saes_spec:
+        raise InputError("feature-level circuits need SAEs: pass --saes (e.g. --saes tiny), or use --level component")
+    with stdout_to_log():
+        model = load_model(model_name, device=str(device), dtype=dtype or torch.float32)
+        saes = None
+        if level == "feature":
+            try:
+                saes = load_saes(model, saes_spec)
+            except (TypeError, KeyError, AttributeError, RuntimeError) as e:
+                raise InputError(f"could not load the SAEs {saes_spec!r}: {type(e).__name__}: {e}; check their "
+                                 "cfg.json and sae_weights.safetensors (SAELens format)") from e
+    return model, saes
+
+
+def load_data(model, cfg: "RunConfig | dict"):
+    """Tokenized pairs of a ``RunConfig`` or a source dict (``data``, ``task``, ``n``, ``seed``,
+    ``batch_size``)."""
+    from featcirc.data import load_pairs
+
+    src = cfg.source if isinstance(cfg, RunConfig) else cfg
+    return load_pairs(model, data=src.get("data"), task=src.get("task"), n=src.get("n"),
+                      seed=src.get("seed", 0), batch_size=src.get("batch_size", 16))
+
+
+def example_prompt(model, data) -> tuple[str, list[str]]:
+    """The longest prompt's first pair (node positions fit it) and its tokens as strings."""
+    batch = max(data.batches, key=lambda b: b.clean.shape[1])
+    toks = batch.clean[0]
+    return batch.pairs[0].clean_prefix, [model.tokenizer.decode([int(t)]) for t in toks]
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> Path:
@@ -54,44 +274,3 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> Pa
         w.writerow(["" if (isinstance(x, float) and math.isnan(x)) else
                     (f"{x:.6g}" if isinstance(x, float) else x) for x in r])
     return write_text(path, buf.getvalue())
-
-
-def load_model_and_saes(model_name: str, saes_spec: Optional[str], level: str):
-    from featcirc.models.loading import load_model
-    from featcirc.saes.loading import load_saes
-
-    model = load_model(model_name)
-    saes = None
-    if level == "feature":
-        if not saes_spec:
-            raise ValueError("feature-level circuits need SAEs: pass --saes (e.g. --saes tiny), "
-                             "or use --level component")
-        saes = load_saes(model, saes_spec)
-    return model, saes
-
-
-def load_data(model, cfg: "RunConfig | dict"):
-    from featcirc.data import load_pairs
-
-    src = cfg.source if isinstance(cfg, RunConfig) else cfg
-    return load_pairs(model, data=src.get("data"), task=src.get("task"), n=src.get("n"),
-                      seed=src.get("seed", 0), batch_size=src.get("batch_size", 16))
-
-
-def example_prompt(model, data) -> tuple[str, list[str]]:
-    batch = max(data.batches, key=lambda b: b.clean.shape[1])  # node positions fit the longest prompt
-    toks = batch.clean[0]
-    return batch.pairs[0].clean_prefix, [model.tokenizer.decode([int(t)]) for t in toks]
-
-
-TASK_CHOICES = ("ioi", "sva-simple", "sva-nounpp", "sva-rc", "sva-within-rc")
-
-
-def add_data_arguments(p, required: bool = True) -> None:
-    """``--data FILE | --task NAME``, ``--n``, ``--seed``, ``--batch-size``."""
-    g = p.add_mutually_exclusive_group(required=required)
-    g.add_argument("--data", help="feature-circuits JSONL file of prompt pairs")
-    g.add_argument("--task", choices=TASK_CHOICES, help="generate pairs for a built-in task")
-    p.add_argument("--n", type=int, default=None, help="pairs to use (generated for --task; default 64)")
-    p.add_argument("--seed", type=int, default=0, help="seed for generated pairs")
-    p.add_argument("--batch-size", type=int, default=16)

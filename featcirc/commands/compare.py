@@ -1,132 +1,249 @@
-"""``featcirc compare``: every method against exact patching on the same pairs."""
+"""``featcirc compare``: every method against exact activation patching on the same pairs.
+
+Per site kind and node kind (features and error nodes apart): Pearson and Spearman correlations of
+each method's per-pair, per-position cells with exact patching's, with bootstrap intervals that
+resample pairs; cells where both methods are exactly 0 are left out, and a group with fewer than two
+cells left is reported in ``compare.json["dropped"]`` with the reason. Cost per method. At feature
+level the pairs are split as in ``discover`` (scores on the discovery pairs, faithfulness curves,
+CPR / CMD with intervals on the held-out pairs).
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-from featcirc.commands.common import load_data, load_model_and_saes, logger, write_csv
-from featcirc.io import prepare_out_dir, write_json
+from featcirc.commands.common import phase, write_csv
+
+logger = logging.getLogger("featcirc")
+
+HELP = "methods against exact patching: correlations with intervals, cost, faithfulness"
+
+CORR_HEADER = ["level", "site_kind", "node_kind", "method", "pearson_r", "pearson_lo", "pearson_hi",
+               "spearman_r", "spearman_lo", "spearman_hi", "n", "n_pairs"]
 
 
-def compare(model_name: str, saes_spec: Optional[str], out: "str | Path", *, level: str = "component",
-            methods: Sequence[str] = ("exact", "atp", "relp", "ig"), data: Optional[str] = None,
-            task: Optional[str] = None, n: int = 32, seed: int = 0, batch_size: int = 16, ig_steps: int = 10,
-            max_nodes: int = 1000, ablation: str = "mean", force: bool = False, progress: bool = True) -> dict:
-    """Every method against exact patching on the same pairs: correlations per site kind and node kind
-    (features and error nodes apart), cost, and at feature level faithfulness curves of each method's
-    circuits."""
-    from featcirc.attribution import AttributionSettings, attribute, get_method
-    from featcirc.evaluate.stats import pearson, spearman
-    from featcirc.export.plot import plot_faithfulness, plot_scatter
+def correlations(ref: dict, cells: dict, method: str, level: str, *, n_resamples: int = 1000, seed: int = 0
+                 ) -> tuple[list[list], list[dict], dict]:
+    """Rows of :data:`CORR_HEADER` for one method against the reference cell groups
+    (``NodeScores.cell_groups()``: ``{group: (values, pair index)}``), the dropped groups with why, and
+    the kept cells per group (for scatter plots)."""
+    from featcirc.evaluate.bootstrap import bootstrap_correlation
+
+    rows, dropped, kept = [], [], {}
+    for group, (xs, pair) in ref.items():
+        if group not in cells:
+            dropped.append(dict(method=method, group=group, n=0, why=f"{method} has no {group} cells"))
+            continue
+        ys = cells[group][0]
+        keep = (xs != 0) | (ys != 0)
+        x, y, p = xs[keep].numpy(), ys[keep].numpy(), pair[keep].numpy()
+        n = int(keep.sum())
+        if n < 2:
+            why = ("no cell where either method is nonzero" if n == 0 else
+                   "one cell where either method is nonzero: a correlation needs two")
+            dropped.append(dict(method=method, group=group, n=n, why=why))
+            continue
+        pr = bootstrap_correlation(x, y, p, method="pearson", n_resamples=n_resamples, seed=seed)
+        sr = bootstrap_correlation(x, y, p, method="spearman", n_resamples=n_resamples, seed=seed)
+        if not math.isfinite(pr[0]):
+            dropped.append(dict(method=method, group=group, n=n,
+                                why="constant values (zero variance): the correlation is undefined"))
+            continue
+        kind, node_kind = group.split("/")
+        rows.append([level, kind, node_kind, method, *pr, *sr, n, int(len(set(p.tolist())))])
+        kept[group] = (x, y)
+    return rows, dropped, kept
+
+
+def compare(model, saes, dataset, out: Path, *, model_name: str, level: str, methods: Sequence[str], ctx,
+            eval_data=None, eval_split: str = "held-out", ig_steps: int = 10, max_nodes: int = 1000,
+            ablation: str = "mean", n_resamples: int = 1000, progress: bool = True) -> dict:
+    """Run every method on ``dataset``, write the comparison into ``out`` (main process only) and
+    return ``compare.json``'s content. ``eval_data``: the pairs of the faithfulness curves (feature
+    level; default ``dataset``, then labelled in-sample)."""
+    from featcirc.attribution import AttributionSettings, get_method
+    from featcirc.io import jsonable, write_json
 
     methods = list(dict.fromkeys(["exact", *methods]))
-    for m in methods:
-        get_method(m)  # unknown names fail before any work
-    out = prepare_out_dir(out, force, "correlations.csv")
-    model, saes = load_model_and_saes(model_name, saes_spec, level)
-    dataset = load_data(model, dict(data=data, task=task, n=n, seed=seed, batch_size=batch_size))
     settings = AttributionSettings(level=level, ig_steps=ig_steps, max_nodes=max_nodes, pair_effects=True,
                                    progress=progress)
     cells, costs, edge_costs, graphs = {}, {}, {}, {}
     for method in methods:
         logger.info("compare: %s", method)
         with_edges = level == "feature" and get_method(method).has_edges
-        nodes, edges = attribute(model, dataset, method, saes, edges=with_edges, settings=settings)
+        nodes, edges = ctx.attribute(model, dataset, method, saes, edges=with_edges, settings=settings)
         cells[method] = nodes.cell_groups()
         costs[method] = nodes.cost
         if edges is not None:
             edge_costs[method] = edges.cost
             nodes.pair_effects = None
             graphs[method] = (nodes, edges)
+    phase("scored")
     ref = cells["exact"]
-    corr_rows, dropped = [], []
+    corr_rows, dropped, scatter = [], [], {}
     for method in methods[1:]:
-        for group, (xs, _) in ref.items():
-            ys = cells[method][group][0]
-            keep = (xs != 0) | (ys != 0)
-            x, y = xs[keep].numpy(), ys[keep].numpy()
-            if len(x) < 2:
-                dropped.append(dict(method=method, group=group, n=int(keep.sum()),
-                                    why="fewer than two cells where either method is nonzero"))
-                continue
-            kind, node_kind = group.split("/")
-            corr_rows.append([level, kind, node_kind, method, pearson(x, y), spearman(x, y), int(keep.sum())])
-            plot_scatter(x, y, out / f"scatter_{kind}_{node_kind}_{method}.png",
-                         xlabel="exact (activation patching)", ylabel=method,
-                         title=f"{model_name} {level} {group}: exact vs {method}")
-    corr_header = ["level", "site_kind", "node_kind", "method", "pearson_r", "spearman_r", "n"]
-    write_csv(out / "correlations.csv", corr_header, corr_rows)
-    faith_rows, areas = [], {}
+        rows, gone, kept = correlations(ref, cells[method], method, level, n_resamples=n_resamples)
+        corr_rows += rows
+        dropped += gone
+        scatter[method] = kept
+
+    curves, faith_rows = {}, []
     if graphs:
         from featcirc.circuit import full_graph
-        from featcirc.evaluate.faithfulness import DEFAULT_THRESHOLDS, Ablator, curve_area
+        from featcirc.evaluate.curves import evaluate_curves
 
-        ab = Ablator(model, dataset, level=level, saes=saes, ablation=ablation, progress=progress)
-        curves = {}
+        if eval_data is None:
+            eval_data, eval_split = dataset, "in-sample"
+        ab = ctx.ablator(model, eval_data, level=level, saes=saes, ablation=ablation, progress=progress)
         for method, (nodes, edges) in graphs.items():
-            pts = ab.curve(full_graph(nodes, edges, n_layers=model.cfg.n_layers), DEFAULT_THRESHOLDS)
-            curves[method] = pts
-            faith_rows += [[method, p.threshold, p.n_nodes, p.n_edges, p.faithfulness, p.completeness] for p in pts]
-        n_max = max([max_nodes] + [p.n_nodes for pts in curves.values() for p in pts])
-        areas = {m: curve_area(pts, n_max) for m, pts in curves.items()}
-        write_csv(out / "faithfulness.csv",
-                  ["method", "threshold", "n_nodes", "n_edges", "faithfulness", "completeness"], faith_rows)
-        plot_faithfulness({m: [(p.n_nodes, p.faithfulness) for p in pts] for m, pts in curves.items()},
-                          out / "faithfulness.png", title=f"{model_name} {ablation} ablation ({dataset.source})")
+            G = full_graph(nodes, edges, n_layers=model.cfg.n_layers)
+            curves[method] = evaluate_curves(ab, G, n_resamples=n_resamples, area_n_max=max_nodes, progress=progress)
+            faith_rows += [[method, *r] for r in curves[method].csv_rows()]
+
+    cost_header = ["method", "seconds", "forward_passes", "backward_passes"]
+    if graphs:
+        cost_header += ["edge_seconds", "total_seconds", "faithfulness_auc", "cpr", "cpr_lo", "cpr_hi",
+                        "cmd", "cmd_lo", "cmd_hi"]
     cost_rows = []
     for method in methods:
         c, e = costs[method], edge_costs.get(method)
         row = [method, c.seconds, c.forward_passes, c.backward_passes]
         if graphs:
-            row += [float("nan") if e is None else e.seconds,
-                    c.seconds + (0.0 if e is None else e.seconds), areas.get(method, float("nan"))]
+            rep = curves.get(method)
+            nan = float("nan")
+            row += [nan if e is None else e.seconds, c.seconds + (0.0 if e is None else e.seconds),
+                    nan if rep is None else rep.area]
+            for iv in ("cpr", "cmd"):
+                row += [nan, nan, nan] if rep is None else [getattr(rep, iv).value, getattr(rep, iv).lo,
+                                                            getattr(rep, iv).hi]
         cost_rows.append(row)
-    header = ["method", "seconds", "forward_passes", "backward_passes"]
+
+    result = dict(model=model_name, level=level, data=dataset.source, pairs=dataset.n_pairs,
+                  pairs_dropped=dataset.dropped, methods=methods,
+                  correlations=[dict(zip(CORR_HEADER, r)) for r in corr_rows],
+                  correlation_intervals=f"95% percentile bootstrap over {n_resamples} pair resamples; cells "
+                                        "where both methods are exactly 0 are left out",
+                  dropped=dropped, cost=[dict(zip(cost_header, r)) for r in cost_rows])
     if graphs:
-        header += ["edge_seconds", "total_seconds", "faithfulness_auc"]
-    write_csv(out / "cost.csv", header, cost_rows)
-    result = dict(model=model_name, saes=saes_spec, level=level, data=dataset.source, pairs=dataset.n_pairs,
-                  correlations=[dict(zip(corr_header, r)) for r in corr_rows], dropped=dropped,
-                  cost=[dict(zip(header, r)) for r in cost_rows])
-    write_json(out / "compare.json", result)
+        result["faithfulness"] = dict(ablation=ablation, split=eval_split, data=eval_data.source,
+                                      pairs=eval_data.n_pairs,
+                                      methods={m: rep.to_json() for m, rep in curves.items()})
+    if not ctx.is_main:
+        return result
+
+    from featcirc.export.plot import plot_faithfulness, plot_scatter
+
+    write_csv(out / "correlations.csv", CORR_HEADER, corr_rows)
+    for method, kept in scatter.items():
+        for group, (x, y) in kept.items():
+            kind, node_kind = group.split("/")
+            plot_scatter(x, y, out / f"scatter_{kind}_{node_kind}_{method}.png",
+                         xlabel="exact (activation patching)", ylabel=method,
+                         title=f"{model_name} {level} {group}: exact vs {method}")
+    if graphs:
+        from featcirc.evaluate.curves import FaithfulnessReport
+
+        write_csv(out / "faithfulness.csv", ["method", *FaithfulnessReport.CSV_HEADER], faith_rows)
+        plot_faithfulness({m: [(p.n_nodes, p.faithfulness) for p in rep.curve_points()] for m, rep in curves.items()},
+                          out / "faithfulness.png",
+                          title=f"{model_name} {ablation} ablation, {eval_split} pairs ({eval_data.n_pairs})")
+    write_csv(out / "cost.csv", cost_header, cost_rows)
+    write_json(out / "compare.json", jsonable(result))
     return result
 
 
-HELP = "methods against exact patching: correlations, cost, faithfulness"
-
-
+# ----------------------------------------------------------------------------- command line
 def add_arguments(p) -> None:
     from featcirc.attribution.methods import method_names
-    from featcirc.commands.common import add_data_arguments
+    from featcirc.commands.checks import ABLATION_NAMES
+    from featcirc.commands.common import (add_data_arguments, add_device_arguments, add_model_arguments,
+                                          add_output_arguments)
 
-    p.add_argument("--model", required=True)
-    p.add_argument("--saes")
-    add_data_arguments(p)
-    p.add_argument("--level", choices=("component", "feature"), default="component")
+    add_model_arguments(p, saes_help="SAE set for --level feature (tiny, a named set, a directory)")
+    add_data_arguments(p, default_pairs=32)
+    p.add_argument("--level", choices=("component", "feature"), default="component", help="node level")
     p.add_argument("--methods", default="exact,atp,relp,ig",
-                   help=f"comma-separated, from: {', '.join(method_names())} (exact is always added)")
-    p.add_argument("--ig-steps", type=int, default=10)
-    p.add_argument("--max-nodes", type=int, default=1000)
-    p.add_argument("--ablation", choices=("mean", "zero", "resample"), default="mean")
-    p.add_argument("--out", required=True)
-    p.add_argument("--force", action="store_true")
+                   help=f"comma-separated, from: {', '.join(method_names())}; exact is always added")
+    p.add_argument("--ig-steps", type=int, default=10, help="interpolation steps of ig")
+    p.add_argument("--max-nodes", type=int, default=1000, help="edges are scored among the top N nodes (feature level)")
+    p.add_argument("--eval-fraction", type=float, default=0.5,
+                   help="feature level: share of the pairs held out for the faithfulness curves; 0: none")
+    p.add_argument("--ablation", choices=ABLATION_NAMES, default="mean",
+                   help="value of the nodes outside a circuit in the faithfulness curves")
+    p.add_argument("--bootstrap", type=int, default=1000, help="pair resamples for the intervals")
+    add_device_arguments(p)
+    add_output_arguments(p)
 
 
 def run(args, progress: bool) -> int:
-    import json
-
     from featcirc.attribution.methods import parse_methods
+    from featcirc.commands.checks import (InputError, check_device_name, check_dtype_name, check_float, check_int,
+                                          check_model_name, check_sae_spec)
+    from featcirc.commands.common import load_model_and_saes, process_context, start_torch
+    from featcirc.data import tokenize_pairs
+    from featcirc.data.load import run_pairs
+    from featcirc.io import check_out_dir, staged_dir
 
-    res = compare(args.model, args.saes, args.out, level=args.level,
-                  methods=parse_methods(args.methods),
-                  data=args.data, task=args.task, n=args.n if args.n is not None else 32,
-                  seed=args.seed, batch_size=args.batch_size, ig_steps=args.ig_steps,
-                  max_nodes=args.max_nodes, ablation=args.ablation, force=args.force,
-                  progress=progress)
+    methods = parse_methods(args.methods)  # an unknown name fails before any work
+    if args.level == "feature" and not args.saes:
+        raise InputError("--level feature needs SAEs: pass --saes (e.g. --saes tiny)")
+    check_int(args.pairs, "--pairs", what="prompt pairs")
+    check_int(args.seed, "--seed", minimum=0, allow_none=False)
+    check_int(args.batch_size, "--batch-size", allow_none=False)
+    check_int(args.ig_steps, "--ig-steps", allow_none=False)
+    check_int(args.max_nodes, "--max-nodes", allow_none=False)
+    check_int(args.bootstrap, "--bootstrap", allow_none=False)
+    check_float(args.eval_fraction, "--eval-fraction", below=1.0, allow_none=False)
+    check_device_name(args.device)
+    check_dtype_name(args.dtype)
+    check_sae_spec(args.saes if args.level == "feature" else None, check_model_name(args.model))
+    check_out_dir(args.out, args.force)
+    fraction = args.eval_fraction if args.level == "feature" else 0.0
+    pairs = run_pairs(data=args.data, task=args.task, n=args.pairs, seed=args.seed, eval_fraction=fraction)
+    phase("checked")
+    _, dtype = start_torch(args)
+    with process_context(args.device) as ctx:
+        model, saes = load_model_and_saes(args.model, args.saes, args.level, device=ctx.device, dtype=dtype)
+        phase("loaded")
+        dataset = tokenize_pairs(model, pairs.discovery, batch_size=args.batch_size, max_pairs=args.pairs,
+                                 source=pairs.source + (", discovery pairs" if pairs.evaluation else ""))
+        logger.info("%s", dataset.summary())
+        eval_data = None
+        if pairs.evaluation is not None:
+            eval_data = tokenize_pairs(model, pairs.evaluation, batch_size=args.batch_size,
+                                       source=f"{pairs.source}, held-out pairs")
+            logger.info("%s", eval_data.summary())
+        stage = staged_dir(args.out, force=args.force) if ctx.is_main else tempfile.TemporaryDirectory()
+        with stage as out:
+            res = compare(model, saes, dataset, Path(out), model_name=args.model, level=args.level, methods=methods,
+                          ctx=ctx, eval_data=eval_data, ig_steps=args.ig_steps, max_nodes=args.max_nodes,
+                          ablation=args.ablation, n_resamples=args.bootstrap, progress=progress and ctx.is_main)
+            phase("written")
+    if not ctx.is_main:
+        return 0
     for r in res["correlations"]:
-        print(f"{r['site_kind']:6s} {r['node_kind']:9s} {r['method']:5s} pearson {r['pearson_r']:.3f} "
-              f"spearman {r['spearman_r']:.3f} (n={r['n']})")
+        print(f"{r['site_kind']:6s} {r['node_kind']:9s} {r['method']:5s} "
+              f"pearson {_ci(r['pearson_r'], r['pearson_lo'], r['pearson_hi'])}  "
+              f"spearman {_ci(r['spearman_r'], r['spearman_lo'], r['spearman_hi'])}  (n={r['n']})")
+    for d in res["dropped"]:
+        print(f"dropped {d['group']} for {d['method']}: {d['why']}")
     for r in res["cost"]:
-        print(json.dumps(r))
+        extra = ""
+        if "cpr" in r and r["cpr"] == r["cpr"]:
+            extra = f", CPR {_ci(r['cpr'], r['cpr_lo'], r['cpr_hi'])}, CMD {_ci(r['cmd'], r['cmd_lo'], r['cmd_hi'])}"
+        print(f"{r['method']:5s} {r['seconds']:.2f} s, {r['forward_passes']} forward / "
+              f"{r['backward_passes']} backward passes{extra}")
+    print(f"-> {args.out}/")
     return 0
+
+
+def _ci(value: float, lo: Optional[float], hi: Optional[float]) -> str:
+    if value is None or value != value:
+        return "n/a"
+    if lo is None or hi is None or lo != lo or hi != hi:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{lo:.3f}, {hi:.3f}]"

@@ -1,108 +1,302 @@
-"""``featcirc discover``: score nodes and edges, prune, export and draw a circuit."""
+"""``featcirc discover``: score nodes and edges, prune, and write a complete run directory: scores,
+the circuit in every export format, drawing, viewer, optional feature cards, the exported circuit's
+faithfulness on held-out pairs, and ``summary.json`` (docs/design.md §11).
+
+Everything that needs no model is checked first; the run is built in a temporary directory beside
+``--out`` and moved into place when complete (a failure or Ctrl-C leaves ``--out`` as it was). Under
+``torchrun`` every process scores a shard of the pairs and only rank 0 writes (docs/design.md §13).
+"""
 
 from __future__ import annotations
 
+import logging
+import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Optional
 
-from featcirc.commands.common import RunConfig, example_prompt, load_data, load_model_and_saes
-from featcirc.io import prepare_out_dir, write_json
+from featcirc.commands.common import RunConfig, phase
+
+logger = logging.getLogger("featcirc")
+
+HELP = "score nodes and edges, prune, export, draw and view a circuit"
+
+FAITHFULNESS_ABLATION = "mean"
+"""The ablation of the exported circuit's faithfulness in ``summary.json`` (``evaluate`` does the others)."""
 
 
-def discover(cfg: RunConfig, out: "str | Path", *, force: bool = False, progress: bool = True) -> dict:
-    """Score nodes and edges, build and prune the circuit, export and draw it."""
+@dataclass
+class CardOptions:
+    """Feature cards for the circuit's features (``--cards``): corpus, tokens scanned, examples per feature."""
+
+    corpus: Optional[str] = None
+    max_tokens: Optional[int] = None
+    top_k: Optional[int] = None
+
+
+@dataclass
+class ExportOptions:
+    """``neuronpedia.json`` / ``graph_files/`` settings: slug, Neuronpedia model id, feature URL base."""
+
+    slug: Optional[str] = None
+    scan: Optional[str] = None
+    feature_url: Optional[str] = None
+
+
+def run_title(cfg: RunConfig) -> str:
+    """``model · method level circuit · task or data file name`` (no directories)."""
+    return f"{cfg.model} \u00b7 {cfg.method} {cfg.level} circuit \u00b7 {cfg.task or Path(cfg.data).name}"
+
+
+def exported_faithfulness(ab, G, C, *, split: str, source: str, n_resamples: int = 1000) -> dict:
+    """``F(C)`` and completeness ``F(M \\ C)`` of the exported circuit ``C`` with bootstrap intervals
+    over the pairs of ``ab`` (:func:`featcirc.evaluate.curves.evaluate_curves` with no curve)."""
+    from featcirc.evaluate.curves import evaluate_curves
+
+    report = evaluate_curves(ab, G, thresholds=(), fractions=None, exported=C, n_resamples=n_resamples,
+                             progress=False)
+    exp = report.exported
+    return dict(ablation=report.ablation, split=split, pairs=report.n_pairs, data=source,
+                n_nodes=exp.n_nodes, faithfulness=exp.faithfulness.to_json(),
+                completeness=exp.completeness.to_json(), m_full=report.m_full, m_empty=report.m_empty,
+                intervals=f"{report.confidence:.0%} percentile bootstrap over {report.n_resamples} pair resamples",
+                curves="run `featcirc evaluate DIR` for curves, CPR/CMD and other ablations "
+                       "(faithfulness-<ablation>.csv/.json/.png)")
+
+
+def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=None, dtype: Any = None,
+             cards: Optional[CardOptions] = None, export: Optional[ExportOptions] = None,
+             progress: bool = True) -> dict:
+    """Score nodes and edges, build and prune the circuit, and write the run into the existing
+    directory ``out`` (staged by the caller). ``pairs``: :func:`featcirc.data.load.run_pairs`'s split;
+    ``ctx``: the process context (:func:`featcirc.distributed.context`); only its main process
+    writes cards, exports and the viewer. ``model`` / ``saes``: already loaded (else loaded here on
+    ``ctx.device`` in ``dtype``). Returns the summary."""
     import torch
 
+    from featcirc.attribution import AttributionSettings
     from featcirc.circuit import PruneSettings, full_graph, prune, summary
-    from featcirc.attribution import AttributionSettings, attribute
-    from featcirc.export.formats import write_dot, write_graphml, write_json as write_graph_json, write_neuronpedia
-    from featcirc.models.loading import model_info
+    from featcirc.commands.common import example_prompt, load_model_and_saes
+    from featcirc.data import tokenize_pairs
+    from featcirc.data.split import write_split
+    from featcirc.export.formats import write_dot, write_graphml, write_json as write_graph_json
     from featcirc.export.plot import draw_circuit
+    from featcirc.io import jsonable, write_json
+    from featcirc.models.loading import model_info
 
-    out = prepare_out_dir(out, force, "run.json")
+    out = Path(out)
+    export = export or ExportOptions()
     torch.manual_seed(cfg.seed)
-    phases: dict[str, float] = {}
+    seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    model, saes = load_model_and_saes(cfg.model, cfg.saes, cfg.level)
-    phases["load"] = time.perf_counter() - t0
+    if model is None:
+        model, saes = load_model_and_saes(cfg.model, cfg.saes, cfg.level, device=ctx.device, dtype=dtype)
+        phase("loaded")
+    seconds["load"] = time.perf_counter() - t0
+
     t0 = time.perf_counter()
-    data = load_data(model, cfg)
-    phases["data"] = time.perf_counter() - t0
-    write_json(out / "run.json", asdict(cfg))
+    data = tokenize_pairs(model, pairs.discovery, batch_size=cfg.batch_size, max_pairs=cfg.n,
+                          source=f"{pairs.source}, discovery pairs")
+    logger.info("%s", data.summary())
+    used = [p for b in data.batches for p in b.pairs]
+    split = None
+    if pairs.evaluation is not None:
+        split = write_split(out, pairs.evaluation, discovery=used, **pairs.split)
+        eval_data = tokenize_pairs(model, pairs.evaluation, batch_size=cfg.batch_size, max_pairs=cfg.eval_pairs,
+                                   source=f"{pairs.split.get('source') or pairs.source}, held-out pairs "
+                                          f"({split['eval_pairs']})")
+        logger.info("%s", eval_data.summary())
+        eval_split = "held-out"
+    else:
+        eval_data, eval_split = data, "in-sample"
+        logger.warning("in-sample: no held-out pairs (--eval-fraction 0), so the exported circuit's faithfulness "
+                       "is measured on the discovery pairs")
+    seconds["data"] = time.perf_counter() - t0
+    write_json(out / "run.json", jsonable(dict(asdict(cfg), split=split)))
+
+    budget = {}
+    if cfg.max_memory is not None:
+        data, budget = _fit_memory(cfg, model, saes, data, pairs.discovery, world=getattr(ctx, "world_size", 1))
     settings = AttributionSettings(level=cfg.level, aggregation=cfg.aggregation, ig_steps=cfg.ig_steps,
-                                   max_nodes=cfg.max_nodes, progress=progress)
-    nodes, edges = attribute(model, data, cfg.method, saes, settings=settings)
-    phases["nodes"] = nodes.cost.seconds
-    phases["edges"] = edges.cost.seconds
+                                   max_nodes=cfg.max_nodes, progress=progress, **budget)
+    nodes, edges = ctx.attribute(model, data, cfg.method, saes, settings=settings)
+    seconds["nodes"], seconds["edges"] = nodes.cost.seconds, edges.cost.seconds
     nodes.info["model"] = cfg.model
     nodes.save(out / "nodes.pt")
     edges.save(out / "edges.pt")
+    phase("scored")
+
     t0 = time.perf_counter()
     G = full_graph(nodes, edges, n_layers=model.cfg.n_layers)
     C = prune(G, PruneSettings(cfg.node_threshold, cfg.top_k, cfg.edge_threshold))
     prompt, tokens = example_prompt(model, data)
+    title = run_title(cfg)
     write_graph_json(C, out / "circuit.json")
     write_graphml(C, out / "circuit.graphml")
-    write_dot(C, out / "circuit.dot", title=f"{cfg.model} {cfg.method}")
-    slug = f"featcirc-{cfg.model}-{cfg.method}".replace("/", "-")
-    write_neuronpedia(C, out / "neuronpedia.json", slug=slug, prompt=prompt,
-                      prompt_tokens=tokens,
-                      info=dict(description=f"featcirc {cfg.method} circuit on {data.source}"))
-    draw_circuit(C, out / "circuit.png", title=f"{cfg.model} — {cfg.method} circuit ({data.source})")
-    phases["circuit+export"] = time.perf_counter() - t0
+    write_dot(C, out / "circuit.dot", title=title)
+    draw_circuit(C, out / "circuit.png", title=title, tokens=tokens)
+    seconds["circuit"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    ab = ctx.ablator(model, eval_data, level=cfg.level, saes=saes, sites=nodes.sites,
+                     ablation=FAITHFULNESS_ABLATION, progress=progress)
+    faith = exported_faithfulness(ab, G, C, split=eval_split, source=eval_data.source)
+    seconds["faithfulness"] = time.perf_counter() - t0
+
     s = summary(C)
     summ = dict(
         model=cfg.model, model_info=model_info(model), saes=cfg.saes, method=cfg.method, level=cfg.level,
         aggregation=cfg.aggregation, data=data.source, pairs_used=data.n_pairs, pairs_dropped=data.dropped,
+        eval_pairs=eval_data.n_pairs, eval_split=eval_split,
+        batching=dict(batch_size=max(b.clean.shape[0] for b in data.batches), max_rows=settings.max_rows,
+                      record_bytes=settings.record_bytes, max_memory=cfg.max_memory),
         n_nodes=s["n_nodes"], n_features=s["n_features"], n_errors=s["n_errors"],
         n_components=s["n_components"], n_edges=s["n_edges"],
         n_nodes_scored=G.number_of_nodes() - 1, n_edges_scored=G.number_of_edges(),
         prune=dict(node_threshold=cfg.node_threshold, top_k=cfg.top_k, edge_threshold=cfg.edge_threshold),
-        seconds=phases,
+        faithfulness=faith,
+        seconds=seconds,
         forward_passes=nodes.cost.forward_passes + edges.cost.forward_passes,
         backward_passes=nodes.cost.backward_passes + edges.cost.backward_passes,
         metric_clean=nodes.metric_clean, metric_patch=nodes.metric_patch,
-        prompt=prompt, prompt_tokens=tokens,
+        prompt=prompt, prompt_tokens=tokens, device=str(ctx.device), dtype=str(model.cfg.dtype).replace("torch.", ""),
+        processes=getattr(ctx, "world_size", 1),
     )
-    write_json(out / "summary.json", summ)
+    if not ctx.is_main:  # the other processes scored and evaluated their shards; rank 0 writes the rest
+        return summ
+
+    cards_doc = None
+    if cards is not None:
+        t0 = time.perf_counter()
+        cards_doc = _write_cards(out, model, saes, cards, cfg, progress)
+        seconds["cards"] = time.perf_counter() - t0
+    write_json(out / "summary.json", jsonable(summ))
+
+    from featcirc.export.graph_files import export_run_graphs
+    from featcirc.view import write_viewer
+
+    export_run_graphs(out, slug=export.slug, scan=export.scan, node_threshold=1.0,
+                      feature_json_base_url=export.feature_url)
+    write_viewer(G, out / "circuit.html", circuit=C, tokens=tokens, cards=cards_doc, title=title)
     return summ
 
 
-HELP = "score nodes and edges, prune, export and draw a circuit"
+def _fit_memory(cfg: RunConfig, model, saes, data, discovery, *, world: int):
+    """Batch size, rows per backward and kept records that fit ``--max-memory`` per process
+    (:func:`featcirc.memory.fit_to_budget`); the pairs re-batched when the batch size shrinks."""
+    from featcirc.data import tokenize_pairs
+    from featcirc.memory import fit_to_budget
+
+    fit = fit_to_budget(cfg.max_memory, model.cfg, saes, batch_size=cfg.batch_size, n_positions=data.max_len,
+                        max_nodes=cfg.max_nodes, method=cfg.method, level=cfg.level, ig_steps=cfg.ig_steps,
+                        aggregation=cfg.aggregation, n_pairs=-(-data.n_pairs // world))
+    logger.info("--max-memory %s: batch size %d, %d rows per backward, records kept up to %d MiB; estimated peak %s",
+                cfg.max_memory, fit.batch_size, fit.max_rows, fit.record_bytes >> 20, fit.estimate)
+    if fit.batch_size < cfg.batch_size:
+        data = tokenize_pairs(model, discovery, batch_size=fit.batch_size, max_pairs=cfg.n, source=data.source)
+    return data, dict(max_rows=fit.max_rows, record_bytes=fit.record_bytes)
 
 
+def _write_cards(out: Path, model, saes, opts: CardOptions, cfg: RunConfig, progress: bool) -> Optional[dict]:
+    import json
+
+    from featcirc.features.run import DEFAULT_MAX_TOKENS, write_run_cards
+
+    if cfg.level != "feature":
+        logger.warning("--cards: a component-level run has no SAE features; no cards written")
+        return None
+    path = write_run_cards(out, model=model, saes=saes, corpus=opts.corpus,
+                           max_tokens=opts.max_tokens or DEFAULT_MAX_TOKENS, top_k=opts.top_k, progress=progress)
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------- command line
 def add_arguments(p) -> None:
     from featcirc.attribution.methods import method_names
-    from featcirc.commands.common import add_data_arguments
+    from featcirc.commands.common import (add_data_arguments, add_device_arguments, add_model_arguments,
+                                          add_output_arguments)
 
-    p.add_argument("--model", required=True, help="tiny, gemma-3-270m, or a TransformerLens model name")
-    p.add_argument("--saes", help="SAE set: tiny, a named set, a directory of SAELens SAEs (omit for --level component)")
-    add_data_arguments(p)
-    p.add_argument("--method", choices=method_names(with_edges=True), default="relp",
-                   help="attribution method (default: relp)")
+    add_model_arguments(p)
+    add_data_arguments(p, default_pairs=64, pairs_help="prompt pairs to discover the circuit on (with --task, "
+                       "about N / (1 - eval fraction) are generated; --n is an alias, not usable under torchrun)")
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--eval-fraction", type=float, default=0.5,
+                       help="share of the pairs held out (seeded, by case) to measure faithfulness on; 0: none")
+    split.add_argument("--eval-data", help="a JSONL file of evaluation pairs instead of a held-out share")
+    p.add_argument("--eval-pairs", type=int, default=None, metavar="N",
+                   help="measure the exported circuit on the first N usable held-out pairs (default: all; "
+                        "eval_pairs.jsonl keeps all for `featcirc evaluate`)")
+    p.add_argument("--method", choices=method_names(with_edges=True), default="relp", help="attribution method")
     p.add_argument("--level", choices=("feature", "component"), default=None,
                    help="default: feature with --saes, component without")
     p.add_argument("--aggregation", choices=("none", "sum"), default="none", help="sum scores over positions")
-    p.add_argument("--ig-steps", type=int, default=10)
+    p.add_argument("--ig-steps", type=int, default=10, help="interpolation steps of --method ig")
     p.add_argument("--max-nodes", type=int, default=1000, help="edges are scored among the top N nodes")
     p.add_argument("--node-threshold", type=float, default=None, help="keep nodes with |score| >= this")
     p.add_argument("--top-k", type=int, default=None, help="keep the top k nodes (default 100 without a threshold)")
-    p.add_argument("--edge-threshold", type=float, default=0.0)
-    p.add_argument("--out", required=True)
-    p.add_argument("--force", action="store_true", help="overwrite results in an existing --out")
+    p.add_argument("--edge-threshold", type=float, default=0.0, help="keep edges with |weight| >= this")
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="memory budget of the attribution per process, e.g. 8GB: picks the batch size and "
+                        "rows that fit, and keeps the node pass's records for the edge pass only within it "
+                        "(default: --batch-size as given, records kept up to 1 GiB)")
+    add_device_arguments(p)
+    p.add_argument("--cards", action="store_true", help="also write feature cards (cards.json) for the circuit")
+    p.add_argument("--cards-corpus", default=None,
+                   help="corpus of the cards: tiny, default or a text path (default: tiny for the tiny model)")
+    p.add_argument("--cards-tokens", type=int, default=None, help="corpus tokens the cards scan (default 65536)")
+    p.add_argument("--slug", default=None, help="graph slug of neuronpedia.json and graph_files/ "
+                   "(default: model, data, method and a hash of the circuit)")
+    p.add_argument("--scan", default=None, help="Neuronpedia model id (default: the model name)")
+    p.add_argument("--feature-url", default=None, help="base URL of feature JSON files for Neuronpedia")
+    add_output_arguments(p)
+
+
+def config_from_args(args) -> RunConfig:
+    level = args.level or ("feature" if args.saes else "component")
+    top_k = args.top_k if (args.top_k is not None or args.node_threshold is not None) else 100
+    return RunConfig(
+        model=args.model, saes=args.saes, method=args.method, level=level, aggregation=args.aggregation,
+        data=args.data, task=args.task, n=args.pairs, seed=args.seed, batch_size=args.batch_size,
+        ig_steps=args.ig_steps, max_nodes=args.max_nodes, node_threshold=args.node_threshold, top_k=top_k,
+        edge_threshold=args.edge_threshold, eval_fraction=None if args.eval_data else args.eval_fraction,
+        eval_data=args.eval_data, eval_pairs=args.eval_pairs, max_memory=args.max_memory, device=args.device,
+        dtype=args.dtype)
 
 
 def run(args, progress: bool) -> int:
-    level = args.level or ("feature" if args.saes else "component")
-    top_k = args.top_k if (args.top_k is not None or args.node_threshold is not None) else 100
-    cfg = RunConfig(
-        model=args.model, saes=args.saes, method=args.method, level=level,
-        aggregation=args.aggregation, data=args.data, task=args.task,
-        n=args.n if args.n is not None else 64, seed=args.seed, batch_size=args.batch_size,
-        ig_steps=args.ig_steps, max_nodes=args.max_nodes, node_threshold=args.node_threshold,
-        top_k=top_k, edge_threshold=args.edge_threshold)
-    summ = discover(cfg, args.out, force=args.force, progress=progress)
-    print(f"circuit: {summ['n_nodes']} nodes, {summ['n_edges']} edges from {summ['pairs_used']} pairs "
-          f"-> {args.out}/ (circuit.json, .graphml, .dot, neuronpedia.json, circuit.png, summary.json)")
+    from featcirc.commands.checks import check_int
+    from featcirc.commands.common import process_context, start_torch
+    from featcirc.data.load import run_pairs
+    from featcirc.io import check_out_dir, staged_dir
+
+    cfg = config_from_args(args)
+    cfg.check()
+    check_int(args.cards_tokens, "--cards-tokens", what="corpus tokens the feature cards scan")
+    check_out_dir(args.out, args.force)
+    pairs = run_pairs(data=cfg.data, task=cfg.task, n=cfg.n, seed=cfg.seed, eval_fraction=cfg.eval_fraction,
+                      eval_data=cfg.eval_data)
+    phase("checked")
+    _, dtype = start_torch(args)
+    cards = CardOptions(args.cards_corpus, args.cards_tokens) if args.cards else None
+    export = ExportOptions(args.slug, args.scan, args.feature_url)
+    with process_context(args.device) as ctx:
+        stage = staged_dir(args.out, force=args.force) if ctx.is_main else tempfile.TemporaryDirectory()
+        with stage as out:
+            summ = discover(cfg, out, pairs=pairs, ctx=ctx, dtype=dtype, cards=cards, export=export,
+                            progress=progress and ctx.is_main)
+            phase("written")
+    if ctx.is_main:
+        print(result_line(summ, args.out))
     return 0
+
+
+def result_line(summ: dict, out: "str | Path") -> str:
+    """The line ``discover`` prints: the circuit, the pairs and the exported circuit's faithfulness."""
+    f = summ["faithfulness"]
+    fv = f["faithfulness"]
+    ci = f" [{fv['lo']:.2f}, {fv['hi']:.2f}]" if fv.get("lo") is not None and fv.get("hi") is not None else ""
+    value = "n/a" if fv.get("value") is None else f"{fv['value']:.3f}{ci}"
+    return (f"circuit: {summ['n_nodes']} nodes, {summ['n_edges']} edges from {summ['pairs_used']} pairs; "
+            f"faithfulness {value} on {f['pairs']} {f['split']} pairs ({f['ablation']} ablation) -> {out}/ "
+            "(circuit.html, circuit.png, circuit.json, summary.json, ...)")

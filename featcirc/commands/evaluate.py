@@ -16,12 +16,13 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
+from featcirc.commands.checks import ABLATION_NAMES
 from featcirc.commands.common import RunConfig, write_csv
 from featcirc.io import write_json
 
 logger = logging.getLogger("featcirc")
 
-EVAL_ABLATIONS = ("mean", "zero", "resample", "patch")
+EVAL_ABLATIONS = ABLATION_NAMES
 SPLIT_HELD_OUT, SPLIT_IN_SAMPLE, SPLIT_GIVEN = "held-out", "in-sample", "given"
 
 
@@ -92,29 +93,20 @@ def _check_request(ablation: str, sizes: Optional[Sequence[int]], fractions: Opt
         raise ValueError(f"--bootstrap must be >= 1 resamples, got {n_resamples}")
 
 
-def evaluate_run(run_dir: "str | Path", *, data: Optional[str] = None, task: Optional[str] = None,
-                 n: Optional[int] = None, seed: Optional[int] = None, ablation: str = "mean",
-                 thresholds: Optional[Sequence[float]] = None, sizes: Optional[Sequence[int]] = None,
-                 fractions: Optional[Sequence[float]] = None, out: "str | Path | None" = None,
-                 n_resamples: int = 1000, bootstrap_seed: int = 0, progress: bool = True):
-    """Evaluate a run directory and write ``faithfulness-<ablation>.csv / .json / .png``.
-
-    Returns ``(report, paths)``: the :class:`~featcirc.evaluate.curves.FaithfulnessReport` (its
-    ``info`` holds the data provenance) and the written paths by extension.
-    """
-    from featcirc.attribution.scores import EdgeScores, NodeScores
-    from featcirc.circuit import full_graph
-    from featcirc.commands.common import load_data, load_model_and_saes
+def plan_evaluation(run_dir: "str | Path", *, data: Optional[str] = None, task: Optional[str] = None,
+                    n: Optional[int] = None, seed: Optional[int] = None, ablation: str = "mean",
+                    sizes: Optional[Sequence[int]] = None, fractions: Optional[Sequence[float]] = None,
+                    out: "str | Path | None" = None, n_resamples: int = 1000) -> dict:
+    """Everything :func:`evaluate_run` checks before a model loads: the request, ``run.json``, the
+    score files, the evaluation pairs (read and parsed) and the output paths."""
     from featcirc.data import read_pairs
-    from featcirc.evaluate.curves import FAITHFUL, evaluate_curves
-    from featcirc.evaluate.faithfulness import Ablator
-    from featcirc.evaluate.figure import plot_report
+    from featcirc.data.load import check_pair_count
     from featcirc.evaluate.metrics import MIB_FRACTIONS
-    from featcirc.export.formats import read_json as read_circuit
 
     run_dir = Path(run_dir)
     fractions = tuple(MIB_FRACTIONS if fractions is None else fractions)
     _check_request(ablation, sizes, fractions, n_resamples)
+    check_pair_count(n)
     cfg, raw = read_run_config(run_dir)
     for name in ("nodes.pt", "edges.pt"):
         if not (run_dir / name).exists():
@@ -123,9 +115,57 @@ def evaluate_run(run_dir: "str | Path", *, data: Optional[str] = None, task: Opt
     if src.get("data") is not None:
         read_pairs(src["data"])  # a bad file fails here, before the model loads
     paths = output_paths(run_dir, out, ablation)
+    if paths["json"].exists() and paths["json"].is_dir():
+        raise ValueError(f"{paths['json']} is a directory; give --out another name")
+    return dict(run_dir=run_dir, cfg=cfg, raw=raw, src=src, split=split, paths=paths, fractions=fractions)
 
-    model, saes = load_model_and_saes(cfg.model, cfg.saes, cfg.level)
+
+def evaluate_run(run_dir: "str | Path", *, data: Optional[str] = None, task: Optional[str] = None,
+                 n: Optional[int] = None, seed: Optional[int] = None, ablation: str = "mean",
+                 thresholds: Optional[Sequence[float]] = None, sizes: Optional[Sequence[int]] = None,
+                 fractions: Optional[Sequence[float]] = None, out: "str | Path | None" = None,
+                 n_resamples: int = 1000, bootstrap_seed: int = 0, model=None, saes=None, ctx=None,
+                 device: str = "cpu", dtype=None, run_name: "str | Path | None" = None, progress: bool = True):
+    """Evaluate a run directory and write ``faithfulness-<ablation>.csv / .json / .png`` together
+    (all or none: :func:`featcirc.io.atomic_paths`); with results in the run directory, its
+    ``summary.json`` gets them under ``evaluations[<ablation>]``.
+
+    ``model`` / ``saes``: already loaded (else loaded from ``run.json`` on ``device`` in ``dtype``);
+    ``ctx``: the process context (several processes share the pairs; only the main one writes);
+    ``run_name``: how messages name the run directory (a staged run's final path).
+    Returns ``(report, paths)``: the :class:`~featcirc.evaluate.curves.FaithfulnessReport` (its
+    ``info`` holds the data provenance) and the written paths by extension.
+    """
+    plan = plan_evaluation(run_dir, data=data, task=task, n=n, seed=seed, ablation=ablation, sizes=sizes,
+                           fractions=fractions, out=out, n_resamples=n_resamples)
+    return _evaluate(plan, ablation=ablation, thresholds=thresholds, sizes=sizes, n_resamples=n_resamples,
+                     bootstrap_seed=bootstrap_seed, model=model, saes=saes, ctx=ctx, device=device, dtype=dtype,
+                     run_name=run_name, progress=progress)
+
+
+def _evaluate(plan: dict, *, ablation: str, thresholds, sizes, n_resamples: int, bootstrap_seed: int, model, saes,
+              ctx, device, dtype, progress: bool, run_name: "str | Path | None" = None):
+    from featcirc.attribution.scores import EdgeScores, NodeScores
+    from featcirc.circuit import full_graph
+    from featcirc.commands.common import load_data, load_model_and_saes, phase
+    from featcirc.data.split import EVAL_PAIRS_FILE
+    from featcirc.evaluate.curves import FAITHFUL, evaluate_curves
+    from featcirc.evaluate.faithfulness import Ablator
+    from featcirc.evaluate.figure import plot_report
+    from featcirc.export.formats import read_json as read_circuit
+    from featcirc.io import atomic_paths, jsonable
+
+    run_dir, cfg, raw, src, split, paths = (plan[k] for k in ("run_dir", "cfg", "raw", "src", "split", "paths"))
+    if model is None:
+        if dtype is None:
+            from featcirc.models.device import resolve_dtype
+
+            dtype = resolve_dtype(raw.get("dtype") or "float32")
+        model, saes = load_model_and_saes(cfg.model, cfg.saes, cfg.level, device=device, dtype=dtype)
+        phase("loaded")
     dataset = load_data(model, src)
+    if split == SPLIT_HELD_OUT:  # named by the run, not by a staging directory's temporary name
+        dataset.source = f"{Path(run_name or run_dir) / EVAL_PAIRS_FILE} (held-out pairs of the run)"
     if split == SPLIT_IN_SAMPLE:
         logger.warning("in-sample: %s has no eval_pairs.jsonl, so faithfulness is measured on the pairs the "
                        "circuit was discovered on (%s); discover with a held-out split for honest numbers",
@@ -134,24 +174,47 @@ def evaluate_run(run_dir: "str | Path", *, data: Optional[str] = None, task: Opt
     edges = EdgeScores.load(run_dir / "edges.pt")
     G = full_graph(nodes, edges, n_layers=model.cfg.n_layers)
     exported = read_circuit(run_dir / "circuit.json") if (run_dir / "circuit.json").exists() else None
-    ab = Ablator(model, dataset, level=cfg.level, saes=saes, sites=nodes.sites, ablation=ablation,
-                 progress=progress)
-    report = evaluate_curves(ab, G, thresholds=thresholds, sizes=sizes, fractions=fractions, exported=exported,
+    kwargs = dict(level=cfg.level, saes=saes, sites=nodes.sites, ablation=ablation, progress=progress)
+    ab = ctx.ablator(model, dataset, **kwargs) if ctx is not None else Ablator(model, dataset, **kwargs)
+    report = evaluate_curves(ab, G, thresholds=thresholds, sizes=sizes, fractions=plan["fractions"], exported=exported,
                              edge_threshold=cfg.edge_threshold, n_resamples=n_resamples, seed=bootstrap_seed,
-                             area_n_max=cfg.max_nodes,
-                             progress=progress)
+                             area_n_max=cfg.max_nodes, progress=progress)
     report.info.update(
         model=cfg.model, method=cfg.method, level=cfg.level, data=dataset.source, split=split,
         in_sample=split == SPLIT_IN_SAMPLE, pairs_dropped=dataset.dropped,
         run_split=raw.get("split"), exported_circuit=None if exported is None else "circuit.json")
-    write_csv(paths["csv"], report.CSV_HEADER, report.csv_rows())
-    write_json(paths["json"], report.to_json())
+    if ctx is not None and not ctx.is_main:
+        return report, paths
     best = report.smallest_faithful()
     title = (f"{cfg.model} {cfg.method}, {split} pairs ({dataset.source})"
              + (f"; smallest with F >= {FAITHFUL}: {best.n_nodes} nodes" if best else
                 f"; no circuit reaches F = {FAITHFUL}"))
-    plot_report(report, paths["png"], title=title)
+    summary_path = run_dir / "summary.json"
+    in_run = paths["json"].parent.resolve() == run_dir.resolve() and summary_path.is_file()
+    targets = [paths["csv"], paths["json"], paths["png"]] + ([summary_path] if in_run else [])
+    with atomic_paths(*targets) as tmp:
+        write_csv(tmp[0], report.CSV_HEADER, report.csv_rows())
+        write_json(tmp[1], report.to_json())
+        plot_report(report, tmp[2], title=title)
+        if in_run:
+            summ = json.loads(summary_path.read_text(encoding="utf-8"))
+            summ.setdefault("evaluations", {})[ablation] = jsonable(evaluation_entry(report, paths["json"].name))
+            write_json(tmp[3], summ)
+    phase("written")
     return report, paths
+
+
+def evaluation_entry(report, file_name: str) -> dict:
+    """What ``summary.json`` records of an evaluation: where it is, on which pairs, the exported
+    circuit's faithfulness and completeness, CPR / CMD and the smallest faithful circuit."""
+    best = report.smallest_faithful()
+    exp = report.exported
+    return dict(file=file_name, split=report.info.get("split"), pairs=report.n_pairs, data=report.info.get("data"),
+                exported=None if exp is None else dict(n_nodes=exp.n_nodes, faithfulness=exp.faithfulness.to_json(),
+                                                       completeness=exp.completeness.to_json()),
+                cpr=report.cpr.to_json(), cmd=report.cmd.to_json(),
+                smallest_faithful=None if best is None else dict(n_nodes=best.n_nodes,
+                                                                 faithfulness=best.faithfulness.to_json()))
 
 
 def evaluate(run_dir: "str | Path", **kwargs) -> list:
@@ -229,10 +292,12 @@ def _fraction_list(text: str) -> list[float]:
 
 
 def add_arguments(p) -> None:
-    from featcirc.commands.common import add_data_arguments
+    from featcirc.commands.common import add_data_arguments, add_device_arguments
 
     p.add_argument("dir", help="a run directory made by `featcirc discover`")
-    add_data_arguments(p, required=False)
+    add_data_arguments(p, required=False, default_pairs=None,
+                       pairs_help="evaluation pairs to use (default: all of the run's held-out pairs; 64 with "
+                                  "--task; --n is an alias, not usable under torchrun)")
     p.add_argument("--ablation", choices=EVAL_ABLATIONS, default="mean",
                    help="value of the nodes outside the circuit: mean / zero / resample over the patch "
                         "prompts, or patch (each pair's own patch prompt)")
@@ -241,17 +306,35 @@ def add_arguments(p) -> None:
     p.add_argument("--fractions", type=_fraction_list, default=None,
                    help="fractions of the graph for CPR/CMD (default MIB's 0.001,...,0.5,1)")
     p.add_argument("--bootstrap", type=int, default=1000, help="pair resamples for the intervals")
-    p.add_argument("--bootstrap-seed", type=int, default=0)
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the pair resamples")
+    add_device_arguments(p, dtype_default=None)
     p.add_argument("--out", default=None,
                    help="directory for faithfulness-<ablation>.* (default DIR), or a file name whose stem "
                         "names the .csv/.json/.png")
 
 
 def run(args, progress: bool) -> int:
-    report, paths = evaluate_run(args.dir, data=args.data, task=args.task, n=args.n,
-                                 seed=args.seed if (args.data or args.task) else None, ablation=args.ablation,
-                                 sizes=args.sizes, fractions=args.fractions, out=args.out,
-                                 n_resamples=args.bootstrap, bootstrap_seed=args.bootstrap_seed,
-                                 progress=progress)
-    print(format_report(report, paths))
+    from featcirc.commands.checks import check_device_name, check_dtype_name, check_int
+    from featcirc.commands.common import phase, process_context, start_torch
+
+    check_int(args.batch_size, "--batch-size", allow_none=False)
+    check_device_name(args.device)
+    check_dtype_name(args.dtype)
+    options = dict(data=args.data, task=args.task, n=args.pairs, seed=args.seed if (args.data or args.task) else None,
+                   ablation=args.ablation, sizes=args.sizes, fractions=args.fractions, out=args.out,
+                   n_resamples=args.bootstrap)
+    plan = plan_evaluation(args.dir, **options)
+    plan["src"]["batch_size"] = args.batch_size
+    phase("checked")
+    start_torch(args)
+    from featcirc.models.device import resolve_dtype
+
+    dtype = resolve_dtype(args.dtype or plan["raw"].get("dtype") or "float32")  # default: the run's dtype
+    with process_context(args.device) as ctx:
+        report, paths = _evaluate(plan, ablation=args.ablation, thresholds=None, sizes=args.sizes,
+                                  n_resamples=args.bootstrap, bootstrap_seed=args.bootstrap_seed, model=None,
+                                  saes=None, ctx=ctx, device=ctx.device, dtype=dtype,
+                                  progress=progress and ctx.is_main)
+    if ctx.is_main:
+        print(format_report(report, paths))
     return 0

@@ -1,46 +1,69 @@
-"""``featcirc export``: re-export a discovered circuit (no model needed)."""
+"""``featcirc export``: re-export a discovered circuit (no model needed): GraphML, DOT, node-link JSON,
+or Neuronpedia's attribution-graph JSON together with circuit-tracer's ``graph_files/`` layout."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Optional
+
+HELP = "re-export a discovered circuit (graphml, dot, json, or neuronpedia + graph_files/)"
+
+FORMATS = ("graphml", "dot", "json", "neuronpedia")
 
 
-def export_run(run_dir: "str | Path", fmt: str) -> Path:
-    """Re-export a run's ``circuit.json`` in another format (no model needed)."""
+def export_run(run_dir: "str | Path", fmt: str, *, slug: Optional[str] = None, scan: Optional[str] = None,
+               feature_url: Optional[str] = None) -> list[Path]:
+    """Re-export a run's ``circuit.json`` as ``fmt`` into the run directory (each file atomically);
+    returns the written paths. ``neuronpedia`` writes ``neuronpedia.json`` and ``graph_files/``
+    (:func:`featcirc.export.graph_files.export_run_graphs`) with ``slug``, ``scan`` (Neuronpedia's
+    model id) and ``feature_url`` (base URL of the feature files)."""
     from featcirc.export.formats import read_json, write_dot, write_graphml, write_json as write_graph_json
-    from featcirc.export.formats import write_neuronpedia
 
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
     src = run_dir / "circuit.json"
     if not src.exists():
         raise FileNotFoundError(f"{src} not found; run `featcirc discover ... --out {run_dir}` first")
+    if fmt == "neuronpedia":
+        from featcirc.export.graph_files import export_run_graphs
+
+        paths = export_run_graphs(run_dir, slug=slug, scan=scan, node_threshold=1.0, feature_json_base_url=feature_url)
+        return [paths["neuronpedia"], paths["graph_files"]]
     C = read_json(src)
     if fmt == "graphml":
-        return write_graphml(C, run_dir / "circuit.graphml")
+        return [write_graphml(C, run_dir / "circuit.graphml")]
     if fmt == "dot":
-        return write_dot(C, run_dir / "circuit.dot")
-    if fmt == "json":
-        return write_graph_json(C, run_dir / "circuit.json")
-    if fmt == "neuronpedia":
-        import json
-
-        meta = json.loads((run_dir / "neuronpedia.json").read_text())["metadata"] if (
-            run_dir / "neuronpedia.json").exists() else {}
-        return write_neuronpedia(C, run_dir / "neuronpedia.json",
-                                 slug=meta.get("slug", "featcirc-circuit"),
-                                 prompt=meta.get("prompt", ""),
-                                 prompt_tokens=meta.get("prompt_tokens", []))
-    raise ValueError(f"unknown format {fmt!r}; choose graphml, dot, json or neuronpedia")
+        return [write_dot(C, run_dir / "circuit.dot", title=_title(run_dir))]
+    return [write_graph_json(C, run_dir / "circuit.json")]
 
 
-HELP = "re-export a discovered circuit"
+def _title(run_dir: Path) -> str:
+    from featcirc.commands.view import run_title
+
+    def read(name: str) -> dict:
+        try:
+            return json.loads((run_dir / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    return run_title(read("summary.json"), read("run.json"))
 
 
 def add_arguments(p) -> None:
-    p.add_argument("dir")
-    p.add_argument("--format", choices=("graphml", "dot", "json", "neuronpedia"), required=True)
+    p.add_argument("dir", help="a run directory made by `featcirc discover`")
+    p.add_argument("--format", choices=FORMATS, required=True,
+                   help="neuronpedia writes neuronpedia.json and circuit-tracer's graph_files/")
+    p.add_argument("--slug", default=None, help="graph slug of neuronpedia.json and graph_files/ "
+                   "(default: model, data, method and a hash of the circuit)")
+    p.add_argument("--scan", default=None, help="Neuronpedia model id (default: the run's model)")
+    p.add_argument("--feature-url", default=None, help="base URL of feature JSON files for Neuronpedia")
 
 
 def run(args, progress: bool) -> int:  # noqa: ARG001
-    print(export_run(args.dir, args.format))
+    if args.format != "neuronpedia" and (args.slug or args.scan or args.feature_url):
+        raise ValueError("--slug, --scan and --feature-url apply to --format neuronpedia only")
+    for path in export_run(args.dir, args.format, slug=args.slug, scan=args.scan, feature_url=args.feature_url):
+        print(path)
     return 0

@@ -18,22 +18,42 @@ def add_arguments(p) -> None:
                    help="also build the card of this SAE feature (repeatable), e.g. resid.2/123")
     p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
     p.add_argument("--no-cache", action="store_true", help="recompute every card (ignore and skip the cache)")
+    from featcirc.commands.common import add_device_arguments
+
+    add_device_arguments(p, dtype_default=None)
 
 
 def run(args, progress: bool) -> int:
-    from featcirc.features.run import DEFAULT_MAX_TOKENS, write_run_cards
-
-    if args.top_k is not None and args.top_k < 1:
-        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise ValueError(f"--max-tokens must be at least 1, got {args.max_tokens}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    path = write_run_cards(args.dir, corpus=args.corpus, extra_features=args.feature, top_k=args.top_k,
-                           max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS, batch_size=args.batch_size,
-                           use_cache=not args.no_cache, progress=progress)
     import json
+    from pathlib import Path
 
+    from featcirc.commands.checks import check_device_name, check_dtype_name, check_int
+    from featcirc.commands.common import load_model_and_saes, phase, start_torch
+    from featcirc.commands.evaluate import read_run_config
+    from featcirc.features.run import DEFAULT_MAX_TOKENS, parse_features, write_run_cards
+
+    check_int(args.top_k, "--top-k", what="top-activating examples per feature")
+    check_int(args.max_tokens, "--max-tokens", what="corpus tokens to scan")
+    check_int(args.batch_size, "--batch-size", allow_none=False)
+    check_device_name(args.device)
+    check_dtype_name(args.dtype)
+    parse_features(args.feature)  # a malformed SITE/INDEX fails before the model loads
+    run_dir = Path(args.dir)
+    if not (run_dir / "run.json").exists():
+        raise FileNotFoundError(f"{run_dir / 'run.json'} not found; run `featcirc discover ... --out {run_dir}` first")
+    cfg, raw = read_run_config(run_dir)
+    if cfg.level != "feature" or not cfg.saes:
+        raise ValueError(f"{run_dir} is a component-level run (no SAEs): feature cards need a run with --saes")
+    phase("checked")
+    device, _ = start_torch(args)
+    from featcirc.models.device import resolve_dtype
+
+    dtype = resolve_dtype(args.dtype or raw.get("dtype") or "float32")  # default: the run's dtype
+    model, saes = load_model_and_saes(cfg.model, cfg.saes, cfg.level, device=device, dtype=dtype)
+    phase("loaded")
+    path = write_run_cards(run_dir, model=model, saes=saes, corpus=args.corpus, extra_features=args.feature,
+                           top_k=args.top_k, max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS,
+                           batch_size=args.batch_size, use_cache=not args.no_cache, progress=progress)
     doc = json.loads(path.read_text(encoding="utf-8"))
     print(f"{len(doc['cards'])} feature cards over {doc['corpus']['n_tokens']} tokens of corpus "
           f"{doc['corpus']['name']!r} -> {path} (and graph_files/features/ for circuit-tracer)")

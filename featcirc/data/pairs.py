@@ -15,11 +15,12 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from featcirc.io import atomic_path
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: reading pairs must not need it
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ DROP_UNK_PROMPT = "unknown token in prompt"
 DROP_IDENTICAL = "identical clean/patch tokens"
 DROP_UNEQUAL = "unequal clean/patch length"
 DROP_TOO_LONG = "longer than n_ctx"
-DROP_LIMIT = "over max_pairs"
+DROP_LIMIT = "over max_pairs (--pairs)"
 
 
 class DataError(ValueError):
@@ -135,6 +136,8 @@ class PairDataset:
     n_pairs: int
     dropped: dict[str, int] = field(default_factory=dict)
     source: str = ""
+    unknown_words: list[str] = field(default_factory=list)
+    """Words of dropped prompts that the tokenizer maps to its unknown token (first few, sorted)."""
 
     @property
     def max_len(self) -> int:
@@ -146,7 +149,13 @@ class PairDataset:
         total = self.n_pairs + sum(self.dropped.values())
         drops = ", ".join(f"{v} {k}" for k, v in self.dropped.items() if v) or "none"
         src = self.source or "input"
-        return f"kept {self.n_pairs} of {total} pairs from {src}; dropped: {drops}"
+        unknown = f"; unknown words: {_quoted(self.unknown_words)}" if self.unknown_words else ""
+        return f"kept {self.n_pairs} of {total} pairs from {src}; dropped: {drops}{unknown}"
+
+
+def _quoted(words: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(repr(w) for w in list(words)[:limit])
+    return shown + (f" and {len(words) - limit} more" if len(words) > limit else "")
 
 
 class _Tok:
@@ -159,6 +168,7 @@ class _Tok:
         self.device: torch.device | str = "cpu"
         obj = model_or_tokenizer
         self.unk: int | None = None
+        self.vocabulary = "the tokenizer"
         if hasattr(obj, "to_tokens") and hasattr(obj, "cfg"):
             if getattr(obj, "tokenizer", None) is None:
                 raise DataError("the model has no tokenizer; build it with HookedTransformer(cfg, tokenizer=...) "
@@ -167,6 +177,7 @@ class _Tok:
             self.n_ctx = int(obj.cfg.n_ctx)
             self.device = obj.cfg.device or "cpu"
             self.unk = self._unk_id(obj.tokenizer)
+            self.vocabulary = f"the vocabulary of {getattr(obj.cfg, 'model_name', None) or 'the model'}"
         elif callable(obj) and hasattr(obj, "encode"):
             self.model = None
             self.tokenizer = obj
@@ -190,6 +201,13 @@ class _Tok:
         special = {getattr(tokenizer, a, None) for a in ("bos_token_id", "eos_token_id", "pad_token_id")}
         return None if unk is None or unk in special else int(unk)
 
+    def unknown_words(self, text: str) -> list[str]:
+        """The whitespace-separated words of ``text`` that contain the unknown token (word-level
+        vocabularies; a word after the first is tokenized with its leading space)."""
+        if self.unk is None:
+            return []
+        return [w for i, w in enumerate(text.split()) if self.unk in self(w if i == 0 else " " + w, False)]
+
     def __call__(self, text: str, bos: bool) -> list[int]:
         key = (text, bos)
         if key not in self.cache:
@@ -212,20 +230,28 @@ def tokenize_pairs(model_or_tokenizer: Any, pairs: Sequence[PromptPair], *, batc
     (``"multi-token answer"``), answers that are the tokenizer's unknown token (word-level
     vocabularies), pairs whose two answers are the same token (``"same answer"``: the metric would
     be 0), clean/patch prompts of different token length (``"unequal clean/patch length"``),
-    prompts with identical tokens (the patch would change nothing), prompts holding an unknown token,
-    and prompts longer than the model's ``n_ctx``. With ``max_pairs``, only the first ``max_pairs`` usable pairs
-    are kept (the rest are counted as ``"over max_pairs"``). Kept pairs are grouped by length
+    prompts holding an unknown token (also when the two prompts differ only in words that both map to
+    it), prompts with identical tokens (the patch would change nothing), and prompts longer than
+    the model's ``n_ctx``. With ``max_pairs`` (>= 1), only the first ``max_pairs`` usable pairs
+    are kept (the rest are counted as :data:`DROP_LIMIT`). Kept pairs are grouped by length
     (ascending), in input order within a length, and split into batches of at most ``batch_size``.
+    The unknown words of dropped prompts are listed in :attr:`PairDataset.unknown_words`.
 
-    Raises :class:`DataError` for empty input or when no pair survives (with the counts).
+    Raises :class:`DataError` for empty input or when no pair survives (with the counts, and the
+    unknown words when there are some).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    import torch
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1 (--batch-size), got {batch_size!r}")
+    if max_pairs is not None and (isinstance(max_pairs, bool) or not isinstance(max_pairs, int) or max_pairs < 1):
+        raise ValueError(f"max_pairs must be an integer >= 1 (--pairs), or None for every pair; got {max_pairs!r}")
     pairs = list(pairs)
     if not pairs:
         raise DataError(f"no prompt pairs to tokenize{f' in {source}' if source else ''}")
     tok = _Tok(model_or_tokenizer, prepend_bos)
     dropped: Counter[str] = Counter()
+    unknown: set[str] = set()
     by_len: dict[int, list[tuple[PromptPair, list[int], list[int], int, int]]] = {}
     kept = 0
     for p in pairs:
@@ -235,6 +261,7 @@ def tokenize_pairs(model_or_tokenizer: Any, pairs: Sequence[PromptPair], *, batc
             continue
         if tok.unk is not None and tok.unk in (ca[0], pa[0]):
             dropped[DROP_UNK_ANSWER] += 1
+            unknown.update(a.strip() for a, ids in ((p.clean_answer, ca), (p.patch_answer, pa)) if tok.unk in ids)
             continue
         if ca[0] == pa[0]:
             dropped[DROP_SAME_ANSWER] += 1
@@ -243,11 +270,12 @@ def tokenize_pairs(model_or_tokenizer: Any, pairs: Sequence[PromptPair], *, batc
         if len(c) != len(q):
             dropped[DROP_UNEQUAL] += 1
             continue
+        if tok.unk is not None and (tok.unk in c or tok.unk in q):
+            dropped[DROP_UNK_PROMPT] += 1  # before "identical": unknown words may be what makes them equal
+            unknown.update(tok.unknown_words(p.clean_prefix) + tok.unknown_words(p.patch_prefix))
+            continue
         if c == q:
             dropped[DROP_IDENTICAL] += 1
-            continue
-        if tok.unk is not None and (tok.unk in c or tok.unk in q):
-            dropped[DROP_UNK_PROMPT] += 1
             continue
         if tok.n_ctx is not None and len(c) > tok.n_ctx:
             dropped[DROP_TOO_LONG] += 1
@@ -260,8 +288,11 @@ def tokenize_pairs(model_or_tokenizer: Any, pairs: Sequence[PromptPair], *, batc
     dropped_d = dict(dropped)
     if kept == 0:
         counts = ", ".join(f"{v} {k}" for k, v in dropped_d.items())
+        words = (f" The prompts hold words that are not in {tok.vocabulary}, which maps each of them to its "
+                 f"unknown token: {_quoted(sorted(unknown))}; use words the model knows."
+                 if unknown else "")
         raise DataError(
-            f"no usable prompt pairs in {source or 'the input'}: all {len(pairs)} dropped ({counts}). "
+            f"no usable prompt pairs in {source or 'the input'}: all {len(pairs)} dropped ({counts}).{words} "
             "Each answer must be a single token of this model's tokenizer (with its leading space, "
             "e.g. ' is'), the two answers must differ, and the clean and patch prompts must tokenize "
             "to the same length: fix the data or choose words the tokenizer keeps whole.")
@@ -276,7 +307,8 @@ def tokenize_pairs(model_or_tokenizer: Any, pairs: Sequence[PromptPair], *, batc
                 clean_answer=torch.tensor([r[3] for r in chunk], dtype=torch.long, device=tok.device),
                 patch_answer=torch.tensor([r[4] for r in chunk], dtype=torch.long, device=tok.device),
                 pairs=[r[0] for r in chunk]))
-    ds = PairDataset(batches=batches, n_pairs=kept, dropped=dropped_d, source=source)
+    ds = PairDataset(batches=batches, n_pairs=kept, dropped=dropped_d, source=source,
+                     unknown_words=sorted(unknown))
     quality = {k: v for k, v in dropped_d.items() if k != DROP_LIMIT}
     if quality:
         logger.warning("%s", ds.summary())

@@ -24,16 +24,12 @@ from matplotlib.patches import PathPatch
 from matplotlib.path import Path as MplPath
 
 from featcirc.circuit import graph_n_layers, is_scored, magnitude
-from featcirc.export.style import METRIC_COLOUR, NEGATIVE_COLOUR, NEUTRAL_COLOUR, POSITIVE_COLOUR, sign_colour
+from featcirc.export.style import (METRIC_COLOUR, NEGATIVE_COLOUR, NEUTRAL_COLOUR, POSITIVE_COLOUR, SIGN_LEGEND,
+                                   SITE_COLOURS, sign_colour)
 from featcirc.evaluate.stats import pearson
 from featcirc.io import atomic_path
 from featcirc.sites import METRIC, stream_index
 
-SITE_COLOURS: dict[str, tuple[str, str]] = {  # (band fill, label ink) of a site kind's rows
-    "embed": ("#eef0f7", "#44507a"), "attn": ("#e8f3e8", "#2f6f2f"), "mlp": ("#fbeedd", "#a35a12"),
-    "resid": ("#eef0f7", "#44507a"), "metric": ("#fff5d6", "#7a5a00"),
-}
-SIGN_LEGEND = ("blue: supports the clean answer (score / weight > 0)", "red: opposes it (score / weight < 0)")
 _MARKER = {"feature": "o", "error": "s", "component": "D"}
 _KIND_NAME = {"feature": "SAE feature", "error": "SAE error node", "component": "component (whole site)"}
 

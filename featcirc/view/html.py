@@ -33,10 +33,9 @@ from typing import Any, Mapping, Optional, Sequence
 import networkx as nx
 
 from featcirc.circuit import PruneSettings, graph_n_layers, is_scored, magnitude, prune
-from featcirc.export.formats import _jsonable
-from featcirc.export.plot import SIGN_LEGEND, SITE_COLOURS
-from featcirc.export.style import METRIC_COLOUR, NEGATIVE_COLOUR, NEUTRAL_COLOUR, POSITIVE_COLOUR
-from featcirc.io import write_text
+from featcirc.export.style import (METRIC_COLOUR, NEGATIVE_COLOUR, NEUTRAL_COLOUR, POSITIVE_COLOUR, SIGN_LEGEND,
+                                   SITE_COLOURS)
+from featcirc.io import jsonable, write_text
 from featcirc.sites import METRIC, stream_index
 
 FORMAT = "featcirc-view/1"
@@ -117,7 +116,7 @@ def _cards_for(G: nx.DiGraph, embedded: Sequence[str], cards: Optional[Mapping])
             continue
         if not isinstance(card, Mapping):
             raise ValueError(f"the card of {key} is a {type(card).__name__}, expected an object")
-        out[key] = _jsonable(dict(card))
+        out[key] = jsonable(dict(card))
     return out, info
 
 

