@@ -287,6 +287,8 @@ def test_load_pairs_from_file(model, tmp_path):
     assert ds.n_pairs == 4 and ds.dropped == {"multi-token answer": 1, DROP_LIMIT: 6}
     assert [p for b in ds.batches for p in b.pairs] == pairs[:4]
     assert "6 over max_pairs (--pairs)" in ds.summary()  # the message names the option that caps the pairs
+    held = tokenize_pairs(model, pairs, max_pairs=7, limit_option="--eval-pairs")
+    assert held.dropped == {"over max_pairs (--eval-pairs)": 3}
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, 2.5])

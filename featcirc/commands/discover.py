@@ -104,7 +104,7 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
     if pairs.evaluation is not None:
         split = write_split(out, pairs.evaluation, discovery=used, **pairs.split)
         eval_data = tokenize_pairs(model, pairs.evaluation, batch_size=cfg.batch_size, max_pairs=cfg.eval_pairs,
-                                   source=f"{pairs.split.get('source') or pairs.source}, held-out pairs "
+                                   limit_option="--eval-pairs", source=f"{pairs.split.get('source') or pairs.source}, held-out pairs "
                                           f"({split['eval_pairs']})")
         logger.info("%s", eval_data.summary())
         eval_split = "held-out"

@@ -148,6 +148,7 @@ def _evaluate(plan: dict, *, ablation: str, thresholds, sizes, n_resamples: int,
     from featcirc.attribution.scores import EdgeScores, NodeScores
     from featcirc.circuit import full_graph
     from featcirc.commands.common import load_data, load_model_and_saes, phase
+    from featcirc.data import read_pairs, tokenize_pairs
     from featcirc.data.split import EVAL_PAIRS_FILE
     from featcirc.evaluate.curves import FAITHFUL, evaluate_curves
     from featcirc.evaluate.faithfulness import Ablator
@@ -163,9 +164,13 @@ def _evaluate(plan: dict, *, ablation: str, thresholds, sizes, n_resamples: int,
             dtype = resolve_dtype(raw.get("dtype") or "float32")
         model, saes = load_model_and_saes(cfg.model, cfg.saes, cfg.level, device=device, dtype=dtype)
         phase("loaded")
-    dataset = load_data(model, src)
     if split == SPLIT_HELD_OUT:  # named by the run, not by a staging directory's temporary name
-        dataset.source = f"{Path(run_name or run_dir) / EVAL_PAIRS_FILE} (held-out pairs of the run)"
+        dataset = tokenize_pairs(model, read_pairs(src["data"]), batch_size=src.get("batch_size", 16),
+                                 max_pairs=src.get("n"),
+                                 source=f"{Path(run_name or run_dir) / EVAL_PAIRS_FILE} (held-out pairs of the run)")
+        logger.info("%s", dataset.summary())
+    else:
+        dataset = load_data(model, src)
     if split == SPLIT_IN_SAMPLE:
         logger.warning("in-sample: %s has no eval_pairs.jsonl, so faithfulness is measured on the pairs the "
                        "circuit was discovered on (%s); discover with a held-out split for honest numbers",

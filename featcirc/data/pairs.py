@@ -35,6 +35,7 @@ DROP_IDENTICAL = "identical clean/patch tokens"
 DROP_UNEQUAL = "unequal clean/patch length"
 DROP_TOO_LONG = "longer than n_ctx"
 DROP_LIMIT = "over max_pairs (--pairs)"
+"""The drop reason of pairs beyond ``max_pairs`` (``limit_option`` names the option: ``--pairs`` by default)."""
 
 
 class DataError(ValueError):
@@ -223,7 +224,8 @@ class _Tok:
 
 
 def tokenize_pairs(model_or_tokenizer: Any, pairs: Sequence[PromptPair], *, batch_size: int = 16,
-                   prepend_bos: bool = True, source: str = "", max_pairs: int | None = None) -> PairDataset:
+                   prepend_bos: bool = True, source: str = "", max_pairs: int | None = None,
+                   limit_option: str = "--pairs") -> PairDataset:
     """Tokenize pairs and group them into batches of equal token length.
 
     Drops, with a count per reason, in this order of checks: answers that are not exactly one token
@@ -233,7 +235,8 @@ def tokenize_pairs(model_or_tokenizer: Any, pairs: Sequence[PromptPair], *, batc
     prompts holding an unknown token (also when the two prompts differ only in words that both map to
     it), prompts with identical tokens (the patch would change nothing), and prompts longer than
     the model's ``n_ctx``. With ``max_pairs`` (>= 1), only the first ``max_pairs`` usable pairs
-    are kept (the rest are counted as :data:`DROP_LIMIT`). Kept pairs are grouped by length
+    are kept (the rest are counted as ``"over max_pairs (<limit_option>)"``, :data:`DROP_LIMIT` for
+    ``--pairs``: the option that sets the cap). Kept pairs are grouped by length
     (ascending), in input order within a length, and split into batches of at most ``batch_size``.
     The unknown words of dropped prompts are listed in :attr:`PairDataset.unknown_words`.
 
@@ -245,7 +248,9 @@ def tokenize_pairs(model_or_tokenizer: Any, pairs: Sequence[PromptPair], *, batc
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1 (--batch-size), got {batch_size!r}")
     if max_pairs is not None and (isinstance(max_pairs, bool) or not isinstance(max_pairs, int) or max_pairs < 1):
-        raise ValueError(f"max_pairs must be an integer >= 1 (--pairs), or None for every pair; got {max_pairs!r}")
+        raise ValueError(f"max_pairs must be an integer >= 1 ({limit_option}), or None for every pair; "
+                         f"got {max_pairs!r}")
+    limit_reason = f"over max_pairs ({limit_option})"
     pairs = list(pairs)
     if not pairs:
         raise DataError(f"no prompt pairs to tokenize{f' in {source}' if source else ''}")
@@ -281,7 +286,7 @@ def tokenize_pairs(model_or_tokenizer: Any, pairs: Sequence[PromptPair], *, batc
             dropped[DROP_TOO_LONG] += 1
             continue
         if max_pairs is not None and kept >= max_pairs:
-            dropped[DROP_LIMIT] += 1
+            dropped[limit_reason] += 1
             continue
         by_len.setdefault(len(c), []).append((p, c, q, ca[0], pa[0]))
         kept += 1
@@ -309,7 +314,7 @@ def tokenize_pairs(model_or_tokenizer: Any, pairs: Sequence[PromptPair], *, batc
                 pairs=[r[0] for r in chunk]))
     ds = PairDataset(batches=batches, n_pairs=kept, dropped=dropped_d, source=source,
                      unknown_words=sorted(unknown))
-    quality = {k: v for k, v in dropped_d.items() if k != DROP_LIMIT}
+    quality = {k: v for k, v in dropped_d.items() if k != limit_reason}
     if quality:
         logger.warning("%s", ds.summary())
     return ds
