@@ -194,3 +194,31 @@ def test_input_errors_come_fast_and_import_nothing_heavy(tmp_path):
     assert res.stdout.strip() == f"{[2] * len(cases)} []", res.stdout + res.stderr
     assert len(res.stderr.strip().splitlines()) == len(cases) and "Traceback" not in res.stderr
     assert elapsed < 3.0, f"{len(cases)} input errors took {elapsed:.1f} s"
+
+
+def test_light_copies_agree_with_the_modules_they_stand_in_for():
+    """The checks run before torch is imported, so they keep torch-free copies of a few names."""
+    from featcirc.commands.checks import ABLATION_NAMES, DTYPE_NAMES, check_memory_size, named_sae_sets
+    from featcirc.commands.demo import heldout_file
+    from featcirc.commands.common import TASK_CHOICES
+    from featcirc.data.tasks import TASKS
+    from featcirc.evaluate.faithfulness import ABLATIONS
+    from featcirc.memory import parse_bytes
+    from featcirc.models.device import DTYPES
+    from featcirc.models.tiny import heldout_path
+    from featcirc.saes.loading import NAMED_SETS
+
+    assert ABLATION_NAMES == ABLATIONS and DTYPE_NAMES == tuple(DTYPES) and named_sae_sets() == NAMED_SETS
+    assert set(TASK_CHOICES) == set(TASKS)
+    assert all(heldout_file(t) == heldout_path(t) for t in TASKS)
+    for text in ("20GB", "1.5GiB", "800 mb", "123456", "0", "12 parsecs", "-3GB", "GB"):
+        try:
+            parse_bytes(text)
+            ok = True
+        except ValueError:
+            ok = False
+        if ok:
+            check_memory_size(text)
+        else:
+            with pytest.raises(ValueError):
+                check_memory_size(text)
