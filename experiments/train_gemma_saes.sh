@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
-# Train the Gemma-3-270M SAE set (saes/recipes/gemma-3-270m.json) into ~/.cache/featcirc/saes/gemma-3-270m-local
-# and copy its card (README.md + metrics.json, never weights) to experiments/results/gemma-saes/.
+# Train the Gemma-3-270M SAE sets and copy their cards (README.md + metrics.json, never weights) to
+# experiments/results/gemma-saes/. Needs the gemma extra and the default corpus pieces.
 #
-#   bash experiments/train_gemma_saes.sh            # needs the gemma extra and the default corpus pieces
+#   bash experiments/train_gemma_saes.sh          # the recipe (saes/recipes/gemma-3-270m.json): embed + resid.0..17,
+#                                                 # width 1024, k 48 -> ~/.cache/featcirc/saes/gemma-3-270m-local
+#   bash experiments/train_gemma_saes.sh late     # retrain of the sites below FVE 0.8: resid.10..17, width 2048,
+#                                                 # k 64 -> ~/.cache/featcirc/saes/gemma-3-270m-late-w2048
 #
-# One torch thread, so the other core of a shared 2-core machine stays usable; the log goes to
-# ~/.cache/featcirc/saes/gemma-3-270m-local.log.
+# One torch thread, so the other core of a shared 2-core machine stays usable; logs go beside the sets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache="${FEATCIRC_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/featcirc}"
 mkdir -p "$cache/saes"
 export OMP_NUM_THREADS=1
-python -m featcirc train-saes --recipe gemma-3-270m --threads 1 "$@" 2>&1 | tee "$cache/saes/gemma-3-270m-local.log"
-mkdir -p experiments/results/gemma-saes
-cp "$cache/saes/gemma-3-270m-local/README.md" "$cache/saes/gemma-3-270m-local/metrics.json" experiments/results/gemma-saes/
+case "${1:-recipe}" in
+  recipe)
+    name=gemma-3-270m-local; results=experiments/results/gemma-saes
+    python -m featcirc train-saes --recipe gemma-3-270m --threads 1 2>&1 | tee "$cache/saes/$name.log" ;;
+  late)
+    name=gemma-3-270m-late-w2048; results=experiments/results/gemma-saes/late-w2048
+    python -m featcirc train-saes --model gemma-3-270m \
+      --sites resid.10,resid.11,resid.12,resid.13,resid.14,resid.15,resid.16,resid.17 --corpus default \
+      --width 2048 --k 64 --tokens 128000 --batch-tokens 256 --lr 0.002 --ce-eval-tokens 512 --eval-tokens 4096 \
+      --threads 1 --out "$cache/saes/$name" 2>&1 | tee "$cache/saes/$name.log" ;;
+  *) echo "usage: $0 [recipe|late]" >&2; exit 2 ;;
+esac
+mkdir -p "$results"
+cp "$cache/saes/$name/README.md" "$cache/saes/$name/metrics.json" "$results/"
