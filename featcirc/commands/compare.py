@@ -172,6 +172,8 @@ def add_arguments(p) -> None:
     p.add_argument("--max-nodes", type=int, default=1000, help="edges are scored among the top N nodes (feature level)")
     p.add_argument("--eval-fraction", type=float, default=0.5,
                    help="feature level: share of the pairs held out for the faithfulness curves; 0: none")
+    p.add_argument("--eval-pairs", type=int, default=None, metavar="N",
+                   help="feature level: held-out pairs the faithfulness curves use (default: all of them)")
     p.add_argument("--ablation", choices=ABLATION_NAMES, default="mean",
                    help="value of the nodes outside a circuit in the faithfulness curves")
     p.add_argument("--bootstrap", type=int, default=1000, help="pair resamples for the intervals")
@@ -197,6 +199,7 @@ def run(args, progress: bool) -> int:
     check_int(args.ig_steps, "--ig-steps", allow_none=False)
     check_int(args.max_nodes, "--max-nodes", allow_none=False)
     check_int(args.bootstrap, "--bootstrap", allow_none=False)
+    check_int(args.eval_pairs, "--eval-pairs", what="held-out pairs")
     check_float(args.eval_fraction, "--eval-fraction", below=1.0, allow_none=False)
     check_device_name(args.device)
     check_dtype_name(args.dtype)
@@ -214,8 +217,8 @@ def run(args, progress: bool) -> int:
         logger.info("%s", dataset.summary())
         eval_data = None
         if pairs.evaluation is not None:
-            eval_data = tokenize_pairs(model, pairs.evaluation, batch_size=args.batch_size,
-                                       source=f"{pairs.source}, held-out pairs")
+            eval_data = tokenize_pairs(model, pairs.evaluation, batch_size=args.batch_size, max_pairs=args.eval_pairs,
+                                       limit_option="--eval-pairs", source=f"{pairs.source}, held-out pairs")
             logger.info("%s", eval_data.summary())
         stage = staged_dir(args.out, force=args.force) if ctx.is_main else tempfile.TemporaryDirectory()
         with stage as out:
