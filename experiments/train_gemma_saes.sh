@@ -16,13 +16,13 @@ export OMP_NUM_THREADS=1
 case "${1:-recipe}" in
   recipe)
     name=gemma-3-270m-local; results=experiments/results/gemma-saes
-    python -m featcirc train-saes --recipe gemma-3-270m --threads 1 2>&1 | tee "$cache/saes/$name.log" ;;
+    python -m featcirc --threads 1 train-saes --recipe gemma-3-270m 2>&1 | tee "$cache/saes/$name.log" ;;
   late)
     name=gemma-3-270m-late-w2048; results=experiments/results/gemma-saes/late-w2048
-    python -m featcirc train-saes --model gemma-3-270m \
+    python -m featcirc --threads 1 train-saes --model gemma-3-270m \
       --sites resid.10,resid.11,resid.12,resid.13,resid.14,resid.15,resid.16,resid.17 --corpus default \
       --width 2048 --k 64 --tokens 128000 --batch-tokens 256 --lr 0.002 --ce-eval-tokens 512 --eval-tokens 4096 \
-      --threads 1 --out "$cache/saes/$name" 2>&1 | tee "$cache/saes/$name.log" ;;
+      --out "$cache/saes/$name" 2>&1 | tee "$cache/saes/$name.log" ;;
   *) echo "usage: $0 [recipe|late]" >&2; exit 2 ;;
 esac
 mkdir -p "$results"

@@ -182,7 +182,7 @@ def test_gemma_recipe_is_valid_and_writes_to_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FEATCIRC_CACHE", str(tmp_path))
     args = argparse.Namespace(recipe="gemma-3-270m", model=None, sites=None, corpus=None, out=None, width=None,
                               k=16, tokens=None, lr=None, context_size=None, batch_tokens=None, seed=None,
-                              dtype=None, windows=None, eval_tokens=None, ce_eval_tokens=None)
+                              sae_dtype=None, windows=None, eval_tokens=None, ce_eval_tokens=None)
     model, sites, corpus, out, settings = _plan(args)
     assert out == trained_set_path("gemma-3-270m-local") == tmp_path / "saes" / "gemma-3-270m-local"
     assert settings["k"] == 16 and settings["width"] == recipe["settings"]["width"]  # flags override the recipe

@@ -13,7 +13,6 @@ import json
 import math
 import re
 import struct
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,8 +21,7 @@ from featcirc.sites import Site
 DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 """The model dtypes the command line takes (the keys of :data:`featcirc.models.device.DTYPES`)."""
 
-ABLATION_NAMES: tuple[str, ...] = ("mean", "zero", "resample", "patch")
-"""The ablations of faithfulness (:data:`featcirc.evaluate.faithfulness.ABLATIONS`, whose module imports torch)."""
+from featcirc.evaluate import ABLATIONS as ABLATION_NAMES  # noqa: E402  (a light module)
 
 SAE_CFG = "cfg.json"
 SAE_WEIGHTS = "sae_weights.safetensors"
@@ -109,21 +107,13 @@ def check_model_name(name: str) -> Optional[dict]:
 
 # --------------------------------------------------------------------------------------------- SAEs
 def _bundled_sae_dir() -> Optional[Path]:
-    """Where ``featcirc.saes.bundled`` lives, found without importing :mod:`featcirc.saes` (whose
-    package imports torch): asked of the import system's finders, as an import would."""
-    parent = importlib.util.find_spec("featcirc.saes")
-    locations = list(parent.submodule_search_locations or []) if parent else []
-    for finder in sys.meta_path:
-        find = getattr(finder, "find_spec", None)
-        if find is None:
-            continue
-        try:
-            spec = find("featcirc.saes.bundled", locations)
-        except (ImportError, TypeError, ValueError):
-            continue
-        if spec is not None and spec.submodule_search_locations:
-            return Path(list(spec.submodule_search_locations)[0])
-    return None
+    """Where ``featcirc.saes.bundled`` lives (``featcirc.saes`` imports nothing heavy)."""
+    from featcirc.saes.bundled_path import bundled_sae_dir
+
+    try:
+        return bundled_sae_dir()
+    except ModuleNotFoundError:
+        return None
 
 
 def named_sae_sets() -> tuple[str, ...]:

@@ -13,8 +13,9 @@ HELP = "train SAEs (SAELens TopK) at chosen sites of a model on an offline corpu
 logger = logging.getLogger("featcirc")
 
 # command-line flag -> TrainSettings field (None: not given, the recipe's or the default value holds)
-_SETTING_FLAGS = {"width": int, "k": int, "tokens": int, "lr": float, "context_size": int, "batch_tokens": int,
-                  "eval_tokens": int, "ce_eval_tokens": int, "seed": int, "dtype": str}
+_SETTING_FLAGS = {"width": "width", "k": "k", "tokens": "tokens", "lr": "lr", "context_size": "context_size",
+                  "batch_tokens": "batch_tokens", "eval_tokens": "eval_tokens", "ce_eval_tokens": "ce_eval_tokens",
+                  "seed": "seed", "sae_dtype": "dtype"}
 
 
 def add_arguments(p) -> None:
@@ -40,9 +41,9 @@ def add_arguments(p) -> None:
                    help="packed: documents concatenated into full windows (default); documents: one "
                    "document per window, right-padded (default for --model tiny, whose training rows "
                    "were single sentences)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="SAE dtype (default float32)")
+    p.add_argument("--sae-dtype", choices=("float32", "bfloat16", "float16"),
+                   help="dtype of the SAEs being trained (the model runs in float32) (default float32)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--seed", type=int, help="seed of the split, the initialisation and the shuffling (default 0)")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
 
@@ -64,10 +65,10 @@ def _plan(args) -> tuple[str, str, str, Path, dict]:
     else:
         raise ValueError("--out is required without --recipe")
     settings = dict(recipe.get("settings", {}))
-    for flag in _SETTING_FLAGS:
+    for flag, field in _SETTING_FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
-            settings[flag] = value
+            settings[field] = value
     if args.windows is not None:
         settings["pack"] = args.windows == "packed"
     elif "pack" not in settings and model.lower() == "tiny":
@@ -76,34 +77,34 @@ def _plan(args) -> tuple[str, str, str, Path, dict]:
 
 
 def run(args, progress: bool) -> int:
-    import torch
-
-    from featcirc.data.corpus import load_corpus
-    from featcirc.models.device import resolve_device
-    from featcirc.models.loading import load_model
-    from featcirc.saes.training import TrainSettings, check_output_dir, parse_sites, train_saes
+    from featcirc.commands.checks import check_device_name, check_model_name
+    from featcirc.commands.common import phase, start_torch, stdout_to_log
     from featcirc.sites import Site
 
     model_name, site_spec, corpus_spec, out, settings_kw = _plan(args)
-    settings = TrainSettings(**settings_kw)
-    settings.check()
     if site_spec not in ("all", "all-resid"):
         for name in site_spec.split(","):  # syntax errors before loading anything
             if name.strip():
                 Site.parse(name.strip())
+    check_model_name(model_name)
+    check_device_name(args.device)
+    device, _ = start_torch(args)  # the first heavy import; the global --threads; a missing GPU fails here
+
+    from featcirc.data.corpus import load_corpus
+    from featcirc.models.loading import load_model
+    from featcirc.saes.training import TrainSettings, check_output_dir, parse_sites, train_saes
+
+    settings = TrainSettings(**settings_kw)
+    settings.check()
     check_output_dir(out, args.force)
-    device = resolve_device(args.device)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
     corpus = load_corpus(corpus_spec)
     logger.info("corpus %s: %d documents, %d words, sha256 %s", corpus.name, len(corpus.texts), corpus.n_words,
                 corpus.sha256[:12])
-    model = load_model(model_name, device=str(device))
-    for p in model.parameters():
-        p.requires_grad_(False)
+    phase("checked")
+    with stdout_to_log():
+        model = load_model(model_name, device=str(device))
     sites = parse_sites(model, site_spec)
+    phase("loaded")
     logger.info("training %d SAEs (%s) on %d tokens each -> %s", len(sites), ", ".join(s.name for s in sites),
                 settings.tokens, out)
     if "train-saes" in sys.argv[1:]:  # the command line as typed (python -m featcirc / featcirc)
@@ -113,6 +114,7 @@ def run(args, progress: bool) -> int:
         command = "featcirc train-saes " + _flags_text(args)
     info = train_saes(model, sites, corpus, out, settings, model_name=model_name, command=command,
                       force=args.force, progress=progress)
+    phase("written")
     worst = min(info["saes"].items(), key=lambda kv: kv[1].get("ce_recovered", kv[1]["fve"]))
     print(f"train-saes: {len(info['saes'])} SAEs -> {out} ({info['train_seconds']:.0f} s training); "
           f"lowest CE recovered {worst[0]}: {worst[1].get('ce_recovered', float('nan')):.3f}, "
@@ -123,7 +125,7 @@ def run(args, progress: bool) -> int:
 def _flags_text(args) -> str:
     parts = []
     for name in ("recipe", "model", "sites", "corpus", "out", "width", "k", "tokens", "lr", "context_size",
-                 "batch_tokens", "eval_tokens", "ce_eval_tokens", "windows", "dtype", "device", "threads", "seed"):
+                 "batch_tokens", "eval_tokens", "ce_eval_tokens", "windows", "sae_dtype", "device", "seed"):
         v = getattr(args, name, None)
         if v is not None and not (name == "device" and v == "auto"):
             parts.append(f"--{name.replace('_', '-')} {shlex.quote(str(v))}")

@@ -10,3 +10,6 @@
 - :mod:`~featcirc.evaluate.stats`: per-pair score cells and correlations.
 - :mod:`~featcirc.evaluate.figure`: the faithfulness figure.
 """
+
+ABLATIONS: tuple[str, ...] = ("mean", "zero", "resample", "patch")
+"""The values nodes outside a circuit take (docs/design.md §9); here so that listing them imports nothing."""

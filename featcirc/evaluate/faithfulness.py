@@ -40,11 +40,11 @@ from transformer_lens import HookedTransformer
 from featcirc.attribution.splice import SiteState, Splice, make_splice
 from featcirc.circuit import PruneSettings, circuit_nodes, prune
 from featcirc.data import PairBatch, PairDataset, PromptPair
+from featcirc.evaluate import ABLATIONS
 from featcirc.evaluate.metrics import curve_area
 from featcirc.metric import logit_diff_from_resid
 from featcirc.sites import METRIC, Site, parse_node_id
 
-ABLATIONS = ("mean", "zero", "resample", "patch")
 DEFAULT_THRESHOLDS = tuple(float(x) for x in np.logspace(-4, 0, 15))
 
 NodeSet = frozenset
@@ -95,7 +95,9 @@ class Ablator:
         self.n_evaluations = 0
         self._keep_cache: dict[Optional[NodeSet], np.ndarray] = {}
         self._ablate_cache: dict[NodeSet, np.ndarray] = {}
-        self._patch_states = [self._record(b.patch) for b in data.batches]
+        # only patch and resample need every pair's patch-run nodes; mean needs their means, zero nothing
+        self._patch_states = ([self._record(b.patch) for b in data.batches] if ablation in ("patch", "resample")
+                              else None)
         self._means = self._mean_values() if ablation == "mean" else None
         self.m_full_values = self.metric_values(None)
         self.m_empty_values = self.metric_values(set())
@@ -121,38 +123,43 @@ class Ablator:
             self.model(tokens, stop_at_layer=self.model.cfg.n_layers)
         return dict(store)
 
-    def _mean_values(self) -> dict[str, SiteState]:
-        """Per-position means over all patch prompts that reach that position."""
-        T = self.data.max_len
-        out = {}
-        for s in self.splice.site_names:
-            sums_f = sums_v = None
-            count = torch.zeros(T)
-            for st in self._patch_states:
-                B, t = st[s].vector.shape[:2]
-                count[:t] += B
-                v = torch.zeros((T,) + st[s].vector.shape[2:])
-                v[:t] = st[s].vector.sum(0)
-                sums_v = v if sums_v is None else sums_v + v
-                if st[s].features is not None:
-                    f = torch.zeros((T,) + st[s].features.shape[2:])
-                    f[:t] = st[s].features.sum(0)
-                    sums_f = f if sums_f is None else sums_f + f
-            c = count.clamp(min=1)
-            out[s] = SiteState(None if sums_f is None else sums_f / c[:, None], sums_v / c[:, None])
-        return out
+    def _patch_runs(self):
+        """Every batch's patch-run nodes, kept or recorded one batch at a time."""
+        if self._patch_states is not None:
+            yield from self._patch_states
+            return
+        for b in self.data.batches:
+            yield self._record(b.patch)
 
-    def _ablation_for(self, batch_idx: int, site: str, B: int, t: int) -> SiteState:
-        st = self._patch_states[batch_idx][site]
-        if self.ablation == "patch":
-            return st
+    def _mean_values(self) -> dict[str, SiteState]:
+        """Per-position means over all patch prompts that reach that position (one batch in memory)."""
+        T = self.data.max_len
+        sums: dict[str, list] = {s: [None, None] for s in self.splice.site_names}
+        count = torch.zeros(T)
+        for st in self._patch_runs():
+            t = next(iter(st.values())).vector.shape[1]
+            count[:t] += next(iter(st.values())).vector.shape[0]
+            for s in self.splice.site_names:
+                for k, x in enumerate((st[s].features, st[s].vector)):
+                    if x is None:
+                        continue
+                    padded = torch.zeros((T,) + x.shape[2:])
+                    padded[:t] = x.sum(0)
+                    sums[s][k] = padded if sums[s][k] is None else sums[s][k] + padded
+        c = count.clamp(min=1)
+        return {s: SiteState(None if f is None else f / c[:, None], v / c[:, None]) for s, (f, v) in sums.items()}
+
+    def _ablation_for(self, batch_idx: int, site: str, B: int, t: int) -> Optional[SiteState]:
+        """The values ablated nodes take at ``site`` for batch ``batch_idx`` (None: zero)."""
+        if self.ablation == "zero":
+            return None
         if self.ablation == "mean":
             m = self._means[site]
             f = None if m.features is None else m.features[:t].expand(B, -1, -1)
             return SiteState(f, m.vector[:t].expand(B, -1, -1))
-        if self.ablation == "zero":
-            return SiteState(None if st.features is None else torch.zeros_like(st.features),
-                             torch.zeros_like(st.vector))
+        st = self._patch_states[batch_idx][site]
+        if self.ablation == "patch":
+            return st
         roll = lambda x: None if x is None else torch.roll(x, shifts=1, dims=0)  # noqa: E731
         return SiteState(roll(st.features), roll(st.vector))
 
@@ -273,10 +280,10 @@ class Ablator:
 
             def fn(x: torch.Tensor, s=s, abl=abl, mk=mk) -> torch.Tensor:
                 st = self.splice.split(s, x)
-                v = torch.where(mk.vector[:, None], st.vector, abl.vector)
+                v = torch.where(mk.vector[:, None], st.vector, 0.0 if abl is None else abl.vector)
                 if st.features is None:
                     return v
-                f = torch.where(mk.features, st.features, abl.features)
+                f = torch.where(mk.features, st.features, 0.0 if abl is None else abl.features)
                 return self.splice.decode(s, f) + v
 
             hooks[s] = fn

@@ -30,7 +30,6 @@ from featcirc.sites import METRIC, stream_index
 FORMATS = ("json", "graphml", "dot", "neuronpedia")
 _FLOAT_NODE_ATTRS = ("score", "activation")
 _EDGE_KEYS = ("edges", "links")
-_jsonable = jsonable  # the name other modules import
 
 
 # ----------------------------------------------------------------------------------------- JSON

@@ -100,8 +100,8 @@ def write_graph_files(G: nx.DiGraph, data_dir: "str | os.PathLike[str]", *, prom
         missing = [n["feature"] for n in graph["nodes"] if n["feature_type"] == "cross layer transcoder"
                    and not (features_dir(data_dir, feature_set) / f"{n['feature']}.json").exists()]
         if missing:
-            logger.info("%d of the graph's feature nodes have no feature file in %s yet; "
-                        "`featcirc features RUN_DIR` writes them", len(missing), features_dir(data_dir, feature_set))
+            logger.info("%d of the graph's feature nodes have no feature file in graph_files/features/%s yet; "
+                        "`featcirc features RUN_DIR` writes them", len(missing), feature_set)
     validate_neuronpedia(graph)
     path = write_text(data_dir / f"{slug}.json", json.dumps(graph, allow_nan=False) + "\n")
     entry = {k: graph["metadata"][k] for k in _ENTRY_KEYS if k in graph["metadata"]}

@@ -119,7 +119,7 @@ def load_tiny_model(device: str = "cpu", directory: "str | Path | None" = None) 
         model = HookedTransformer(HookedTransformerConfig(**cfg_kwargs), tokenizer=tok, move_to_device=False)
     state = load_file(str(weights))
     model.load_state_dict(state, strict=True)
-    model.to(device)
+    model.to(device, print_details=False)
     model.eval()
     return model
 

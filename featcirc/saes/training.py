@@ -25,19 +25,18 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
 
-from featcirc.data.corpus import Corpus, CorpusError, token_windows
+from featcirc.data.corpus import Corpus, token_windows
 from featcirc.io import write_json, write_text
 from featcirc.sites import Site, all_sites, sort_sites
 
