@@ -164,7 +164,8 @@ def staged_dir(out: "str | os.PathLike[str]", *, force: bool = False) -> Iterato
     created for it) and leaves ``out`` as it was: absent, or the previous complete run. With
     ``force`` an existing ``out`` is replaced only at that last moment (renamed aside, the new run
     renamed in, the old one deleted). The directory gets the permissions of a plain ``mkdir`` (the
-    user's umask). A process killed outright (SIGKILL) leaves only the hidden sibling behind.
+    user's umask). A process killed outright (SIGKILL) leaves only the hidden sibling behind, named with
+    its PID; the next run into the same ``out`` removes it.
     """
     out = Path(out)
     check_out_dir(out, force)
@@ -175,7 +176,8 @@ def staged_dir(out: "str | os.PathLike[str]", *, force: bool = False) -> Iterato
         created.append(p)
         p = p.parent
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    _remove_stale_partials(parent, out.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=parent))
     try:
         os.chmod(tmp, 0o777 & ~current_umask())
         yield tmp
@@ -189,6 +191,21 @@ def staged_dir(out: "str | os.PathLike[str]", *, force: bool = False) -> Iterato
                 except OSError:
                     break
         raise
+
+
+def _remove_stale_partials(parent: Path, name: str) -> None:
+    """Delete ``.NAME.partial-PID-*`` directories left by runs of ``name`` whose process is gone (killed
+    outright): a run in progress (its PID alive) is left alone."""
+    for d in parent.glob(f".{name}.partial-*-*"):
+        pid = d.name[len(f".{name}.partial-"):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except OSError:  # alive but not ours (EPERM): leave it
+            pass
 
 
 def _move_into_place(tmp: Path, out: Path, force: bool) -> None:

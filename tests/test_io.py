@@ -150,3 +150,20 @@ def test_atomic_paths_replace_all_files_or_none(tmp_path):
         tb.write_text("new b")
     assert (a.read_text(), b.read_text()) == ("new a", "new b")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+
+
+def test_partial_dirs_of_dead_runs_are_removed_by_the_next_run(tmp_path):
+    import subprocess
+
+    from featcirc.io import staged_dir
+
+    proc = subprocess.Popen(["sleep", "0"])
+    proc.wait()
+    stale = tmp_path / f".run.partial-{proc.pid}-abc"  # a run killed with SIGKILL: its PID is gone
+    stale.mkdir()
+    (stale / "nodes.pt").write_text("half")
+    alive = tmp_path / f".run.partial-{os.getpid()}-xyz"  # a run in progress: left alone
+    alive.mkdir()
+    with staged_dir(tmp_path / "run") as out:
+        (out / "summary.json").write_text("{}")
+    assert not stale.exists() and alive.exists() and (tmp_path / "run" / "summary.json").exists()
