@@ -3,9 +3,9 @@
 Per site kind and node kind (features and error nodes apart): Pearson and Spearman correlations of
 each method's per-pair, per-position cells with exact patching's, with bootstrap intervals that
 resample pairs; cells where both methods are exactly 0 are left out, and a group with fewer than two
-cells left is reported in ``compare.json["dropped"]`` with the reason. Cost per method. At feature
-level the pairs are split as in ``discover`` (scores on the discovery pairs, faithfulness curves,
-CPR / CMD with intervals on the held-out pairs).
+cells left is reported in ``compare.json["dropped"]`` with the reason. Cost per method. The pairs are
+split as in ``discover`` at both levels (so component and feature level score the same discovery
+pairs); at feature level the faithfulness curves, CPR / CMD with intervals use the held-out pairs.
 """
 
 from __future__ import annotations
@@ -171,7 +171,8 @@ def add_arguments(p) -> None:
     p.add_argument("--ig-steps", type=int, default=10, help="interpolation steps of ig")
     p.add_argument("--max-nodes", type=int, default=1000, help="edges are scored among the top N nodes (feature level)")
     p.add_argument("--eval-fraction", type=float, default=0.5,
-                   help="feature level: share of the pairs held out for the faithfulness curves; 0: none")
+                   help="share of the pairs held out for the faithfulness curves (feature level); the same "
+                        "split at both levels, so component and feature level score the same pairs; 0: none")
     p.add_argument("--eval-pairs", type=int, default=None, metavar="N",
                    help="feature level: held-out pairs the faithfulness curves use (default: all of them)")
     p.add_argument("--ablation", choices=ABLATION_NAMES, default="mean",
@@ -205,8 +206,7 @@ def run(args, progress: bool) -> int:
     check_dtype_name(args.dtype)
     check_sae_spec(args.saes if args.level == "feature" else None, check_model_name(args.model))
     check_out_dir(args.out, args.force)
-    fraction = args.eval_fraction if args.level == "feature" else 0.0
-    pairs = run_pairs(data=args.data, task=args.task, n=args.pairs, seed=args.seed, eval_fraction=fraction)
+    pairs = run_pairs(data=args.data, task=args.task, n=args.pairs, seed=args.seed, eval_fraction=args.eval_fraction)
     phase("checked")
     _, dtype = start_torch(args)
     with process_context(args.device) as ctx:
@@ -216,7 +216,7 @@ def run(args, progress: bool) -> int:
                                  source=pairs.source + (", discovery pairs" if pairs.evaluation else ""))
         logger.info("%s", dataset.summary())
         eval_data = None
-        if pairs.evaluation is not None:
+        if pairs.evaluation is not None and args.level == "feature":
             eval_data = tokenize_pairs(model, pairs.evaluation, batch_size=args.batch_size, max_pairs=args.eval_pairs,
                                        limit_option="--eval-pairs", source=f"{pairs.source}, held-out pairs")
             logger.info("%s", eval_data.summary())
