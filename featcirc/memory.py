@@ -18,7 +18,7 @@
   :func:`activation_elements`). IG runs ``min(B S, max_rows)`` rows (``S`` steps), exact patching
   ``max_rows`` rows without gradients.
 - *kept records*: the node pass keeps every batch's record for the edge pass while they fit in
-  ``record_bytes`` (1 GiB); beyond it they are dropped and the edge pass recomputes each batch's node
+  ``record_bytes`` (256 MiB); beyond it they are dropped and the edge pass recomputes each batch's node
   pass (then the edge phase holds one node pass instead of the records).
 - *edge pass* (one batch, the most demanding downstream site, the ``max_nodes`` candidates spread
   evenly over the sites, ``n_d`` at a site): the group's forward over ``N = B S`` rows with leaves
@@ -56,7 +56,7 @@ __all__ = ["MemoryBudgetError", "MemoryEstimate", "BudgetFit", "activation_eleme
            "estimate_peak_bytes",
            "fit_to_budget", "format_bytes", "model_weight_bytes", "parse_bytes"]
 
-RECORD_BYTES = 1 << 30
+RECORD_BYTES = 1 << 28
 """``AttributionSettings.record_bytes``'s default."""
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import make_model
-from featcirc.memory import (MemoryBudgetError, estimate_peak_bytes, fit_to_budget, format_bytes,
+from featcirc.memory import (RECORD_BYTES, MemoryBudgetError, estimate_peak_bytes, fit_to_budget, format_bytes,
                              model_weight_bytes, parse_bytes)
 
 
@@ -117,4 +117,4 @@ def test_fit_to_budget_is_monotone_and_fits(tiny):
         previous = fit
     assert (previous.batch_size, previous.max_rows) == (64, 256)  # a large budget changes nothing
     roomy = fit_to_budget("1TB", model.cfg, saes, **kw)
-    assert (roomy.batch_size, roomy.max_rows, roomy.record_bytes) == (64, 256, 1 << 30)
+    assert (roomy.batch_size, roomy.max_rows, roomy.record_bytes) == (64, 256, RECORD_BYTES)

@@ -30,7 +30,7 @@ class AttributionSettings:
     max_nodes: Optional[int] = 1000
     max_rows: int = 256
     pair_effects: bool = False
-    record_bytes: int = 1 << 30
+    record_bytes: int = 1 << 28
     progress: bool = True
 
     def __post_init__(self) -> None:
