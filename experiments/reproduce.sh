@@ -18,11 +18,12 @@ TINY=featcirc/resources/tiny
 
 tiny() {
   for task in ioi sva_nounpp; do
-    ablation=mean; [ "$task" = ioi ] && ablation=patch  # IOI: names precede the first differing token
+    # IOI: patch ablation (the names precede the first differing token) and circuits of up to 2000 nodes
+    ablation=mean; nodes=500; [ "$task" = ioi ] && { ablation=patch; nodes=2000; }
     $FC compare --model tiny --data $TINY/heldout_$task.jsonl --pairs 32 --level component \
       --methods exact,atp,relp,ig --out $R/tiny-${task//_/-}-component --force
     $FC compare --model tiny --saes tiny --data $TINY/heldout_$task.jsonl --pairs 32 --level feature \
-      --methods exact,atp,relp,ig --max-nodes 500 --ablation $ablation --out $R/tiny-${task//_/-}-feature --force
+      --methods exact,atp,relp,ig --max-nodes $nodes --ablation $ablation --out $R/tiny-${task//_/-}-feature --force
   done
   python experiments/rule_variants.py --model tiny --saes tiny --data $TINY/heldout_sva_nounpp.jsonl \
     > $R/rule_variants/tiny_feature_sva.txt
