@@ -61,3 +61,4 @@ case "${1:-tiny}" in
   all) tiny; gemma ;;
   *) echo "usage: $0 [tiny|gemma|all]" >&2; exit 2 ;;
 esac
+python experiments/tables.py  # the README's tables, from the outputs above
