@@ -40,8 +40,23 @@ class Cost:
         return self
 
 
+class _Saved:
+    """``save`` / ``load`` as a plain dict of tensors (``to_dict`` / ``from_dict``), written atomically."""
+
+    _what = "scores"
+
+    def save(self, path: "str | os.PathLike[str]") -> Path:
+        with atomic_path(path) as tmp:
+            torch.save(self.to_dict(), tmp)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: "str | os.PathLike[str]"):
+        return cls.from_dict(_load(path, cls._what))
+
+
 @dataclass
-class NodeScores:
+class NodeScores(_Saved):
     """Effects of every node, averaged over the dataset's pairs (positive: supports the clean answer).
 
     ``features[site]``: ``[T, F]`` (``aggregation="none"``) or ``[F]`` (``"sum"``), feature level only.
@@ -53,6 +68,7 @@ class NodeScores:
     dataset order, for comparing methods cell by cell.
     """
 
+    _what = "node scores"
     method: str
     level: str
     aggregation: str
@@ -135,17 +151,9 @@ class NodeScores:
         d["cost"] = Cost(**d["cost"])
         return cls(**d)
 
-    def save(self, path: "str | os.PathLike[str]") -> Path:
-        with atomic_path(path) as tmp:
-            torch.save(self.to_dict(), tmp)
-        return Path(path)
-
-    @classmethod
-    def load(cls, path: "str | os.PathLike[str]") -> "NodeScores":
-        return cls.from_dict(_load(path, "node scores"))
 
 
-class EdgeScores:
+class EdgeScores(_Saved):
     """Edge weights ``e(u -> d)`` (docs/design.md §7), stored compactly: the node ids once, then
     ``(upstream, downstream, weight)`` as index and weight tensors. Only computed, nonzero edges
     are kept; the output node is ``metric``. Same sign convention as the node scores.
@@ -153,6 +161,8 @@ class EdgeScores:
     ``EdgeScores(method, aggregation, edges={(u, d): w})`` builds one from a mapping, and
     :attr:`edges` gives that mapping back (a copy).
     """
+
+    _what = "edge scores"
 
     def __init__(self, method: str, aggregation: str, nodes: Optional[list[str]] = None,
                  upstream: Optional[torch.Tensor] = None, downstream: Optional[torch.Tensor] = None,
@@ -203,14 +213,6 @@ class EdgeScores:
         return cls(d["method"], d["aggregation"], list(d["nodes"]), d["upstream"], d["downstream"],
                    d["weight"], cost, d.get("info", {}))
 
-    def save(self, path: "str | os.PathLike[str]") -> Path:
-        with atomic_path(path) as tmp:
-            torch.save(self.to_dict(), tmp)
-        return Path(path)
-
-    @classmethod
-    def load(cls, path: "str | os.PathLike[str]") -> "EdgeScores":
-        return cls.from_dict(_load(path, "edge scores"))
 
 
 def _load(path: "str | os.PathLike[str]", what: str) -> dict:
