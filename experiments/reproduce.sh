@@ -25,6 +25,9 @@ tiny() {
     $FC compare --model tiny --saes tiny --data $TINY/heldout_$task.jsonl --pairs 32 --level feature \
       --methods exact,atp,relp,ig --max-nodes $nodes --ablation $ablation --out $R/tiny-${task//_/-}-feature --force
   done
+  $FC discover --model tiny --saes tiny --data $TINY/heldout_ioi.jsonl --pairs 100 --max-nodes 2000 \
+    --out $R/tiny-ioi-discover --force
+  $FC evaluate $R/tiny-ioi-discover --ablation patch  # smallest held-out IOI circuit with F >= 0.8
   python experiments/rule_variants.py --model tiny --saes tiny --data $TINY/heldout_sva_nounpp.jsonl \
     > $R/rule_variants/tiny_feature_sva.txt
   python experiments/rule_variants.py --model tiny --data $TINY/heldout_ioi.jsonl > $R/rule_variants/tiny_component_ioi.txt
