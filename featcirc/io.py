@@ -157,7 +157,7 @@ def _sigint_ignored():
 
 @contextmanager
 def staged_dir(out: "str | os.PathLike[str]", *, force: bool = False) -> Iterator[Path]:
-    """Build a run directory in a hidden temporary sibling of ``out`` (``.NAME.partial-XXXX``) and move
+    """Build a run directory in a hidden temporary sibling of ``out`` (``.NAME.partial-PID-*``) and move
     it onto ``out`` when the block completes (docs/design.md §12).
 
     An exception or Ctrl-C inside the block removes the temporary directory (and parent directories
