@@ -115,7 +115,7 @@ register(Method("exact", "exact", description="activation patching, one node at 
 register(Method("atp", "gradient", LRPRules.none(), "attribution patching: plain gradient x delta"))
 register(Method("relp", "gradient", LRPRules(), "relevance patching: gradient x delta under the LRP rules"))
 register(Method("ig", "integrated", LRPRules.none(), "integrated gradients, one site at a time"))
-# RelP with one rule left out (the rule ablation of experiments/rule_ablation.py)
+# RelP with one rule left out (measured by experiments/rule_variants.py)
 register(Method("relp-no-ln", "gradient", LRPRules(ln=False), "RelP without the LN-rule"))
 register(Method("relp-no-ah", "gradient", LRPRules(attention=False), "RelP without the AH-rule"))
 register(Method("relp-no-act", "gradient", LRPRules(activation=False), "RelP without the identity rule"))
