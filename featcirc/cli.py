@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 from typing import Optional, Sequence
@@ -70,9 +71,18 @@ def _raise_interrupted(signum, frame) -> None:  # noqa: ARG001
     raise Interrupted(signum)
 
 
+def log_level(quiet: bool, rank: Optional[str] = None) -> int:
+    """INFO, WARNING with ``-q``; under torchrun (``RANK``) only rank 0 logs below ERROR, so a line
+    is printed once, not once per process."""
+    rank = os.environ.get("RANK", "0") if rank is None else rank
+    if rank.strip() not in ("", "0"):
+        return logging.ERROR
+    return logging.WARNING if quiet else logging.INFO
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="featcirc: %(message)s")
+    logging.basicConfig(level=log_level(args.quiet), format="featcirc: %(message)s")
     previous = signal.getsignal(signal.SIGTERM)
     try:
         signal.signal(signal.SIGTERM, _raise_interrupted)

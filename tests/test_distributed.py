@@ -1,6 +1,8 @@
 """Data-parallel attribution: shards are disjoint, balanced and of one length per batch; two gloo
 processes (launched by torchrun, as a user would) give the single-process node scores, edge scores
-and faithfulness to 1e-5 of each tensor's largest magnitude.
+to 1e-5 of each tensor's largest magnitude, and faithfulness / completeness to 1e-5 on their
+own scale (F is the metric normalised by the range ``m_full - m_empty``, so its scale is 1: a
+difference at float32 noise passes even when F is near 0, and a dropped or doubled pair fails).
 
 Run as a script (``torchrun --nproc-per-node 2 tests/test_distributed.py OUT``) this file is the
 worker of :func:`test_two_processes_match_one`.
@@ -184,6 +186,21 @@ def _close(a, b, what: str) -> None:
     assert diff <= TOL * max(scale, 1e-12), f"{what}: max |difference| {diff:.3g} > {TOL} x {scale:.3g}"
 
 
+def _close_fraction(a: float, b: float, what: str) -> None:
+    """F and completeness are fractions of the metric range ``m_full - m_empty``: compare them on
+    that scale (1), not relative to their own value (which may be ~0)."""
+    diff = abs(float(a) - float(b))
+    assert diff <= TOL, f"{what}: |difference| {diff:.3g} > {TOL} of the metric range"
+
+
+def _faithfulness(model, saes, data, circuit) -> tuple[float, float]:
+    """Single-process F and completeness of ``circuit`` on ``data`` (mean ablation)."""
+    from featcirc.distributed import Context
+
+    ab = Context().ablator(model, data, saes=saes, ablation="mean", progress=False)
+    return ab.faithfulness(circuit), ab.completeness(circuit)
+
+
 def _compare_nodes(got: dict, want: dict, what: str) -> None:
     assert got["n_pairs"] == want["n_pairs"] and got["sites"] == want["sites"]
     for field in ("features", "vectors", "feature_acts", "vector_acts"):
@@ -220,7 +237,8 @@ def test_two_processes_match_one(tmp_path):
     assert got["circuit"] == want["circuit"] and len(want["circuit"]) > 1
     for k in ("m_full", "m_empty"):
         _close(got[k], want[k], k)  # per-pair values, gathered into dataset order
-    _close([got["F"], got["completeness"]], [want["F"], want["completeness"]], "faithfulness, completeness")
+    _close_fraction(got["F"], want["F"], "faithfulness")
+    _close_fraction(got["completeness"], want["completeness"], "completeness")
     assert got["holds_final"] == want["holds_final"]
     assert 0.0 < want["F"] < 1.5
     # ragged data: the ranks' shards have different longest prompts (n_positions pads them)
@@ -231,6 +249,65 @@ def test_two_processes_match_one(tmp_path):
         _close(got["comp"]["pair_effects"][s][1], vec, f"pair effects {s}")
     # costs add the ranks' passes
     assert got["nodes"]["cost"]["forward_passes"] == want["nodes"]["cost"]["forward_passes"]  # 2 batches either way
+
+
+def test_fraction_check_catches_a_dropped_or_doubled_pair():
+    """The tolerance of :func:`_close_fraction` is tight enough that a sharding bug (one pair
+    dropped and another counted twice) fails it, on the data and circuit of the test above."""
+    import dataclasses
+
+    from featcirc.attribution import AttributionSettings
+    from featcirc.circuit import PruneSettings, circuit_nodes, full_graph, prune
+    from featcirc.data import load_pairs
+    from featcirc.models import load_model
+    from featcirc.saes import load_saes
+
+    model = load_model("tiny")
+    saes = load_saes(model, "tiny")
+    data = load_pairs(model, task="sva-nounpp", n=8, seed=0, batch_size=4)
+    nodes, edges = Context().attribute(model, data, "relp", saes,
+                                       settings=AttributionSettings(max_nodes=100, progress=False))
+    circuit = circuit_nodes(prune(full_graph(nodes, edges, n_layers=model.cfg.n_layers), PruneSettings(top_k=TOP_K)))
+    F, comp = _faithfulness(model, saes, data, circuit)
+    _close_fraction(F, F, "same")
+    b = data.batches[-1]  # the last pair dropped, the first pair of that batch counted twice
+    clean, patch = b.clean.clone(), b.patch.clone()
+    clean[-1], patch[-1] = clean[0], patch[0]
+    ca, pa = b.clean_answer.clone(), b.patch_answer.clone()
+    ca[-1], pa[-1] = ca[0], pa[0]
+    buggy = dataclasses.replace(data, batches=data.batches[:-1] + [dataclasses.replace(
+        b, clean=clean, patch=patch, clean_answer=ca, patch_answer=pa, pairs=b.pairs[:-1] + b.pairs[:1])])
+    F_bug, comp_bug = _faithfulness(model, saes, buggy, circuit)
+    with pytest.raises(AssertionError):
+        _close_fraction(F_bug, F, "faithfulness")
+    with pytest.raises(AssertionError):
+        _close_fraction(comp_bug, comp, "completeness")
+
+
+def test_cli_under_torchrun_logs_once(tmp_path):
+    """``torchrun -m featcirc discover``: the run is written once, and each log line is printed by rank 0
+    only (not once per process)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HOME=str(tmp_path))
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "featcirc",
+         "discover", "--model", "tiny", "--saes", "tiny", "--task", "sva-nounpp", "--pairs", "4", "--max-nodes", "50",
+         "--out", str(out)], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    logged = [line for line in proc.stderr.splitlines() if line.startswith("featcirc: ")]
+    assert any("discovery pairs" in line for line in logged), proc.stderr[-2000:]
+    assert len(logged) == len(set(logged)), f"repeated log lines: {logged}"
+    assert proc.stdout.count("circuit: ") == 1 and (out / "summary.json").is_file()
+
+
+def test_log_level_by_rank():
+    import logging
+
+    from featcirc.cli import log_level
+
+    assert log_level(False, "0") == logging.INFO and log_level(True, "0") == logging.WARNING
+    assert log_level(False, "") == logging.INFO
+    assert log_level(False, "1") == logging.ERROR and log_level(True, "3") == logging.ERROR
 
 
 def _worker(out: str) -> None:
