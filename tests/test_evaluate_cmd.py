@@ -87,6 +87,21 @@ def test_ablations_do_not_overwrite_each_other(held_out):
     assert _json(held_out / "faithfulness-zero.json")["ablation"] == "zero"
 
 
+def test_sizes_do_not_overwrite_the_threshold_curve(held_out):
+    """An evaluation by --sizes is kept beside the one by thresholds: its own files and summary entry."""
+    assert main(["-q", "evaluate", str(held_out), "--ablation", "mean", *FAST]) == 0
+    by_threshold = (held_out / "faithfulness-mean.json").read_text()
+    assert main(["-q", "evaluate", str(held_out), "--ablation", "mean", "--sizes", "2,5", *FAST]) == 0
+    assert (held_out / "faithfulness-mean.json").read_text() == by_threshold
+    sized = _json(held_out / "faithfulness-mean-sizes.json")
+    assert [r["k"] for r in sized["requests"] if r["selector"] == "size"] == [2, 5]
+    assert (held_out / "faithfulness-mean-sizes.csv").exists() and (held_out / "faithfulness-mean-sizes.png").exists()
+    ev = _json(held_out / "summary.json")["evaluations"]
+    assert ev["mean"]["file"] == "faithfulness-mean.json" and ev["mean"]["selector"] == "threshold"
+    assert ev["mean-sizes"]["file"] == "faithfulness-mean-sizes.json" and ev["mean-sizes"]["selector"] == "size"
+    assert "lower is better" in ev["mean"]["definitions"]["completeness"]
+
+
 def test_sizes_and_out_file(held_out, tmp_path):
     target = tmp_path / "results" / "sizes.json"
     assert main(["-q", "evaluate", str(held_out), "--sizes", "1,5,10", "--out", str(target), *FAST]) == 0

@@ -69,14 +69,23 @@ def evaluation_source(run_dir: Path, cfg: RunConfig, *, data: Optional[str] = No
     return src, label
 
 
-def output_paths(run_dir: Path, out: "str | Path | None", ablation: str) -> dict[str, Path]:
-    """``faithfulness-<ablation>.{csv,json,png}`` in ``out`` (a directory; default the run directory),
-    or ``<out stem>.{csv,json,png}`` when ``out`` names a file (has a suffix)."""
+def evaluation_name(ablation: str, sizes: Optional[Sequence[int]] = None) -> str:
+    """The name of an evaluation by its ablation and curve selector: ``mean`` (node thresholds),
+    ``mean-sizes`` (``--sizes``). It names the files and the ``summary.json`` entry, so an
+    evaluation by sizes never replaces one by thresholds."""
+    return f"{ablation}-sizes" if sizes is not None else ablation
+
+
+def output_paths(run_dir: Path, out: "str | Path | None", ablation: str,
+                 sizes: Optional[Sequence[int]] = None) -> dict[str, Path]:
+    """``faithfulness-<name>.{csv,json,png}`` (:func:`evaluation_name`) in ``out`` (a directory;
+    default the run directory), or ``<out stem>.{csv,json,png}`` when ``out`` names a file (has a suffix)."""
+    stem = f"faithfulness-{evaluation_name(ablation, sizes)}"
     if out is None:
-        base = run_dir / f"faithfulness-{ablation}"
+        base = run_dir / stem
     else:
         out = Path(out)
-        base = out.with_suffix("") if out.suffix and not out.is_dir() else out / f"faithfulness-{ablation}"
+        base = out.with_suffix("") if out.suffix and not out.is_dir() else out / stem
     return {ext: base.with_name(base.name + f".{ext}") for ext in ("csv", "json", "png")}
 
 
@@ -114,7 +123,7 @@ def plan_evaluation(run_dir: "str | Path", *, data: Optional[str] = None, task: 
     src, split = evaluation_source(run_dir, cfg, data=data, task=task, n=n, seed=seed)
     if src.get("data") is not None:
         read_pairs(src["data"])  # a bad file fails here, before the model loads
-    paths = output_paths(run_dir, out, ablation)
+    paths = output_paths(run_dir, out, ablation, sizes)
     if paths["json"].exists() and paths["json"].is_dir():
         raise ValueError(f"{paths['json']} is a directory; give --out another name")
     return dict(run_dir=run_dir, cfg=cfg, raw=raw, src=src, split=split, paths=paths, fractions=fractions)
@@ -127,8 +136,9 @@ def evaluate_run(run_dir: "str | Path", *, data: Optional[str] = None, task: Opt
                  n_resamples: int = 1000, bootstrap_seed: int = 0, model=None, saes=None, ctx=None,
                  device: str = "cpu", dtype=None, run_name: "str | Path | None" = None, progress: bool = True):
     """Evaluate a run directory and write ``faithfulness-<ablation>.csv / .json / .png`` together
-    (all or none: :func:`featcirc.io.atomic_paths`); with results in the run directory, its
-    ``summary.json`` gets them under ``evaluations[<ablation>]``.
+    (``faithfulness-<ablation>-sizes.*`` with ``sizes``; all or none: :func:`featcirc.io.atomic_paths`);
+    with results in the run directory, its ``summary.json`` gets them under ``evaluations[<name>]``
+    (:func:`evaluation_name`: ``mean``, ``mean-sizes``, ...).
 
     ``model`` / ``saes``: already loaded (else loaded from ``run.json`` on ``device`` in ``dtype``);
     ``ctx``: the process context (several processes share the pairs; only the main one writes);
@@ -203,7 +213,8 @@ def _evaluate(plan: dict, *, ablation: str, thresholds, sizes, n_resamples: int,
         plot_report(report, tmp[2], title=title)
         if in_run:
             summ = json.loads(summary_path.read_text(encoding="utf-8"))
-            summ.setdefault("evaluations", {})[ablation] = jsonable(evaluation_entry(report, paths["json"].name))
+            summ.setdefault("evaluations", {})[evaluation_name(ablation, sizes)] = jsonable(
+                evaluation_entry(report, paths["json"].name))
             write_json(tmp[3], summ)
     phase("written")
     return report, paths
@@ -214,7 +225,11 @@ def evaluation_entry(report, file_name: str) -> dict:
     circuit's faithfulness and completeness, CPR / CMD and the smallest faithful circuit."""
     best = report.smallest_faithful()
     exp = report.exported
-    return dict(file=file_name, split=report.info.get("split"), pairs=report.n_pairs, data=report.info.get("data"),
+    from featcirc.evaluate.metrics import DEFINITIONS
+
+    return dict(file=file_name, ablation=report.ablation, selector=report.main_selector,
+                split=report.info.get("split"), pairs=report.n_pairs, data=report.info.get("data"),
+                definitions=DEFINITIONS,
                 exported=None if exp is None else dict(n_nodes=exp.n_nodes, faithfulness=exp.faithfulness.to_json(),
                                                        completeness=exp.completeness.to_json()),
                 cpr=report.cpr.to_json(), cmd=report.cmd.to_json(),
@@ -242,7 +257,7 @@ def format_report(report, paths: dict[str, Path]) -> str:
     info = report.info
     lines = [f"{info.get('split', '?')}: {report.n_pairs} pairs from {info.get('data', '?')}, "
              f"{report.ablation} ablation, {report.confidence:.0%} intervals from {report.n_resamples} "
-             f"pair resamples"]
+             f"pair resamples; faithfulness: higher is better, completeness: lower is better"]
     groups: dict[int, list] = {}
     for r, c in report.points(report.main_selector):
         groups.setdefault(r.circuit, []).append(r)
@@ -307,7 +322,8 @@ def add_arguments(p) -> None:
                    help="value of the nodes outside the circuit: mean / zero / resample over the patch "
                         "prompts, or patch (each pair's own patch prompt)")
     p.add_argument("--sizes", type=_int_list, default=None,
-                   help="circuit sizes (top-k nodes), e.g. 10,20,50,100, instead of node thresholds")
+                   help="circuit sizes (top-k nodes), e.g. 10,20,50,100, instead of node thresholds (default: none, "
+                        "a log-spaced grid of node thresholds)")
     p.add_argument("--fractions", type=_fraction_list, default=None,
                    help="fractions of the graph for CPR/CMD (default MIB's 0.001,...,0.5,1)")
     p.add_argument("--bootstrap", type=int, default=1000, help="pair resamples for the intervals")

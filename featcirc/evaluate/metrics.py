@@ -23,6 +23,17 @@ from typing import Sequence
 
 import numpy as np
 
+DEFINITIONS = dict(
+    cpr="area under the faithfulness curve over fractions of the graph (MIB); higher is better (1: perfect)",
+    cmd="area between that curve and 1 (MIB); lower is better (0: perfect)",
+    faithfulness="F(C) = (m(C) - m(empty)) / (m(full) - m(empty)): the share of the metric the circuit recovers "
+                 "with every other node ablated; higher is better (1: all of it)",
+    completeness="F(M \\ C): the share of the metric left when the circuit is ablated and every other node kept; "
+                 "lower is better (0: nothing works without the circuit)",
+)
+"""One sentence each, with its direction, written beside the numbers in ``summary.json`` (docs/design.md §9)."""
+
+
 MIB_FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 """MIB's circuit sizes, as fractions of the graph."""
 
