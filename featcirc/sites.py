@@ -207,3 +207,16 @@ def parse_node_id(nid: str) -> NodeRef:
     if feat == "err":
         return NodeRef(site, "error", None, pos)
     return NodeRef(site, "feature", int(feat), pos)
+
+
+def card_key(site: "str | Site", index: int) -> str:
+    """An SAE feature's key, as in ``cards.json`` and ``--feature``: ``"resid.2/123"``."""
+    return f"{Site.parse(site).name}/{int(index)}"
+
+
+def parse_card_key(key: str) -> tuple[str, int]:
+    """Inverse of :func:`card_key`; ``ValueError`` for anything else."""
+    site, sep, idx = str(key).partition("/")
+    if not sep or not idx.isdigit():
+        raise ValueError(f"not a feature: {key!r}; write SITE/INDEX, e.g. resid.2/123")
+    return Site.parse(site).name, int(idx)

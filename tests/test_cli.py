@@ -33,14 +33,22 @@ def test_help_lists_subcommands(capsys):
 
 
 def test_help_texts_show_the_defaults_in_use():
-    """Every option with a default value says it in its help (compare's --pairs is 32, discover's 64)."""
+    """Every option with a default value (0 and 0.0 included) says it in its help, and states it once
+    (compare's --pairs is 32, discover's 64)."""
+    import re
+
     parser = build_parser()
     for name, sub in _subparsers(parser).items():
-        text = sub.format_help()
+        text = " ".join(sub.format_help().split())
+        formatter = sub._get_formatter()
         for action in sub._actions:
-            if not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+            if not action.option_strings or action.help is argparse.SUPPRESS or "-h" in action.option_strings:
                 continue
-            assert f"(default: {action.default})" in " ".join(text.split()), (name, action.option_strings)
+            helped = " ".join(formatter._expand_help(action).split())
+            where = (name, action.option_strings, helped)
+            assert len(re.findall(r"\(default[: ]", helped)) <= 1, where
+            if action.default is not None and action.default is not False and action.nargs != 0:
+                assert f"(default: {action.default})" in text, where
     flat = lambda cmd: " ".join(_subparsers(parser)[cmd].format_help().split())  # noqa: E731
     assert "prompt pairs to use (--n is an alias, not usable under torchrun) (default: 32)" in flat("compare")
     assert "(default: 64)" in flat("discover")
@@ -102,6 +110,38 @@ def test_discover_writes_a_complete_run(run_dir):
     assert features and features <= set(cards["cards"])
     assert not list(run_dir.rglob(".*.tmp"))  # atomic writes leave no temporaries
     assert [p.name for p in run_dir.parent.iterdir()] == ["sva"]  # and the staging directory is gone
+
+
+def test_run_records_versions_and_the_example_pair(run_dir):
+    """run.json and summary.json name featcirc's version, the libraries, device and dtype; summary.json
+    holds the example pair's own metric (not the mean) and says which direction is better."""
+    import importlib.metadata as md
+
+    import torch
+
+    run = json.loads((run_dir / "run.json").read_text())
+    summ = json.loads((run_dir / "summary.json").read_text())
+    for env in (run["environment"], summ["environment"]):
+        assert env["featcirc"] == md.version("featcirc")
+        assert env["libraries"]["torch"] == md.version("torch")
+        assert env["libraries"]["transformer-lens"] == md.version("transformer-lens")
+        assert env["libraries"]["sae-lens"] == md.version("sae-lens")
+        assert env["device"] == "cpu" and env["dtype"] == "float32"
+    ex = summ["example"]
+    assert ex["prompt"] == summ["prompt"] and ex["clean_answer"] in (" is", " are", " has", " have", " was", " were")
+    assert ex["n_pairs_mean"] == summ["pairs_used"]
+    assert 0 < ex["p_patch_answer"] < 1 and 0 < ex["p_clean_answer"] < 1
+    # the example's metric is that pair's own: recompute it from the full logits
+    from featcirc.metric import logit_diff_full
+    from featcirc.models import load_model
+
+    model = load_model("tiny")
+    toks = model.to_tokens(ex["prompt"], prepend_bos=True)
+    ids = [model.to_single_token(a) for a in (ex["clean_answer"], ex["patch_answer"])]
+    want = float(logit_diff_full(model, toks, torch.tensor([ids[0]]), torch.tensor([ids[1]]))[0])
+    assert abs(ex["metric_clean"] - want) < 1e-4, (ex["metric_clean"], want)
+    f = summ["faithfulness"]
+    assert "higher is better" in f["definitions"]["faithfulness"] and "lower is better" in f["definitions"]["completeness"]
 
 
 def test_discover_splits_the_pairs_and_measures_the_exported_circuit_held_out(run_dir):

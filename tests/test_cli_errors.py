@@ -183,6 +183,14 @@ def test_input_errors_come_fast_and_import_nothing_heavy(tmp_path):
         ["discover", "--model", "tiny", "--task", "ioi", "--pairs", "-1", "--out", str(tmp_path / "x")],
         ["compare", "--model", "tiny", "--task", "ioi", "--methods", "exact,foo", "--out", str(tmp_path / "x")],
         ["evaluate", str(tmp_path)],
+        ["evaluate", str(tmp_path), "--bootstrap", "0"],
+        ["export", str(tmp_path / "nope"), "--format", "dot"],
+        ["export", str(tmp_path), "--format", "graphml"],
+        ["features", str(tmp_path), "--feature", "resid.2"],
+        ["features", str(tmp_path), "--max-tokens", "0"],
+        ["view", str(tmp_path), "--max-nodes", "0"],
+        ["demo", "--pairs", "0"],
+        ["train-saes", "--model", "tiny", "--sites", "resid.9", "--out", str(tmp_path / "s")],
     ]
     code = ("import sys, time\n"
             "from featcirc.cli import main\n"

@@ -18,14 +18,16 @@ def export_run(run_dir: "str | Path", fmt: str, *, slug: Optional[str] = None, s
     returns the written paths. ``neuronpedia`` writes ``neuronpedia.json`` and ``graph_files/``
     (:func:`featcirc.export.graph_files.export_run_graphs`) with ``slug``, ``scan`` (Neuronpedia's
     model id) and ``feature_url`` (base URL of the feature files)."""
-    from featcirc.export.formats import read_json, write_dot, write_graphml, write_json as write_graph_json
-
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir} is not a run directory; run `featcirc discover ... --out {run_dir}` first")
     src = run_dir / "circuit.json"
     if not src.exists():
         raise FileNotFoundError(f"{src} not found; run `featcirc discover ... --out {run_dir}` first")
+    from featcirc.export.formats import read_json, write_dot, write_graphml, write_json as write_graph_json  # after the checks
+
     if fmt == "neuronpedia":
         from featcirc.export.graph_files import export_run_graphs
 
@@ -58,7 +60,7 @@ def add_arguments(p) -> None:
     p.add_argument("--slug", default=None, help="graph slug of neuronpedia.json and graph_files/ "
                    "(default: model, data, method and a hash of the circuit)")
     p.add_argument("--scan", default=None, help="Neuronpedia model id (default: the run's model)")
-    p.add_argument("--feature-url", default=None, help="base URL of feature JSON files for Neuronpedia")
+    p.add_argument("--feature-url", default=None, help="base URL of feature JSON files for Neuronpedia (default: none)")
 
 
 def run(args, progress: bool) -> int:  # noqa: ARG001

@@ -28,16 +28,17 @@ def run(args, progress: bool) -> int:
     from pathlib import Path
 
     from featcirc.commands.checks import check_device_name, check_dtype_name, check_int
-    from featcirc.commands.common import load_model_and_saes, phase, start_torch
+    from featcirc.commands.common import phase, start_torch
     from featcirc.commands.evaluate import read_run_config
-    from featcirc.features.run import DEFAULT_MAX_TOKENS, parse_features, write_run_cards
+    from featcirc.sites import parse_card_key
 
     check_int(args.top_k, "--top-k", what="top-activating examples per feature")
     check_int(args.max_tokens, "--max-tokens", what="corpus tokens to scan")
     check_int(args.batch_size, "--batch-size", allow_none=False)
     check_device_name(args.device)
     check_dtype_name(args.dtype)
-    parse_features(args.feature)  # a malformed SITE/INDEX fails before the model loads
+    for spec in args.feature:  # a malformed SITE/INDEX fails before anything heavy is imported
+        parse_card_key(spec)
     run_dir = Path(args.dir)
     if not (run_dir / "run.json").exists():
         raise FileNotFoundError(f"{run_dir / 'run.json'} not found; run `featcirc discover ... --out {run_dir}` first")
@@ -46,6 +47,8 @@ def run(args, progress: bool) -> int:
         raise ValueError(f"{run_dir} is a component-level run (no SAEs): feature cards need a run with --saes")
     phase("checked")
     device, _ = start_torch(args)
+    from featcirc.commands.common import load_model_and_saes
+    from featcirc.features.run import DEFAULT_MAX_TOKENS, write_run_cards
     from featcirc.models.device import resolve_dtype
 
     dtype = resolve_dtype(args.dtype or raw.get("dtype") or "float32")  # default: the run's dtype

@@ -46,7 +46,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
 
-from featcirc.sites import Site, sort_sites, stream_index
+from featcirc.sites import Site, card_key, parse_card_key, sort_sites, stream_index
 
 LOG2_LOW = -10
 LOG2_HIGH = 14
@@ -91,19 +91,6 @@ class CardSettings:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def card_key(site: "str | Site", index: int) -> str:
-    """A card's key in ``cards.json``: ``"resid.2/123"``."""
-    return f"{Site.parse(site).name}/{int(index)}"
-
-
-def parse_card_key(key: str) -> tuple[str, int]:
-    """Inverse of :func:`card_key`; ``ValueError`` for anything else."""
-    site, sep, idx = str(key).partition("/")
-    if not sep or not idx.isdigit():
-        raise ValueError(f"not a feature: {key!r}; write SITE/INDEX, e.g. resid.2/123")
-    return Site.parse(site).name, int(idx)
 
 
 def normalize_request(features: Mapping[str, Iterable[int]], saes: Mapping[str, Any]) -> dict[str, list[int]]:
