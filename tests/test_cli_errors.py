@@ -181,6 +181,8 @@ def test_input_errors_come_fast_and_import_nothing_heavy(tmp_path):
         ["discover", "--model", "tiny", "--data", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "x")],
         ["discover", "--model", "tiny", "--saes", str(bad_sae), "--task", "ioi", "--out", str(tmp_path / "x")],
         ["discover", "--model", "tiny", "--task", "ioi", "--pairs", "-1", "--out", str(tmp_path / "x")],
+        ["discover", "--model", "tiny", "--task", "ioi", "--scan", "./features/x", "--out", str(tmp_path / "x")],
+        ["discover", "--model", "tiny", "--task", "ioi", "--slug", "a b", "--out", str(tmp_path / "x")],
         ["compare", "--model", "tiny", "--task", "ioi", "--methods", "exact,foo", "--out", str(tmp_path / "x")],
         ["evaluate", str(tmp_path)],
         ["evaluate", str(tmp_path), "--bootstrap", "0"],

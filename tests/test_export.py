@@ -21,8 +21,8 @@ from featcirc.export.formats import (export, influence_scores, node_link_data, r
                                      validate_neuronpedia, write_dot, write_graphml, write_json, write_neuronpedia)
 from featcirc.attribution.scores import EdgeScores, NodeScores
 from featcirc.export.graph_files import feature_set_name, write_graph_files
-from featcirc.export.neuronpedia import (cantor_pair, cantor_unpair, check_slug, default_slug, feature_number,
-                                         strip_paths)
+from featcirc.export.neuronpedia import (cantor_pair, cantor_unpair, check_scan, check_slug, default_slug,
+                                         feature_number, neuronpedia_model_id, strip_paths, vector_feature_number)
 from featcirc.sites import METRIC, stream_index
 
 SITES = ["embed", "attn.0", "mlp.0", "resid.0", "resid.1"]
@@ -220,7 +220,9 @@ def test_neuronpedia_schema_and_mapping(aggregation):
     md = d["metadata"]
     assert (md["slug"], md["scan"], md["prompt"], md["prompt_tokens"], md["node_threshold"], md["schema_version"]) == \
            ("sva-relp", "gemma-3-270m", "The keys", TOKENS, 0.8, 1)
-    assert md["info"]["description"] == "test graph" and md["info"]["generator"]["name"] == "featcirc"
+    assert md["info"]["description"].startswith("test graph. Output node: ") and md["info"]["generator"]["name"] == "featcirc"
+    assert "mean over 5 prompt pairs (3.250), not this prompt's value" in md["info"]["description"]
+    assert md["info"]["metric"]["mean_over_pairs"] == 3.25 and md["info"]["metric"]["n_pairs"] == 5
     assert md["pruning_settings"]["node_score_threshold"] == 0.1
     assert md["generation_settings"]["method"] == "relp"
     nodes = {n["node_id"]: n for n in d["nodes"]}
@@ -229,9 +231,13 @@ def test_neuronpedia_schema_and_mapping(aggregation):
     # one embedding node per prompt token, in the embedding row: the viewers draw the prompt from them
     assert [(t["ctx_idx"], t["feature"], t["layer"], t["clerp"]) for t in tokens] == \
            [(p, -(1 + p), "E", f"Emb: “{tok}”") for p, tok in enumerate(TOKENS)]
-    assert len(d["links"]) == G.number_of_edges()
+    # the circuit's edges, plus one link from each token to the embed-site nodes at its position
+    token_links = {(f"token@{a['position']}", n): a["score"] for n, a in G.nodes(data=True)
+                   if a["site"] == "embed" and a["position"] >= 0}
+    assert bool(token_links) == (aggregation == "none")
+    assert len(d["links"]) == G.number_of_edges() + len(token_links)
     assert {(ln["source"], ln["target"]): ln["weight"] for ln in d["links"]} == \
-           {(u, v): w for u, v, w in G.edges(data="weight")}
+           {**{(u, v): w for u, v, w in G.edges(data="weight")}, **token_links}
     at = "@2" if aggregation == "none" else ""
     f = nodes[f"resid.1/0{at}"]
     assert (f["feature"], f["layer"], f["feature_type"], f["clerp"]) == \
@@ -248,10 +254,9 @@ def test_neuronpedia_schema_and_mapping(aggregation):
     m = nodes[METRIC]
     assert m["feature_type"] == "logit" and m["influence"] is None and m["layer"] == "3"
     assert m["ctx_idx"] == len(TOKENS) - 1
-    # the number the viewers parse out of "(p=...)" is sigmoid(logit diff): P(clean answer | both answers)
-    p = 1 / (1 + math.exp(-3.25))
-    assert float(m["clerp"].split("(p=")[1].split(")")[0]) == pytest.approx(p, abs=5e-4)
-    assert m["clerp"].split('"')[1] == "logit diff = 3.250" and m["token_prob"] == pytest.approx(p)
+    # without an example the label says the value is the mean over pairs and shows no probability
+    assert m["clerp"] == 'Output "mean logit diff over 5 pairs = 3.250" (p=n/a)'
+    assert (m["token_prob"], m["activation"], m["score"]) == (1.0, 3.25, 3.25)
     # the panel opens on the feature node of largest |score|
     feats = [n for n, a in G.nodes(data=True) if a["kind"] == "feature"]
     assert d["qParams"]["clickedId"] == max(feats, key=lambda n: abs(G.nodes[n]["score"]))
@@ -306,6 +311,180 @@ def test_neuronpedia_component_nodes():
     assert d["qParams"]["clickedId"] == ""  # no feature node to open
 
 
+VECTOR_SITES = ["embed", "attn.0", "mlp.0", "resid.0", "z.1", "resid.1"]
+
+
+def _vector_graph(level: str, aggregation: str) -> nx.DiGraph:
+    """Error nodes (level feature, with one feature per site) or component nodes (level component) at
+    an embed, attn, mlp, resid and z site, per position (T = 3) or summed."""
+    T = 3
+    vec = {s: torch.tensor([0.05 * (i + 1), 0.0, 0.1 * (i + 1)]) for i, s in enumerate(VECTOR_SITES)}
+    feats = {s: torch.zeros(T, 4) for s in VECTOR_SITES} if level == "feature" else {}
+    for s in feats:
+        feats[s][2, 1] = 0.3
+    if aggregation == "sum":
+        vec = {s: v.sum(0) for s, v in vec.items()}
+        feats = {s: v.sum(0) for s, v in feats.items()}
+    ns = NodeScores(method="relp", level=level, aggregation=aggregation, sites=list(VECTOR_SITES), features=feats,
+                    vectors=vec, n_pairs=4, metric_clean=2.0, info={"n_layers": 2})
+    last = "resid.1/err" if level == "feature" else "resid.1"
+    at = "@2" if aggregation == "none" else ""
+    return full_graph(ns, EdgeScores(method="relp", aggregation=aggregation, edges={(last + at, METRIC): 0.6}))
+
+
+@pytest.mark.parametrize("aggregation", ["none", "sum"])
+def test_error_and_component_clerps_name_their_own_site(aggregation):
+    """Error and component nodes all carry the type "mlp reconstruction error" (the one error type the
+    viewers and Neuronpedia's scores know); their clerp must name their own site, never "mlp" for
+    another site, with the token when positions are kept."""
+    seen = set()
+    for level in ("feature", "component"):
+        G = _vector_graph(level, aggregation)
+        d = to_neuronpedia(G, slug="s", prompt="The keys", prompt_tokens=TOKENS)
+        validate_neuronpedia(d)
+        for n in d["nodes"]:
+            if n["kind"] not in ("error", "component"):
+                continue
+            site, pos = n["site"], n["position"]
+            seen.add((n["kind"], site))
+            assert n["feature_type"] == "mlp reconstruction error"
+            assert n["feature"] == vector_feature_number(site)
+            tok = f" “{TOKENS[pos]}”" if pos >= 0 else ""
+            if n["kind"] == "error":
+                assert n["clerp"] == f"Err: {site}{tok}", n
+            else:
+                assert n["clerp"] == f"{site}{f' @{pos}' if pos >= 0 else ''}{tok}", n
+            others = [s for s in VECTOR_SITES if s != site]
+            assert not any(re.search(rf"(?<![\w.]){re.escape(s)}(?![\w.])", n["clerp"]) for s in others), n
+            assert "mlp" not in n["clerp"] or site.startswith("mlp"), n
+    assert seen == {(k, s) for k in ("error", "component") for s in VECTOR_SITES}
+    if aggregation == "none":
+        d = to_neuronpedia(_vector_graph("feature", "none"), slug="s", prompt="The keys", prompt_tokens=TOKENS)
+        labels = {n["node_id"]: n["clerp"] for n in d["nodes"]}
+        assert labels["attn.0/err@2"] == "Err: attn.0 “ keys”" and labels["resid.0/err@0"] == "Err: resid.0 “<bos>”"
+        assert labels["embed/err@2"] == "Err: embed “ keys”" and labels["z.1/err@2"] == "Err: z.1 “ keys”"
+        d = to_neuronpedia(_vector_graph("component", "none"), slug="s", prompt="The keys", prompt_tokens=TOKENS)
+        assert {n["node_id"]: n["clerp"] for n in d["nodes"]}["attn.0@2"] == "attn.0 @2 “ keys”"
+
+
+@pytest.mark.parametrize("level", ["feature", "component"])
+def test_token_nodes_link_to_embed_nodes(level):
+    """Each embed-site node (feature, error or component) at position p gets one link from token@p, weight =
+    its score; no other node gets a token link, and summed graphs (no positions) get none."""
+    G = _vector_graph(level, "none")
+    d = to_neuronpedia(G, slug="s", prompt="The keys", prompt_tokens=TOKENS)
+    validate_neuronpedia(d)
+    from_tokens = [ln for ln in d["links"] if ln["source"].startswith("token@")]
+    embed = {n: a for n, a in G.nodes(data=True) if a["site"] == "embed"}
+    assert {a["kind"] for a in embed.values()} == ({"error", "feature"} if level == "feature" else {"component"})
+    assert len(from_tokens) == len(embed) == len({ln["target"] for ln in from_tokens})
+    for ln in from_tokens:
+        a = embed[ln["target"]]
+        assert ln["source"] == f"token@{a['position']}" and ln["weight"] == a["score"]
+    nodes = {n["node_id"]: n for n in d["nodes"]}
+    assert all(nodes[ln["source"]]["feature_type"] == "embedding" for ln in from_tokens)
+    assert all(nodes[ln["source"]]["ctx_idx"] == nodes[ln["target"]]["ctx_idx"] for ln in from_tokens)
+    assert {ln["source"] for ln in d["links"]} & {"token@0", "token@2"} == {"token@0", "token@2"}
+    # the circuit's own edges are still there
+    assert {(ln["source"], ln["target"]) for ln in d["links"]} >= set(G.edges)
+    summed = to_neuronpedia(_vector_graph(level, "sum"), slug="s", prompt="The keys", prompt_tokens=TOKENS)
+    assert not [ln for ln in summed["links"] if ln["source"].startswith("token@")]
+
+
+EXAMPLE = {"prompt": "The keys", "patch_prompt": "The key", "clean_answer": " are", "patch_answer": " is",
+           "metric_clean": 4.125, "metric_patch": -2.5, "p_clean_answer": 0.9301, "p_patch_answer": 0.0123,
+           "n_pairs_mean": 32}
+
+
+def test_metric_node_with_the_example_prompt():
+    """With the example pair's numbers the metric node reads like a circuit-tracer logit node: the clean
+    answer with its real probability on the prompt; the mean over pairs moves to metadata.info."""
+    G = prune(scored_graph(), PruneSettings(node_threshold=0.1))
+    d = to_neuronpedia(G, slug="s", prompt="The keys", prompt_tokens=TOKENS, example=EXAMPLE,
+                       info={"description": "relp circuit"})
+    validate_neuronpedia(d)
+    m = {n["node_id"]: n for n in d["nodes"]}[METRIC]
+    assert m["clerp"] == 'Output " are" (p=0.930)'
+    assert m["clerp"].split('"')[1] == " are"  # the token the viewers read out of the label
+    assert (m["token_prob"], m["activation"], m["score"]) == (0.9301, 4.125, 3.25)  # score: featcirc's mean
+    info = d["metadata"]["info"]
+    assert info["metric"]["mean_over_pairs"] == 3.25 and info["metric"]["n_pairs"] == 32
+    assert info["metric"]["example"]["metric_clean"] == 4.125 and info["metric"]["example"]["p_clean_answer"] == 0.9301
+    assert info["metric"]["definition"] == "m = logit(“ are”) - logit(“ is”) at the last prompt position"
+    desc = info["description"]
+    assert desc.startswith("relp circuit. Output node: the clean answer “ are”, probability 0.930 on this prompt.")
+    assert "4.125 on this prompt, -2.500 on its patch prompt" in desc and "means over 32 prompt pairs, whose mean m is 3.250" in desc
+    # a quote in the answer would cut the viewers' token out of the label short
+    d = to_neuronpedia(G, slug="s", prompt="The keys", prompt_tokens=TOKENS, example={**EXAMPLE, "clean_answer": ' "'})
+    assert {n["node_id"]: n for n in d["nodes"]}[METRIC]["clerp"] == 'Output " “" (p=0.930)'
+    # the example must be for the graph's prompt and carry its numbers
+    with pytest.raises(ValueError, match="prompt"):
+        to_neuronpedia(G, slug="s", prompt="The key", prompt_tokens=TOKENS, example=EXAMPLE)
+    for bad in ({k: v for k, v in EXAMPLE.items() if k != "p_clean_answer"}, {**EXAMPLE, "metric_clean": None},
+                {**EXAMPLE, "p_clean_answer": 1.5}, {**EXAMPLE, "clean_answer": 3}):
+        with pytest.raises(ValueError, match="example"):
+            to_neuronpedia(G, slug="s", prompt="The keys", prompt_tokens=TOKENS, example=bad)
+
+
+def test_scan_follows_neuronpedias_upload_rule():
+    """Neuronpedia's upload (apps/webapp/app/api/graph/save-to-db/route.ts) rejects a scan with any
+    character outside [a-zA-Z0-9_.-]."""
+    for ok in ("gpt2-small", "gemma-3-270m", "tiny", "pythia-70m-deduped", "llama3.1-8b", "Qwen_2"):
+        assert check_scan(ok) == ok
+    for bad in ("./data/features/tiny.tiny", "google/gemma-3-270m", "", "gemma 2", "a:b", None):
+        with pytest.raises(ValueError, match="scan"):
+            check_scan(bad)
+    assert check_scan("./data/features/tiny.tiny", local_viewer=True) == "./data/features/tiny.tiny"
+    with pytest.raises(ValueError, match="scan"):
+        check_scan("/abs/features", local_viewer=True)
+    assert neuronpedia_model_id("google/gemma-3-270m") == "gemma-3-270m"
+    assert neuronpedia_model_id("gpt2-small") == "gpt2-small"
+    G = prune(scored_graph(), PruneSettings(node_threshold=0.1))
+    with pytest.raises(ValueError, match="local viewer"):
+        to_neuronpedia(G, slug="s", prompt="p", prompt_tokens=TOKENS, scan="./data/features/x")
+    with pytest.raises(ValueError, match="scan"):
+        to_neuronpedia(G, slug="s", prompt="p", prompt_tokens=TOKENS, scan="google/gemma-3-270m")
+    G.graph["info"] = {**G.graph["info"], "model": "google/gemma-3-270m"}
+    d = to_neuronpedia(G, slug="s", prompt="p", prompt_tokens=TOKENS)
+    assert d["metadata"]["scan"] == "gemma-3-270m"
+    validate_neuronpedia(d)
+
+
+def _run_dir(tmp_path, example):
+    run = tmp_path / "run"
+    run.mkdir(parents=True)
+    write_json(prune(scored_graph(), PruneSettings(node_threshold=0.1)), run / "circuit.json")
+    (run / "run.json").write_text(json.dumps({"model": "google/gemma-3-270m", "saes": "/abs/gemma-scope",
+                                              "method": "relp", "level": "feature", "task": "sva"}))
+    summary = {"prompt": "The keys", "prompt_tokens": TOKENS, "pairs_used": 5}
+    if example is not None:
+        summary["example"] = example
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_export_run_graphs_uses_the_example_and_keeps_the_two_scans_apart(tmp_path):
+    from featcirc.export.graph_files import export_run_graphs
+
+    paths = export_run_graphs(_run_dir(tmp_path, EXAMPLE))
+    up, local = (json.loads(paths[k].read_text()) for k in ("neuronpedia", "graph_files"))
+    validate_neuronpedia(up)  # the upload file passes Neuronpedia's scan rule
+    assert up["metadata"]["scan"] == "gemma-3-270m"
+    assert local["metadata"]["scan"] == "./data/features/google-gemma-3-270m.gemma-scope"  # feature_set_name
+    validate_neuronpedia(local, local_viewer=True)
+    with pytest.raises(ValueError, match="scan"):
+        validate_neuronpedia(local)
+    meta = json.loads((paths["graph_files"].parent / "graph-metadata.json").read_text())
+    assert meta["graphs"][0]["scan"] == "gemma-3-270m"
+    for g in (up, local):
+        m = {n["node_id"]: n for n in g["nodes"]}[METRIC]
+        assert (m["clerp"], m["token_prob"], m["activation"]) == ('Output " are" (p=0.930)', 0.9301, 4.125)
+    # an older run (no example) keeps a mean-over-pairs label without a probability
+    paths = export_run_graphs(_run_dir(tmp_path / "old", None))
+    m = {n["node_id"]: n for n in json.loads(paths["neuronpedia"].read_text())["nodes"]}[METRIC]
+    assert m["clerp"] == 'Output "mean logit diff over 5 pairs = 3.250" (p=n/a)' and m["activation"] == 3.25
+
+
 def test_neuronpedia_validator_catches_problems():
     G = prune(scored_graph(), PruneSettings(node_threshold=0.1))
     good = to_neuronpedia(G, slug="s", prompt="p", prompt_tokens=TOKENS)
@@ -329,6 +508,12 @@ def test_neuronpedia_validator_catches_problems():
     broken(lambda d: d["links"].append({"source": "nowhere", "target": METRIC, "weight": 1.0}))
     broken(lambda d: d["links"][0].update(weight="heavy"))
     broken(lambda d: [n.update(clerp="out") for n in d["nodes"] if n["feature_type"] == "logit"])
+    broken(lambda d: [n.update(clerp='Output " x" (p=1.5)') for n in d["nodes"] if n["feature_type"] == "logit"])
+    broken(lambda d: [n.update(clerp='Output " x" (p=high)') for n in d["nodes"] if n["feature_type"] == "logit"])
+    broken(lambda d: [n.update(token_prob=2.0) for n in d["nodes"] if n["feature_type"] == "logit"])
+    broken(lambda d: d["metadata"].update(scan="./data/features/gpt2-small.res-jb"))  # Neuronpedia rejects it
+    broken(lambda d: d["metadata"].update(scan="google/gemma-3-270m"))
+    broken(lambda d: d["metadata"].update(scan=""))
     broken(lambda d: d["metadata"]["info"].update(description="run on /home/me/data/sva.jsonl"))
 
 
@@ -362,7 +547,7 @@ def test_paths_are_cut_to_file_names():
                        info={"description": "relp on /home/me/data/heldout_sva.jsonl (32 pairs)",
                              "source_urls": ["https://example.org/saes/res"]})
     validate_neuronpedia(d)
-    assert d["metadata"]["info"]["description"] == "relp on heldout_sva.jsonl (32 pairs)"
+    assert d["metadata"]["info"]["description"].startswith("relp on heldout_sva.jsonl (32 pairs). Output node:")
     assert d["metadata"]["info"]["source_urls"] == ["https://example.org/saes/res"]  # URLs stay
     assert d["metadata"]["prompt"] == "a/b and /x"  # the prompt is text, never edited
     assert strip_paths({"a": ["C:\\Users\\me\\x.txt", "~/y"]}) == {"a": ["x.txt", "~/y"]}
@@ -404,9 +589,14 @@ def test_graph_files_layout_and_metadata_merge(tmp_path):
                            title_prefix="featcirc relp")
     p2 = write_graph_files(H, data_dir, prompt="The keys", prompt_tokens=TOKENS, scan="gpt2-small", data_name="sva")
     g1 = json.loads(p1.read_text())
-    validate_neuronpedia(g1)
+    validate_neuronpedia(g1, local_viewer=True)
     assert p1.name == g1["metadata"]["slug"] + ".json" and p1 != p2
     assert g1["metadata"]["scan"] == "./data/features/gpt2-small.res-jb"  # the viewer's feature files
+    with pytest.raises(ValueError, match="scan"):  # ... which Neuronpedia's upload rejects: not for upload
+        validate_neuronpedia(g1)
+    g2 = json.loads(p2.read_text())
+    assert g2["metadata"]["scan"] == "gpt2-small"  # no feature set: the model id, valid for both
+    validate_neuronpedia(g2)
     meta = json.loads((data_dir / "graph-metadata.json").read_text())
     assert [g["slug"] for g in meta["graphs"]] == [p1.stem, p2.stem]  # a second run does not replace the first
     assert meta["graphs"][0]["scan"] == "gpt2-small" and meta["graphs"][0]["title_prefix"] == "featcirc relp"

@@ -272,7 +272,7 @@ def _tiny_run(tmp_path):
 def test_features_command_writes_cards_and_tracer_files(tmp_path, monkeypatch):
     from featcirc.cli import main
     from featcirc.export.graph_files import export_run_graphs
-    from featcirc.export.neuronpedia import feature_number
+    from featcirc.export.neuronpedia import feature_number, validate_neuronpedia
     from featcirc.features.run import validate_cards
 
     monkeypatch.setenv("FEATCIRC_CACHE", str(tmp_path / "cache"))
@@ -295,8 +295,24 @@ def test_features_command_writes_cards_and_tracer_files(tmp_path, monkeypatch):
     assert sorted(int(p.stem) for p in fdir.glob("*.json")) == sorted(
         feature_number(s, i) for s, i in (("embed", 11), ("mlp.1", 5), ("resid.0", 5), ("resid.3", 7)))
     # the exported graph points its feature panel at those files, and every feature node has one
-    graph = json.loads(export_run_graphs(run)["graph_files"].read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    summary["example"] = {"prompt": "The keys", "patch_prompt": "The key", "clean_answer": " are",
+                          "patch_answer": " is", "metric_clean": 1.5, "metric_patch": -0.5, "p_clean_answer": 0.25,
+                          "p_patch_answer": 0.05, "n_pairs_mean": 2}
+    (run / "summary.json").write_text(json.dumps(summary))
+    paths = export_run_graphs(run)
+    graph = json.loads(paths["graph_files"].read_text())
+    # circuit-tracer's local viewer reads {scan}/{feature}.json for a './' scan: the files above...
     assert graph["metadata"]["scan"] == "./data/features/tiny.tiny"
+    validate_neuronpedia(graph, local_viewer=True)
+    with pytest.raises(ValueError, match="scan"):  # ...a value Neuronpedia's upload rejects
+        validate_neuronpedia(graph)
+    upload = json.loads(paths["neuronpedia"].read_text())  # the upload file carries the model id
+    assert upload["metadata"]["scan"] == "tiny" and upload["metadata"]["slug"] == graph["metadata"]["slug"]
+    validate_neuronpedia(upload)
+    for g in (graph, upload):  # the metric node: the example's clean answer and its probability
+        m = [n for n in g["nodes"] if n["feature_type"] == "logit"]
+        assert [(n["clerp"], n["token_prob"], n["activation"]) for n in m] == [('Output " are" (p=0.250)', 0.25, 1.5)]
     for n in graph["nodes"]:
         if n["feature_type"] == "cross layer transcoder":
             f = json.loads((fdir / f"{n['feature']}.json").read_text())

@@ -68,6 +68,16 @@ def check_memory_size(text: Optional[str], option: str = "--max-memory") -> None
 
 
 # ------------------------------------------------------------------------------------- device, dtype
+def check_export_names(slug: Optional[str], scan: Optional[str]) -> None:
+    """``--slug`` and ``--scan`` as Neuronpedia's upload accepts them (:mod:`featcirc.export.names`)."""
+    from featcirc.export.names import check_scan, check_slug
+
+    if slug is not None:
+        check_slug(slug)
+    if scan is not None:
+        check_scan(scan)
+
+
 def check_device_name(spec: str) -> None:
     """``auto | cpu | cuda | cuda:N`` (whether the GPU exists is checked once torch is imported)."""
     if not _DEVICE_RE.match(str(spec).strip().lower()):

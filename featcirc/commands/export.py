@@ -17,7 +17,8 @@ def export_run(run_dir: "str | Path", fmt: str, *, slug: Optional[str] = None, s
     """Re-export a run's ``circuit.json`` as ``fmt`` into the run directory (each file atomically);
     returns the written paths. ``neuronpedia`` writes ``neuronpedia.json`` and ``graph_files/``
     (:func:`featcirc.export.graph_files.export_run_graphs`) with ``slug``, ``scan`` (Neuronpedia's
-    model id) and ``feature_url`` (base URL of the feature files)."""
+    model id; only ``neuronpedia.json`` is for upload) and ``feature_url`` (base URL of the feature
+    files)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
@@ -59,13 +60,18 @@ def add_arguments(p) -> None:
                    help="neuronpedia writes neuronpedia.json and circuit-tracer's graph_files/")
     p.add_argument("--slug", default=None, help="graph slug of neuronpedia.json and graph_files/ "
                    "(default: model, data, method and a hash of the circuit)")
-    p.add_argument("--scan", default=None, help="Neuronpedia model id (default: the run's model)")
+    p.add_argument("--scan", default=None, help="Neuronpedia model id of neuronpedia.json: letters, digits, '_', "
+                   "'.', '-' (default: the run's model without its org/ prefix); graph_files/ keeps its own "
+                   "./data/features/... scan for circuit-tracer's local viewer")
     p.add_argument("--feature-url", default=None, help="base URL of feature JSON files for Neuronpedia (default: none)")
 
 
 def run(args, progress: bool) -> int:  # noqa: ARG001
+    from featcirc.commands.checks import check_export_names
+
     if args.format != "neuronpedia" and (args.slug or args.scan or args.feature_url):
         raise ValueError("--slug, --scan and --feature-url apply to --format neuronpedia only")
+    check_export_names(args.slug, args.scan)
     for path in export_run(args.dir, args.format, slug=args.slug, scan=args.scan, feature_url=args.feature_url):
         print(path)
     return 0

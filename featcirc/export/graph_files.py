@@ -7,13 +7,25 @@ Layout of ``data_dir`` (a run's ``graph_files/``)::
     {slug}.json                          an attribution graph (featcirc.export.neuronpedia)
     features/{feature_set}/{n}.json      one feature file per SAE feature (featcirc.features)
 
-The server answers ``/data/...`` and ``/graph_data/...`` from ``data_dir``. The viewer reads
-``./data/graph-metadata.json`` for its graph menu (an entry's ``scan`` and ``title_prefix`` label
-it), ``./graph_data/{slug}.json`` for a graph, and, for the feature panel of a feature node,
-``{metadata.scan}/{feature}.json`` when the graph's ``scan`` starts with ``./``. So a graph file's
-``scan`` is ``./data/features/{feature_set}`` (:func:`features_scan`), while its menu entry keeps
-the model id (Neuronpedia's ``scan``). ``feature`` numbers are
-:func:`featcirc.export.neuronpedia.feature_number` (site and SAE index, Cantor-paired), the same
+The server answers ``/data/...`` and ``/graph_data/...`` from ``data_dir`` and everything else
+from its own ``frontend/assets``. The viewer reads ``./data/graph-metadata.json`` for its graph
+menu (an entry's ``scan`` and ``title_prefix`` label it), ``./graph_data/{slug}.json`` for a
+graph, and, for the feature panel of a feature node, picks the file from the graph's
+``metadata.scan`` (``feature_examples/init-feature-examples.js``, ``loadFeature``): a ``scan``
+starting with ``./`` gives ``{scan}/{feature}.json``; any other ``scan`` first asks Hugging Face
+for a feature index (``https://huggingface.co/{scan}/.../features/index.json.gz``, a network
+request) and otherwise reads ``./features/{scan}/{feature}.json``, which the server answers from
+its assets, not from ``data_dir``. So only a ``./data/...`` path reaches these feature files, and a graph file's
+``scan`` is ``./data/features/{feature_set}`` (:func:`features_scan`).
+
+Neuronpedia cannot take that value: its upload rejects a ``scan`` with any character other than
+letters, digits, ``_``, ``.``, ``-`` and needs the id of a model it hosts
+(:data:`featcirc.export.neuronpedia.NEURONPEDIA_ID_RE`). No one value serves both, so they are
+kept apart: ``graph_files/{slug}.json`` is for the local viewer only (validated with
+``local_viewer=True``) and the run's ``neuronpedia.json``, the same graph with the model id as
+``scan``, is the file to upload; the menu entry in ``graph-metadata.json`` keeps the model id too.
+Without a feature set (component-level runs) the graph file keeps the model id. ``feature`` numbers
+are :func:`featcirc.export.neuronpedia.feature_number` (site and SAE index, Cantor-paired), the same
 in every graph, so runs of one model and SAE set can share one ``features/{feature_set}/``.
 
 Several runs may write into one directory: :func:`write_graph_files` adds or replaces its own
@@ -30,7 +42,8 @@ from typing import Any, Iterable, Optional
 
 import networkx as nx
 
-from featcirc.export.neuronpedia import default_slug, slug_part, to_neuronpedia, validate_neuronpedia
+from featcirc.export.neuronpedia import (default_slug, neuronpedia_model_id, slug_part, to_neuronpedia,
+                                         validate_neuronpedia)
 from featcirc.io import write_json, write_text
 
 logger = logging.getLogger("featcirc")
@@ -50,8 +63,9 @@ def feature_set_name(model: str, saes: Optional[str]) -> str:
 
 
 def features_scan(feature_set: str) -> str:
-    """A graph file's ``metadata.scan`` that points the viewer's feature panel at
-    ``{data_dir}/features/{feature_set}/``."""
+    """A graph file's ``metadata.scan`` that points circuit-tracer's local viewer's feature panel at
+    ``{data_dir}/features/{feature_set}/`` (a ``./`` path: Neuronpedia's upload rejects it, so it
+    goes into ``graph_files/`` graphs only)."""
     return f"./data/{FEATURES_DIR}/{slug_part(feature_set)}"
 
 
@@ -85,7 +99,8 @@ def write_graph_files(G: nx.DiGraph, data_dir: "str | os.PathLike[str]", *, prom
     ``scan``: the model id for the graph menu (and Neuronpedia); ``feature_set``: the name of the
     feature files' directory (:func:`feature_set_name`), which becomes the graph file's ``scan``
     so the feature panel reads ``features/{feature_set}/{n}.json``; without it the graph file keeps
-    the model id and the panel stays empty. ``slug`` / ``data_name``: as
+    the model id and the panel stays empty. The graph file is for the local viewer, not for
+    upload (module docstring). ``slug`` / ``data_name``: as
     :func:`featcirc.export.neuronpedia.to_neuronpedia` (default :func:`default_slug`);
     ``title_prefix``: text before the model id in the viewer's graph menu. Other keyword arguments
     go to ``to_neuronpedia``. Returns the graph file's path.
@@ -102,7 +117,7 @@ def write_graph_files(G: nx.DiGraph, data_dir: "str | os.PathLike[str]", *, prom
         if missing:
             logger.info("%d of the graph's feature nodes have no feature file in graph_files/features/%s yet; "
                         "`featcirc features RUN_DIR` writes them", len(missing), feature_set)
-    validate_neuronpedia(graph)
+    validate_neuronpedia(graph, local_viewer=True)
     path = write_text(data_dir / f"{slug}.json", json.dumps(graph, allow_nan=False) + "\n")
     entry = {k: graph["metadata"][k] for k in _ENTRY_KEYS if k in graph["metadata"]}
     entry["scan"] = model_scan
@@ -134,12 +149,16 @@ def export_run_graphs(run_dir: "str | os.PathLike[str]", *, slug: Optional[str] 
                       feature_json_base_url: Optional[str] = None,
                       graph_files_dir: "str | os.PathLike[str] | None" = None) -> dict[str, Path]:
     """A run's attribution graphs from its ``circuit.json``, ``summary.json`` and ``run.json``
-    (no model): ``RUN/neuronpedia.json`` (Neuronpedia upload; ``scan`` = the model id) and
-    ``RUN/graph_files/`` (circuit-tracer's local server, feature panel reading
-    ``graph_files/features/{model}.{saes}/``). Both share ``slug`` (default
+    (no model): ``RUN/neuronpedia.json`` (the file to upload to Neuronpedia; ``scan`` = the model
+    id) and ``RUN/graph_files/`` (circuit-tracer's local server, feature panel reading
+    ``graph_files/features/{model}.{saes}/``; its graph's ``scan`` is a ``./`` path that
+    Neuronpedia rejects). Both share ``slug`` (default
     :func:`featcirc.export.neuronpedia.default_slug`: model, task or data name, method, hash of
-    the circuit). ``scan``: Neuronpedia's model id (default: the run's model). Returns
-    ``{"neuronpedia": path, "graph_files": path of {slug}.json}``.
+    the circuit). ``scan``: Neuronpedia's model id (default: the run's model as
+    :func:`featcirc.export.neuronpedia.neuronpedia_model_id`). ``summary.json``'s ``example`` (the
+    example pair's own logit difference and answer probabilities), when there, labels the metric
+    node (``to_neuronpedia(example=...)``); older runs without it get the mean-over-pairs label.
+    Returns ``{"neuronpedia": path, "graph_files": path of {slug}.json}``.
     """
     from featcirc.export.formats import read_json
     from featcirc.export.neuronpedia import write_neuronpedia
@@ -159,8 +178,10 @@ def export_run_graphs(run_dir: "str | os.PathLike[str]", *, slug: Optional[str] 
     slug = slug or default_slug(C, model=model, data_name=data_name, method=method)
     info = dict(description=f"featcirc {method} circuit of {model} on {data_name} "
                             f"({summary.get('pairs_used')} prompt pairs)")
-    common = dict(prompt=prompt, prompt_tokens=tokens, slug=slug, scan=scan or model, node_threshold=node_threshold,
-                  info=info)
+    example = summary.get("example")
+    common = dict(prompt=prompt, prompt_tokens=tokens, slug=slug,
+                  scan=scan or (neuronpedia_model_id(model) if model else None), node_threshold=node_threshold,
+                  info=info, example=example if isinstance(example, dict) else None)
     paths = {"neuronpedia": write_neuronpedia(C, run_dir / "neuronpedia.json",
                                               feature_json_base_url=feature_json_base_url, **common)}
     feature_set = feature_set_name(model, saes) if saes and run.get("level") == "feature" else None

@@ -16,29 +16,56 @@ feature        ``feature_type="cross layer transcoder"``, ``feature`` = :func:`f
                mlp.L 3L+2, resid.L 3L+3), not the layer as in circuit-tracer, because featcirc has
                up to three sites per layer. Feature files for the viewer's feature panel are
                named ``{feature}.json`` (:mod:`featcirc.export.graph_files`).
-error          ``feature_type="mlp reconstruction error"``, ``feature = -(1 + site code)`` (unique
-               per site, negative like circuit-tracer's ``-1``: no feature dashboard), ``clerp``
-               ``Err: resid.2 “ wall”`` (its own site). This is the one error type both viewers
-               and Neuronpedia's replacement / completeness scores know; Neuronpedia's webapp
-               replaces that type's label by ``Err: mlp “…”`` itself, whatever ``clerp`` says,
-               so there the site is only in ``node_id`` and the extra ``site`` key.
-component      as an error node (an opaque vector without dashboard), ``clerp`` ``attn.0 @3``.
+error          ``feature_type="mlp reconstruction error"`` at every site (attn, z, mlp, resid,
+               embed), ``feature = -(1 + site code)`` (unique per site, negative like
+               circuit-tracer's ``-1``: no feature dashboard). The true site is in ``clerp``,
+               ``Err: resid.2 “ wall”`` (``Err: resid.2`` when positions are summed), in
+               ``node_id`` and in the extra ``site`` key. Why the type stays: it is the one error
+               type circuit-tracer's viewer and Neuronpedia's replacement / completeness scores
+               count as error (the scores sum the error nodes by this exact string). Neuronpedia
+               also knows ``"lorsa error"`` (labelled ``Err: attn``), but its score worker skips
+               the scores of any graph holding a lorsa node, and it has no type for residual,
+               embedding or component sites. circuit-tracer's viewer shows our ``clerp``;
+               Neuronpedia's webapp replaces the label of this type by ``Err: mlp “…”`` whatever
+               ``clerp`` says, so on Neuronpedia the site shows only in ``node_id`` and ``site``.
+component      as an error node (an opaque vector without dashboard, same type and ``feature``
+               rule); ``clerp`` = the node's own label, ``attn.0 @3 “ keys”`` (``attn.0`` when
+               summed).
 token          one ``feature_type="embedding"`` node per prompt token (``node_id`` ``token@3``,
                ``ctx_idx`` = position, ``layer="E"``), as circuit-tracer's token nodes: the viewers
                draw the prompt under the graph from them. ``feature = -(1 + position)``
                (circuit-tracer uses the position; a non-negative number could equal an ``embed``
-               feature's number in the same row and position). They have no links: featcirc
-               scores no edges out of the token embedding.
+               feature's number in the same row and position). Links: token ``p`` -> every node at
+               the ``embed`` site and position ``p`` (feature, error or component), weight = that
+               node's score (circuit-tracer's convention: a token node links to the nodes it feeds).
+               The weight is what featcirc's edge rule (docs/design.md §7) gives an edge into an
+               ``embed`` node from its only input, the token's embedding, to first order: the
+               whole score of the node passes through its token. Summed graphs (no positions) and
+               nodes with a non-finite score get no token link.
 metric         ``feature_type="logit"``, ``is_target_logit=True``, ``layer = n_layers + 1`` (the
-               viewers move logit nodes above the top layer anyway), ``clerp``
-               ``Output "logit diff = 6.217" (p=0.998)``. Both viewers parse the number after
-               ``(p=`` into ``logitPct`` (it orders the logit nodes of one position) and
-               Neuronpedia uses ``token_prob`` as the logit node's weight in its scores. featcirc's
-               metric is a logit difference ``m = logit(clean) - logit(patch)``, so p is
-               ``sigmoid(m)``: the probability of the clean answer when the choice is between the
-               two answers, ``exp(l_c) / (exp(l_c) + exp(l_p))``, taken at the mean ``m`` of the
-               dataset (the metric node's score).
+               viewers move logit nodes above the top layer anyway). With ``example`` (one prompt
+               pair's own numbers, ``summary.json["example"]``) it is labelled like
+               circuit-tracer's logit nodes, the clean answer with its probability on the example
+               prompt, ``Output " has" (p=0.930)``: ``token_prob`` = that softmax probability
+               (whole vocabulary), ``activation`` = the logit difference on that prompt. Without
+               it, ``Output "mean logit diff over 32 pairs = 6.490" (p=n/a)``: the mean over the
+               pairs is not this prompt's value and there is no token probability to show, so
+               the label prints none (``n/a``; the viewers parse the text after ``(p=`` only to
+               order several logit nodes of one position, and there is one) and ``token_prob``
+               is 1.0, the weight of the graph's only output node in Neuronpedia's scores (they
+               are ratios: any positive weight gives the same scores), not a probability.
+               ``score`` keeps featcirc's attribute, the mean metric over the pairs;
+               ``metadata.info["metric"]`` and the ``description`` give the example prompt's logit
+               difference and the mean over pairs.
 =============  ==================================================================================
+
+``metadata.scan`` is Neuronpedia's model id: its upload (``apps/webapp/app/api/graph/save-to-db/
+route.ts``) rejects a ``scan`` or ``slug`` with any character other than letters, digits, ``_``,
+``.``, ``-`` (:data:`NEURONPEDIA_ID_RE`) and a ``scan`` that is not a model on Neuronpedia. The
+default is the run's model reduced to that (:func:`neuronpedia_model_id`: ``google/gemma-3-270m``
+-> ``gemma-3-270m``). circuit-tracer's local viewer needs a ``./`` path there instead to find
+feature files, which Neuronpedia rejects, so ``graph_files/{slug}.json`` carries its own ``scan``
+(:mod:`featcirc.export.graph_files`) and only ``neuronpedia.json`` is for upload.
 
 ``layer`` is the transformer layer as a string and ``"E"`` for the ``embed`` site, which the
 viewers put in the embedding row with the tokens. ``ctx_idx`` is the token position (0 when
@@ -65,13 +92,13 @@ import networkx as nx
 
 from featcirc.circuit import graph_n_layers, magnitude, node_label
 from featcirc.io import jsonable, write_text
+from featcirc.export.names import NEURONPEDIA_ID_RE, SLUG_RE, check_scan, check_slug, neuronpedia_model_id, slug_part
 from featcirc.sites import METRIC, stream_index
 
 SCHEMA_VERSION = 1
 """``metadata.schema_version``: 1 = feature numbers are Cantor pairs (circuit-tracer >= 0.3)."""
 
-_SLUG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_SLUG_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
+_P_RE = re.compile(r"\(p=([^)]*)\)")
 _ABS_PATH_RE = re.compile(r"(?<![\w.~:/\\-])(?:[A-Za-z]:[\\/]|/)(?:[^\s\"'/\\]+[\\/])+([^\s\"'/\\]*)")
 ERROR_FEATURE_TYPE = "mlp reconstruction error"
 FEATURE_FEATURE_TYPE = "cross layer transcoder"
@@ -122,11 +149,6 @@ def graph_digest(G: nx.DiGraph) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def slug_part(text: str) -> str:
-    """``text`` reduced to slug characters (letters, digits, ``-``, ``_``, ``.``)."""
-    return _SLUG_BAD.sub("-", str(text)).strip("-.") or "x"
-
-
 def default_slug(G: nx.DiGraph, *, model: Optional[str] = None, data_name: Optional[str] = None,
                  method: Optional[str] = None) -> str:
     """``{model}-{data}-{method}-{hash8}``: the model, the task or data file name, the scoring
@@ -136,14 +158,6 @@ def default_slug(G: nx.DiGraph, *, model: Optional[str] = None, data_name: Optio
     parts = [model or gi.get("model") or "featcirc", data_name, method or G.graph.get("method"),
              graph_digest(G)[:8]]
     return "-".join(slug_part(p) for p in parts if p)
-
-
-def check_slug(slug: str) -> str:
-    """Return ``slug`` if it is a valid graph name, else raise ``ValueError`` saying what is allowed."""
-    if not isinstance(slug, str) or not _SLUG_RE.match(slug):
-        raise ValueError(f"slug {slug!r} must be non-empty letters, digits, '-', '_' or '.' "
-                         "(it names the graph's URL and file)")
-    return slug
 
 
 def strip_paths(x: Any) -> Any:
@@ -201,43 +215,113 @@ def _graph_info(G: nx.DiGraph) -> dict:
     return gi if isinstance(gi, dict) else {}
 
 
-def metric_probability(m: Optional[float]) -> float:
-    """``sigmoid(m)``: the probability of the clean answer against the patch answer for a logit
-    difference ``m`` (0.5 when unknown)."""
-    if m is None or not math.isfinite(m):
-        return 0.5
-    return 1.0 / (1.0 + math.exp(-m)) if m >= 0 else math.exp(m) / (1.0 + math.exp(m))
+_EXAMPLE_NUMBERS = ("metric_clean", "p_clean_answer")
 
 
-def metric_clerp(m: Optional[float], answers: Optional[tuple[str, str]] = None) -> str:
-    """The metric node's label: ``Output "logit diff = 6.217" (p=0.998)``, or with the answers
-    ``Output "logit[ is] - logit[ are] = 6.217" (p=0.998)``; p = :func:`metric_probability`."""
-    name = "logit diff" if not answers else f"logit[{answers[0]}] - logit[{answers[1]}]"
-    name = name.replace('"', "“")
+def check_example(example: Any) -> dict:
+    """``example`` (``summary.json["example"]``: one prompt pair's own numbers) checked: a dict with
+    a string ``clean_answer``, a finite ``metric_clean`` and ``p_clean_answer`` in [0, 1]; the
+    other keys (``prompt``, ``patch_prompt``, ``patch_answer``, ``metric_patch``,
+    ``p_patch_answer``, ``n_pairs_mean``) are optional. Returns it; raises ``ValueError``."""
+    if not isinstance(example, dict):
+        raise ValueError(f"example must be a dict (summary.json's 'example'), got {type(example).__name__}")
+    bad = [k for k in _EXAMPLE_NUMBERS if _opt_number(example.get(k)) is None]
+    if not isinstance(example.get("clean_answer"), str):
+        bad.insert(0, "clean_answer")
+    if bad:
+        raise ValueError(f"example needs a string 'clean_answer', a finite 'metric_clean' and 'p_clean_answer'; "
+                         f"missing or invalid: {bad}")
+    if not 0.0 <= float(example["p_clean_answer"]) <= 1.0:
+        raise ValueError(f"example p_clean_answer={example['p_clean_answer']} is not a probability")
+    return example
+
+
+def _opt_number(x: Any) -> Optional[float]:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return _opt(x)
+
+
+def _quoted(text: str) -> str:
+    """Text for inside ``Output "..."``: the viewers take the token as the text between the first
+    two ``"``, so a ``"`` in it becomes ``“``."""
+    return display_token(text).replace('"', "“")
+
+
+def metric_clerp(m: Optional[float], answers: Optional[tuple[str, str]] = None, *,
+                 n_pairs: Optional[int] = None, example: Optional[dict] = None) -> str:
+    """The metric node's label (module docstring). With ``example``: circuit-tracer's logit label,
+    the clean answer and its probability on the example prompt, ``Output " has" (p=0.930)``.
+    Without: the mean logit difference ``m`` over ``n_pairs`` pairs, ``Output "mean logit diff
+    over 32 pairs = 6.490" (p=n/a)`` (with ``answers``: ``mean logit[ is] - logit[ are] ...``),
+    and no probability."""
+    if example is not None:
+        check_example(example)
+        return f'Output "{_quoted(example["clean_answer"])}" (p={float(example["p_clean_answer"]):.3f})'
+    name = "logit diff" if not answers else f"logit[{_quoted(answers[0])}] - logit[{_quoted(answers[1])}]"
+    over = f" over {int(n_pairs)} pairs" if n_pairs else " over the pairs"
     value = f" = {m:.3f}" if m is not None and math.isfinite(m) else ""
-    return f'Output "{name}{value}" (p={metric_probability(m):.3f})'
+    return f'Output "mean {name}{over}{value}" (p=n/a)'
+
+
+def _metric_info(mean: Optional[float], n_pairs: Optional[int], answers: Optional[tuple[str, str]],
+                 example: Optional[dict]) -> tuple[dict, str]:
+    """``metadata.info["metric"]`` and a sentence for the description: the example prompt's own
+    numbers apart from the mean over pairs."""
+    if example is not None:
+        answers = (example["clean_answer"], example.get("patch_answer")) if example.get("patch_answer") is not None \
+            else answers
+        n_pairs = example.get("n_pairs_mean") or n_pairs
+    m_name = (f"logit(“{display_token(answers[0])}”) - logit(“{display_token(answers[1])}”)" if answers
+              else "logit(clean answer) - logit(patch answer)")
+    pairs = f"{int(n_pairs)} prompt pairs" if n_pairs else "the prompt pairs"
+    info: dict[str, Any] = {"definition": f"m = {m_name} at the last prompt position",
+                            "mean_over_pairs": _opt(mean), "n_pairs": int(n_pairs) if n_pairs else None}
+    mean_txt = f"{mean:.3f}" if mean is not None and math.isfinite(mean) else "unknown"
+    if example is None:
+        info["output_node"] = "the mean of m over the pairs; no token probability (p=n/a)"
+        text = (f"Output node: m = {m_name}, its mean over {pairs} ({mean_txt}), not this prompt's value; "
+                "the graph's node scores are means over the same pairs.")
+        return info, text
+    ex = {k: example.get(k) for k in ("clean_answer", "patch_answer", "metric_clean", "metric_patch",
+                                      "p_clean_answer", "p_patch_answer") if example.get(k) is not None}
+    info["example"] = ex
+    info["output_node"] = "the clean answer on this prompt: token_prob = its probability, activation = m on this prompt"
+    patch = (f", {float(example['metric_patch']):.3f} on its patch prompt"
+             if _opt_number(example.get("metric_patch")) is not None else "")
+    text = (f"Output node: the clean answer “{display_token(example['clean_answer'])}”, probability "
+            f"{float(example['p_clean_answer']):.3f} on this prompt. m = {m_name} is "
+            f"{float(example['metric_clean']):.3f} on this prompt{patch}; the node scores are means over "
+            f"{pairs}, whose mean m is {mean_txt}.")
+    return info, text
 
 
 # ---------------------------------------------------------------------------------- the graph
 def to_neuronpedia(G: nx.DiGraph, *, prompt: str, prompt_tokens: Iterable[str], slug: Optional[str] = None,
                    scan: Optional[str] = None, data_name: Optional[str] = None, node_threshold: float = 1.0,
                    info: Optional[dict] = None, answers: Optional[tuple[str, str]] = None,
-                   feature_json_base_url: Optional[str] = None) -> dict:
+                   feature_json_base_url: Optional[str] = None, example: Optional[dict] = None) -> dict:
     """A circuit as attribution-graph JSON (mapping in the module docstring).
 
     ``prompt`` / ``prompt_tokens``: one example prompt and its tokens as strings; for per-position
     circuits every node position must index a token. ``slug``: the graph's name (letters, digits,
     ``-``, ``_``, ``.``), default :func:`default_slug` (with ``data_name``, the task or data file
-    name). ``scan``: Neuronpedia's model id the graph is filed under, default
-    ``G.graph["info"]["model"]``, else ``"featcirc"``; circuit-tracer's viewer reads feature files
-    from ``{scan}/{feature}.json`` when it starts with ``./`` (:mod:`featcirc.export.graph_files`).
+    name). ``scan``: Neuronpedia's model id the graph is filed under (:func:`check_scan`: letters,
+    digits, ``_``, ``.``, ``-``, else ``ValueError``), default
+    :func:`neuronpedia_model_id` of ``G.graph["info"]["model"]``, else ``"featcirc"``
+    (:mod:`featcirc.export.graph_files` swaps in the local viewer's ``./`` path itself).
     ``node_threshold``: the viewer's default pruning, a cumulative-influence fraction in [0, 1]
     (1.0 shows every node), not the ``|score|`` threshold of :func:`featcirc.circuit.prune` (that
     one goes to ``metadata.pruning_settings``). ``info``: merged into ``metadata.info``
-    (description, creator_name, ...). ``answers``: the clean and patch answer tokens, for the
-    metric label. ``feature_json_base_url``: where feature files are served for Neuronpedia
+    (description, creator_name, ...); the metric's sentence is appended to its ``description``.
+    ``answers``: the clean and patch answer tokens, for the metric label without ``example``.
+    ``feature_json_base_url``: where feature files are served for Neuronpedia
     (``metadata.feature_details.feature_json_base_url``; the files of
-    :func:`featcirc.features.tracer_files.write_tracer_features`).
+    :func:`featcirc.features.tracer_files.write_tracer_features`). ``example``: the example
+    pair's own numbers (``summary.json["example"]``, :func:`check_example`; its ``prompt``, if
+    given, must be ``prompt``): the metric node then shows the clean answer with its real
+    probability on that prompt; without it the label says the value is the mean over pairs and
+    shows no probability (module docstring, "metric").
     Neuronpedia's viewer needs a non-metric node above layer 0 to lay a graph out.
     """
     node_threshold = float(node_threshold)
@@ -251,9 +335,14 @@ def to_neuronpedia(G: nx.DiGraph, *, prompt: str, prompt_tokens: Iterable[str], 
         raise ValueError("the graph has no 'metric' node; build it with featcirc.circuit.full_graph")
     gi = _graph_info(G)
     slug = check_slug(slug) if slug is not None else default_slug(G, data_name=data_name)
-    scan = scan or gi.get("model") or "featcirc"
-    if not isinstance(scan, str) or not scan.strip():
-        raise ValueError(f"scan {scan!r} must be a non-empty string (Neuronpedia's model id)")
+    if scan is None:
+        scan = neuronpedia_model_id(gi["model"]) if gi.get("model") else "featcirc"
+    check_scan(scan)
+    if example is not None:
+        check_example(example)
+        if example.get("prompt") is not None and str(example["prompt"]) != str(prompt):
+            raise ValueError(f"example is for the prompt {example['prompt']!r}, not {prompt!r}: its probability "
+                             "and logit difference would label another prompt's graph")
     others = [(n, d) for n, d in G.nodes(data=True) if n != METRIC]
     per_position = any(int(d.get("position", -1)) >= 0 for _, d in others)
     if per_position:
@@ -288,13 +377,20 @@ def to_neuronpedia(G: nx.DiGraph, *, prompt: str, prompt_tokens: Iterable[str], 
         nodes.append(dict(node_id=n, feature=number, layer=layer, ctx_idx=ctx, feature_type=ftype,
                           jsNodeId=n, clerp=clerp, influence=influence[n], activation=_opt(d.get("activation")),
                           site=site, kind=kind, score=_opt(d.get("score")), position=pos))
-    clean = _opt(G.nodes[METRIC].get("score"))
+    mean = _opt(G.nodes[METRIC].get("score"))
+    n_pairs = G.graph.get("n_pairs")
+    if example is not None:
+        label, prob, act = metric_clerp(mean, example=example), float(example["p_clean_answer"]), \
+            float(example["metric_clean"])
+    else:
+        label, prob, act = metric_clerp(mean, answers, n_pairs=n_pairs), 1.0, mean
     nodes.append(dict(node_id=METRIC, feature=-1, layer=str(n_layers + 1),
                       ctx_idx=(len(tokens) - 1 if tokens else 0), feature_type="logit", jsNodeId=METRIC,
-                      clerp=metric_clerp(clean, answers), influence=None, activation=clean,
-                      is_target_logit=True, token_prob=metric_probability(clean),
-                      site=METRIC, kind="metric", score=clean, position=-1))
-    links = []
+                      clerp=label, influence=None, activation=act, is_target_logit=True, token_prob=prob,
+                      site=METRIC, kind="metric", score=mean, position=-1))
+    links = [dict(source=f"token@{int(d['position'])}", target=n, weight=float(d["score"]))
+             for n, d in others
+             if d["site"] == "embed" and int(d.get("position", -1)) >= 0 and _opt(d.get("score")) is not None]
     for u, v, d in G.edges(data=True):
         w = float(d["weight"])
         if not math.isfinite(w):
@@ -303,6 +399,11 @@ def to_neuronpedia(G: nx.DiGraph, *, prompt: str, prompt_tokens: Iterable[str], 
 
     meta_info: dict[str, Any] = {"generator": {"name": "featcirc", "version": _version()}}
     meta_info.update(info or {})
+    metric_info, metric_text = _metric_info(mean, n_pairs, answers, example)
+    meta_info["metric"] = metric_info
+    desc = meta_info.get("description")
+    desc = desc.rstrip() if isinstance(desc, str) else ""
+    meta_info["description"] = (f"{desc}{'' if desc.endswith(('.', '!', '?')) else '.'} " if desc else "") + metric_text
     pruning = {name: G.graph[k] for k, name in (("node_threshold", "node_score_threshold"), ("top_k", "top_k"),
                                                 ("edge_threshold", "edge_weight_threshold"))
                if G.graph.get(k) is not None}
@@ -340,12 +441,17 @@ def _strings(x: Any) -> Iterable[str]:
             yield from _strings(v)
 
 
-def validate_neuronpedia(data: dict) -> None:
-    """Check an attribution-graph dict against Neuronpedia's schema and what the viewers assume:
-    required keys and types at every level, unique node ids, node keys ``(layer, feature, ctx_idx)``
-    unique among non-error and among error nodes (the viewers merge equal keys), at most one
-    embedding node per position, links between existing nodes, a logit label with ``(p=...)``,
-    strict JSON, no absolute paths. Raise ``ValueError`` listing every problem."""
+def validate_neuronpedia(data: dict, *, local_viewer: bool = False) -> None:
+    """Check an attribution-graph dict against Neuronpedia's schema, its upload's checks and what
+    the viewers assume: required keys and types at every level, ``scan`` and ``slug`` of letters,
+    digits, ``_``, ``.``, ``-`` only (Neuronpedia's upload rejects anything else,
+    :func:`check_scan`), unique node ids, node keys ``(layer, feature, ctx_idx)`` unique among
+    non-error and among error nodes (the viewers merge equal keys), at most one embedding node
+    per position, links between existing nodes, a logit label with ``(p=X)`` where X is a
+    probability or ``n/a`` and a ``token_prob`` in [0, 1], strict JSON, no absolute paths.
+    ``local_viewer``: the graph is for circuit-tracer's local server (``graph_files/``), whose
+    ``scan`` may be a ``./`` path to its feature files; such a graph cannot be uploaded. Raise
+    ``ValueError`` listing every problem."""
     errs: list[str] = []
 
     def num(x: Any, nullable: bool) -> bool:
@@ -364,8 +470,13 @@ def validate_neuronpedia(data: dict) -> None:
     for k in ("slug", "scan", "prompt"):
         if not isinstance(md.get(k), str):
             errs.append(f"metadata.{k} missing or not a string")
-    if isinstance(md.get("slug"), str) and not _SLUG_RE.match(md["slug"]):
+    if isinstance(md.get("slug"), str) and not SLUG_RE.match(md["slug"]):
         errs.append(f"metadata.slug {md['slug']!r} has characters other than letters, digits, '-', '_', '.'")
+    if isinstance(md.get("scan"), str):
+        try:
+            check_scan(md["scan"], local_viewer=local_viewer)
+        except ValueError as e:
+            errs.append(f"metadata.{e}")
     toks = md.get("prompt_tokens")
     if not isinstance(toks, list) or not all(isinstance(t, str) for t in toks):
         errs.append("metadata.prompt_tokens missing or not a list of strings")
@@ -426,8 +537,19 @@ def validate_neuronpedia(data: dict) -> None:
             if c in emb_pos:
                 errs.append(f"{where}: a second embedding node at ctx_idx={c}")
             emb_pos.add(c)
-        if ftype == "logit" and "(p=" not in str(nd.get("clerp", "")):
-            errs.append(f"{where}: a logit node's clerp must contain '(p=...)' (the viewers parse it)")
+        if ftype == "logit":
+            pm = _P_RE.search(str(nd.get("clerp", "")))
+            pv = pm.group(1) if pm else None
+            try:
+                ok = pv == "n/a" or (pv is not None and 0.0 <= float(pv) <= 1.0)
+            except ValueError:
+                ok = False
+            if not ok:
+                errs.append(f"{where}: a logit node's clerp must contain '(p=X)', X a probability or 'n/a' "
+                            f"(the viewers parse it), got {nd.get('clerp')!r}")
+            tp = nd.get("token_prob", 0.0)
+            if not (num(tp, False) and 0.0 <= tp <= 1.0):
+                errs.append(f"{where}.token_prob {tp!r} is not a number in [0, 1]")
     for i, ln in enumerate(data["links"]):
         where = f"links[{i}]"
         if not isinstance(ln, dict):
@@ -460,7 +582,7 @@ def write_neuronpedia(G: nx.DiGraph, path, **kw: Any):
     return write_text(path, json.dumps(data, allow_nan=False) + "\n")
 
 
-__all__ = ["SCHEMA_VERSION", "cantor_pair", "cantor_unpair", "site_code", "feature_number",
-           "vector_feature_number", "graph_digest", "default_slug", "check_slug", "slug_part", "strip_paths",
-           "display_token", "influence_scores", "metric_probability", "metric_clerp", "to_neuronpedia",
-           "validate_neuronpedia", "write_neuronpedia"]
+__all__ = ["SCHEMA_VERSION", "NEURONPEDIA_ID_RE", "cantor_pair", "cantor_unpair", "site_code", "feature_number",
+           "vector_feature_number", "graph_digest", "default_slug", "neuronpedia_model_id", "check_scan",
+           "check_slug", "slug_part", "strip_paths", "display_token", "influence_scores", "check_example",
+           "metric_clerp", "to_neuronpedia", "validate_neuronpedia", "write_neuronpedia"]

@@ -1,8 +1,10 @@
 """Feature cards as circuit-tracer feature files (what its viewer's feature panel loads).
 
 circuit-tracer's viewer (``frontend/assets/feature_examples/init-feature-examples.js``) fetches
-``{scan}/{feature}.json`` for a clicked feature node and reads the fields of
-``circuit_tracer/frontend/feature_models.py``::
+``{scan}/{feature}.json`` for a clicked feature node when the graph's ``scan`` is a ``./`` path
+(``./data/features/{feature_set}`` in ``graph_files/`` graphs, :mod:`featcirc.export.graph_files`;
+Neuronpedia reads the same files from ``feature_details.feature_json_base_url`` instead, since its
+``scan`` must be a model id) and reads the fields of ``circuit_tracer/frontend/feature_models.py``::
 
     {"transcoder_id": str, "index": int,
      "examples_quantiles": [{"quantile_name": str,
