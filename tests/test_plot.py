@@ -1,4 +1,5 @@
-"""Plots: circuit drawings (3 to ~150 nodes; layout, labels, edge thinning, tokens, legend),
+"""Plots: circuit drawings (3 to ~150 nodes; layout, labels, edge thinning, tokens, legend, the
+example prompt's own metric at the star, the exported circuit's faithfulness in the title),
 faithfulness curves, scatters; all PNG, atomic."""
 
 from __future__ import annotations
@@ -21,6 +22,20 @@ from featcirc.sites import METRIC
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SITES = ["embed", "attn.0", "mlp.0", "resid.0", "attn.1", "mlp.1", "resid.1"]
 TOKENS = ["<bos>", "The", " keys", " to", " the"]
+
+# the demo's example pair and its exported circuit's faithfulness, as summary.json holds them
+EXAMPLE = {"prompt": "The uncle above the benches", "patch_prompt": "The uncles above the benches",
+           "clean_answer": " has", "patch_answer": " have", "metric_clean": 7.7149, "metric_patch": -3.7311,
+           "p_clean_answer": 0.6213, "p_patch_answer": 0.0412, "n_pairs_mean": 32}
+
+
+def faithfulness(n_nodes: int, split: str = "held-out") -> dict:
+    """summary.json's ``faithfulness`` for an exported circuit of ``n_nodes`` nodes."""
+    return {"ablation": "mean", "split": split, "pairs": 32, "n_nodes": n_nodes,
+            "data": "/home/someone/pairs/heldout_sva.jsonl, held-out pairs (eval_pairs.jsonl)",
+            "faithfulness": {"value": 0.35667, "lo": 0.31254, "hi": 0.40388},
+            "completeness": {"value": 0.01216, "lo": -0.00269, "hi": 0.02747}, "m_full": 5.88, "m_empty": -0.27,
+            "intervals": "95% percentile bootstrap over 1000 pair resamples"}
 
 
 def random_scores(aggregation: str = "none", T: int = 5, F: int = 12, density: float = 0.28,
@@ -146,6 +161,71 @@ def test_tokens_label_the_position_axis_and_legend_states_the_sign_convention():
     assert len(circuit_figure(G, tokens=TOKENS + [" are"]).axes[0].get_xticklabels()) == len(TOKENS) + 1
     with pytest.raises(ValueError, match="tokens has 2 entries"):
         circuit_figure(G, tokens=TOKENS[:2])
+
+
+def _metric_label(fig):
+    (label,) = [t for t in fig.axes[0].texts if t.get_gid() == "metric-label"]
+    return label
+
+
+def test_star_gives_the_examples_own_metric_and_answers_and_calls_the_mean_a_mean():
+    C = prune(random_graph(), PruneSettings(top_k=30))  # its metric node: the mean 1.7 over 3 pairs
+    fig = circuit_figure(C, tokens=TOKENS, example=EXAMPLE)
+    assert _metric_label(fig).get_text() == ('m = 7.71 on this prompt: " has" vs " have"\n(patch prompt: -3.73)\n'
+                                            "mean m over 32 pairs: 1.7")  # narrow: the patch m on its own line
+    wide = circuit_figure(C, tokens=TOKENS + [" long"] * 12, example=EXAMPLE)  # the star far right
+    assert _metric_label(wide).get_text() == ('m = 7.71 on this prompt: " has" vs " have" (patch prompt: -3.73)\n'
+                                             "mean m over 32 pairs: 1.7")
+    # an older run (no example): only the mean, said to be one; never "metric = <mean>" at the star
+    old = circuit_figure(C, tokens=TOKENS)
+    assert _metric_label(old).get_text() == "mean m over 3 pairs: 1.7"
+    assert not any("metric =" in t.get_text() for t in old.axes[0].texts)
+    # an example without answers or the patch value: what is known, nothing made up
+    part = circuit_figure(C, example={"metric_clean": 2.5, "n_pairs_mean": 3})
+    assert _metric_label(part).get_text() == "m = 2.5 on this prompt\nmean m over 3 pairs: 1.7"
+    # node labels keep clear of the star's label
+    renderer = fig.canvas.get_renderer()
+    star = _metric_label(fig).get_window_extent(renderer)
+    for t in _labels(fig):
+        b = t.get_window_extent(renderer)
+        assert b.x1 <= star.x0 or star.x1 <= b.x0 or b.y1 <= star.y0 or star.y1 <= b.y0, t.get_text()
+
+
+def test_star_label_stays_inside_a_narrow_drawing():
+    """One column (positions summed): the star sits mid-axes, so its label wraps and the figure
+    widens rather than run into the row labels."""
+    C = prune(random_graph("sum"), PruneSettings(top_k=30))
+    fig = circuit_figure(C, example=EXAMPLE)
+    label = _metric_label(fig)
+    assert label.get_text() == ('m = 7.71 on this prompt: " has" vs " have"\n(patch prompt: -3.73)\n'
+                                "mean m over 32 pairs: 1.7")
+    renderer = fig.canvas.get_renderer()
+    box, axes = label.get_window_extent(renderer), fig.axes[0].get_window_extent(renderer)
+    assert axes.x0 <= box.x0 and box.x1 <= axes.x1 and axes.y0 <= box.y0 and box.y1 <= axes.y1
+    for tick in fig.axes[0].get_yticklabels():
+        t = tick.get_window_extent(renderer)
+        assert t.x1 <= box.x0 or box.x1 <= t.x0 or t.y1 <= box.y0 or box.y1 <= t.y0, tick.get_text()
+
+
+def test_title_gives_the_exported_circuits_faithfulness(tmp_path):
+    C = prune(random_graph(), PruneSettings(top_k=30))
+    n = len(C) - 1
+    title = circuit_figure(C, title="tiny", faithfulness=faithfulness(n)).axes[0].get_title(loc="left")
+    assert title.startswith("tiny\nF = 0.357 [0.313, 0.404] (95% interval; mean ablation; held-out, 32 pairs) "
+                            f"for these {n} nodes\n{n} nodes, ")
+    assert "/home/someone" not in title  # the data file's path stays out
+    other = circuit_figure(C, faithfulness=faithfulness(n + 20, "in-sample")).axes[0].get_title(loc="left")
+    assert (f"(95% interval; mean ablation; in-sample, 32 pairs), measured for the exported circuit ({n + 20} nodes), "
+            f"not the {n} nodes drawn") in other
+    unknown = faithfulness(n)
+    unknown["faithfulness"] = {"value": None, "lo": None, "hi": None}
+    assert "F = n/a (mean ablation; held-out, 32 pairs)" in circuit_figure(
+        C, faithfulness=unknown).axes[0].get_title(loc="left")
+    assert "F =" not in circuit_figure(C, title="tiny").axes[0].get_title(loc="left")  # older runs: no F
+    assert_png(draw_circuit(C, tmp_path / "c.png", title="tiny", tokens=TOKENS, example=EXAMPLE,
+                            faithfulness=faithfulness(n)))
+    with pytest.raises(ValueError, match="faithfulness must be a dict"):
+        circuit_figure(C, faithfulness=0.36)
 
 
 @pytest.mark.parametrize("aggregation", ["none", "sum"])

@@ -1,33 +1,88 @@
-"""The circuit viewer: what the page embeds (caps, the run's pruning, cards), that it is one
-offline file, and, in headless Chromium, that it runs without errors, draws exactly the circuit
-featcirc.circuit.prune gives for the run's settings and for settings from the URL fragment, shows a
-node's details and card, and records blocked network requests. ``featcirc view DIR`` end to end."""
+"""The circuit viewer: what the page embeds (caps, the run's pruning, cards, the example prompt's
+metric, the exported circuit's faithfulness), that it is one offline file, and, in headless
+Chromium, that it runs without errors, draws exactly the circuit featcirc.circuit.prune gives for
+the run's settings and for settings from the URL fragment, shows a node's details and card, the
+example's own metric at the star and F in the header (and says when F is not the shown circuit's),
+fits a demo-sized circuit into a laptop window with its labels, and records blocked network
+requests. ``featcirc view DIR`` end to end, and its input errors before torch is imported."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Optional
 
 import networkx as nx
+import numpy as np
 import pytest
+import torch
 from matplotlib.image import imread
 
-from featcirc.circuit import PruneSettings, full_graph, magnitude, prune
+from featcirc.attribution.scores import EdgeScores, NodeScores
+from featcirc.circuit import PruneSettings, full_graph, magnitude, prune, stream_index
 from featcirc.cli import main
 from featcirc.export.formats import write_json as write_graph_json
 from featcirc.io import write_json
 from featcirc.sites import METRIC
 from featcirc.view import render_html, viewer_data, write_viewer
-from test_plot import TOKENS, random_graph, random_scores
+from test_plot import EXAMPLE, TOKENS, faithfulness, random_graph, random_scores
 
 CARDS = json.loads((Path(__file__).parent / "fixtures" / "view_cards.json").read_text())
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed "
                                     "(apt-get install chromium); the browser checks of the viewer need it")
+
+
+DEMO_TOKENS = ["<|bos|>", "The", " uncle", " above", " the", " benches"]
+
+
+# (site, position) -> nodes of the demo's 100-node circuit there (error node first when "err")
+DEMO_CELLS = {("resid.3", 5): "err+12", ("mlp.3", 5): "12", ("attn.3", 5): "3", ("resid.2", 5): "10",
+              ("mlp.2", 5): "err+3", ("attn.2", 5): "4", ("resid.1", 5): "11", ("mlp.1", 5): "9",
+              ("attn.1", 5): "4", ("resid.0", 2): "3", ("resid.0", 5): "err+5", ("mlp.0", 2): "2",
+              ("mlp.0", 5): "err+3", ("attn.0", 2): "3", ("attn.0", 5): "err+6", ("embed", 2): "7"}
+
+
+def demo_like_graph(seed: int = 0) -> nx.DiGraph:
+    """A full graph shaped like the tiny model's demo run (4 layers, the prompt of DEMO_TOKENS, 102
+    scored nodes, most of them at the last token, feature numbers below 800): the layout case of a
+    laptop window. Every node has a path to the metric."""
+    g = torch.Generator().manual_seed(seed)
+    sites = ["embed"] + [f"{k}.{layer}" for layer in range(4) for k in ("attn", "mlp", "resid")]
+    T, F = len(DEMO_TOKENS), 800
+    feats = {s: torch.zeros(T, F) for s in sites}
+    vecs = {s: torch.zeros(T) for s in sites}
+    for (site, pos), spec in DEMO_CELLS.items():
+        err, _, n = spec.rpartition("+")
+        if err:
+            vecs[site][pos] = 0.5 + torch.rand(1, generator=g).item()
+        idx = torch.randperm(F, generator=g)[: int(n)]
+        feats[site][pos, idx] = (0.05 + torch.rand(int(n), generator=g)) * torch.where(
+            torch.rand(int(n), generator=g) < 0.1, -1.0, 1.0)
+    ns = NodeScores(method="relp", level="feature", aggregation="none", sites=sites, features=feats, vectors=vecs,
+                    n_pairs=32, metric_clean=6.4902, metric_patch=-6.152, info={"n_layers": 4})
+    G0 = full_graph(ns)
+    live = [n for n in G0 if n != METRIC and G0.nodes[n]["score"] != 0]
+    by_stream = sorted(live, key=lambda n: -stream_index(G0.nodes[n]["site"], 4))
+    rng = np.random.default_rng(seed)
+    edges, above = {}, []
+    for n in by_stream:  # from the top down: each node feeds 1-3 nodes above it (which reach the metric)
+        d = G0.nodes[n]
+        if d["site"] == "resid.3":
+            edges[(n, METRIC)] = float(rng.normal())
+        else:
+            ups = [v for v in above if stream_index(G0.nodes[v]["site"], 4) > stream_index(d["site"], 4)
+                   and G0.nodes[v]["position"] >= d["position"]]
+            for v in rng.choice(ups, size=min(len(ups), int(rng.integers(1, 4))), replace=False):
+                edges[(n, str(v))] = float(rng.normal())
+        above.append(n)
+    return full_graph(ns, EdgeScores(method="relp", aggregation="none", edges=edges))
 
 
 def ranked(G: nx.DiGraph) -> list[str]:
@@ -96,14 +151,46 @@ def test_cards_only_for_embedded_features_and_bad_input_errors():
         viewer_data(G, circuit=foreign)
 
 
+def test_embeds_the_examples_own_metric_and_the_exported_circuits_faithfulness():
+    G = demo_like_graph()
+    C = prune(G, PruneSettings(top_k=102))
+    data = viewer_data(G, circuit=C, tokens=DEMO_TOKENS, example=EXAMPLE, faithfulness=faithfulness(102))
+    assert data["example"] == EXAMPLE
+    assert data["faithfulness"] == {"ablation": "mean", "split": "held-out", "pairs": 32, "n_nodes": 102,
+                                    "faithfulness": {"value": 0.35667, "lo": 0.31254, "hi": 0.40388},
+                                    "completeness": {"value": 0.01216, "lo": -0.00269, "hi": 0.02747},
+                                    "confidence": "95%",
+                                    "intervals": "95% percentile bootstrap over 1000 pair resamples"}
+    assert "/home/someone" not in json.dumps(data)  # the data file's path stays out of the page
+    assert data["metric"]["n_pairs"] == 32  # the mean's pair count, for "mean over 32 pairs"
+    assert "mean metric over 32 pairs: clean 6.49, patch -6.15" in data["subtitle"]
+    ids = data["nodes"]["id"]
+    assert sorted(ids[i] for i in data["circuit"]["nodes"]) == sorted(n for n in C if n != METRIC)
+    # an older run: neither; the mean's pair count from the graph
+    old = viewer_data(G, circuit=C, tokens=DEMO_TOKENS)
+    assert old["example"] is None and old["faithfulness"] is None and old["metric"]["n_pairs"] == 32
+    # missing or non-finite numbers are null (shown as unknown), never a made-up value
+    part = viewer_data(G, example={"metric_clean": float("nan"), "clean_answer": " has"},
+                       faithfulness={"faithfulness": {"value": float("inf")}, "pairs": "many"})
+    assert part["example"]["metric_clean"] is None and part["example"]["patch_answer"] is None
+    assert part["faithfulness"]["faithfulness"] == {"value": None, "lo": None, "hi": None}
+    assert part["faithfulness"]["pairs"] is None and part["faithfulness"]["confidence"] is None
+    with pytest.raises(ValueError, match="example must be a dict"):
+        viewer_data(G, example=["The keys"])
+    with pytest.raises(ValueError, match="faithfulness must be a dict"):
+        viewer_data(G, faithfulness=0.36)
+
+
 def test_one_offline_file_deterministic_and_escaped(tmp_path):
     G = random_graph()
     C = prune(G, PruneSettings(top_k=25))
     evil = ["</script><img src=x onerror=alert(1)>", "&amp;", "\u2028", " to", " the"]
-    p = write_viewer(G, tmp_path / "v.html", circuit=C, tokens=evil, cards=CARDS, title="a <b>title</b>")
+    example = dict(EXAMPLE, prompt="</script><script>alert(1)</script>", clean_answer="<!--", patch_answer="&lt;")
+    p = write_viewer(G, tmp_path / "v.html", circuit=C, tokens=evil, cards=CARDS, title="a <b>title</b>",
+                     example=example)
     html = p.read_text(encoding="utf-8")
     assert write_viewer(G, tmp_path / "w.html", circuit=C, tokens=evil, cards=CARDS,
-                        title="a <b>title</b>").read_text(encoding="utf-8") == html
+                        title="a <b>title</b>", example=example).read_text(encoding="utf-8") == html
     assert not list(tmp_path.glob(".*.tmp"))
     # nothing is fetched: no external script, style, font or image; a CSP forbids any request
     code = re.sub(r'(id="featcirc-data">).*?(</script>)', r"\1\2", html, flags=re.S)
@@ -113,17 +200,24 @@ def test_one_offline_file_deterministic_and_escaped(tmp_path):
     assert html.count("</script>") == 3  # the error recorder, the data, the viewer: no token closed a script
     assert "<title>a &lt;b&gt;title&lt;/b&gt;</title>" in html
     assert page_data(html)["tokens"] == evil  # round trip through the escaped JSON
+    assert page_data(html)["example"] == example
 
 
 # --------------------------------------------------------------------------------- in a browser
 class _Dom(HTMLParser):
-    """The root's data-* attributes and the drawn nodes (``<g class="node ..." data-id=...>``)."""
+    """The root's data-* attributes, the drawn nodes (``<g class="node ..." data-id=...>``), the
+    text (outside scripts and styles), and the text of the star's label (``star``) and of the
+    header's F line (``faith``)."""
+
+    _VOID = {"meta", "input", "br", "img", "link", "hr", "path", "line", "rect", "circle", "polygon"}
 
     def __init__(self):
         super().__init__()
         self.root: dict = {}
         self.nodes: list[str] = []
         self.text: list[str] = []
+        self.parts: dict[str, list[str]] = {"star": [], "faith": []}
+        self._open: list[Optional[str]] = []  # per open element: the part it starts, if any
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -131,18 +225,34 @@ class _Dom(HTMLParser):
             self.root = a
         if tag == "g" and (a.get("class") or "").split(" ")[0] == "node":
             self.nodes.append(a["data-id"])
+        if tag not in self._VOID:
+            part = ("star" if "metric-label" in (a.get("class") or "").split() else
+                    "faith" if a.get("id") == "faithfulness" else "code" if tag in ("script", "style") else None)
+            self._open.append(part)
+
+    def handle_endtag(self, tag):
+        if tag not in self._VOID and self._open:
+            self._open.pop()
 
     def handle_data(self, data):
+        if "code" in self._open:
+            return
         self.text.append(data)
+        for part in set(p for p in self._open if p):
+            self.parts[part].append(data)
+
+    def part(self, name: str) -> str:
+        return "".join(self.parts[name])
 
 
-def browse(path: Path, fragment: str = "", *, profile: Path, screenshot: Path | None = None) -> _Dom:
-    """Load ``path`` (+ ``#fragment``) in headless Chromium with every host unresolvable; return
-    the DOM after the scripts ran (or take a screenshot)."""
+def browse(path: Path, fragment: str = "", *, profile: Path, screenshot: Path | None = None,
+           window: tuple[int, int] = (1600, 1000)) -> _Dom:
+    """Load ``path`` (+ ``#fragment``) in headless Chromium with every host unresolvable, in a
+    window of ``window`` pixels; return the DOM after the scripts ran (or take a screenshot)."""
     args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}",
-            "--virtual-time-budget=5000", "--window-size=1600,1000"]
+            "--virtual-time-budget=5000", f"--window-size={window[0]},{window[1]}"]
     args += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
     run = subprocess.run(args + [path.resolve().as_uri() + fragment], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -187,6 +297,136 @@ def test_page_draws_the_runs_circuit_and_reprunes_from_the_fragment(tmp_path):
     browse(path, f"#node={feat}", profile=profile, screenshot=shot)
     img = imread(shot)
     assert img.shape[:2] == (1000, 1600) and img[..., :3].std() > 0.05
+
+
+@needs_chromium
+def test_page_shows_the_examples_metric_and_the_exported_circuits_faithfulness(tmp_path):
+    G = demo_like_graph()
+    C = prune(G, PruneSettings(top_k=102))
+    n = len(C) - 1
+    path = write_viewer(G, tmp_path / "c.html", circuit=C, tokens=DEMO_TOKENS, example=EXAMPLE,
+                        faithfulness=faithfulness(n))
+    profile = tmp_path / "profile"
+    dom = browse(path, profile=profile)
+    # the star: the example prompt's own m and answers, then the mean, called a mean
+    assert dom.part("star") == ('m = 7.71 on this prompt: " has" vs " have" (patch prompt: -3.73)'
+                                "mean m over 32 pairs: 6.49")
+    assert "metric = " not in "".join(dom.text)
+    # the header: F with its interval, ablation, split, pairs and the circuit it belongs to
+    assert dom.part("faith") == ("F = 0.357 [0.313, 0.404] (95% interval; mean ablation; held-out, 32 pairs) "
+                                 f"for the circuit shown, the run's exported circuit ({n} nodes)")
+    assert dom.root["data-f-applies"] == "1"
+    # re-pruned away from the exported circuit: F is said to be the exported circuit's, not this one's
+    dom = browse(path, "#top=40", profile=profile)
+    k = len(prune(G, PruneSettings(top_k=40))) - 1
+    assert dom.root["data-f-applies"] == "0" and dom.root["data-drawn-nodes"] == str(k) and k < n
+    assert f"F belongs to the run's exported circuit ({n} nodes), not the one shown ({k} nodes)" in dom.part("faith")
+    assert browse(path, f"#top={n}", profile=profile).root["data-f-applies"] == "1"  # the same circuit again
+    # the metric's details: both prompts, answers with their probabilities, both m, the means
+    text = "".join(browse(path, "#node=metric", profile=profile).text)
+    for shown in ('"The uncle above the benches"', '"The uncles above the benches"', '" has" (p = 0.621) clean',
+                  '" have" (p = 0.0412) patch', "m on the patch prompt-3.73", "mean m over 32 pairs",
+                  "clean 6.49, patch -6.15"):
+        assert shown in text, shown
+    # an older run directory (no example, no faithfulness): the mean as a mean, no F, no wrong label
+    old = browse(write_viewer(G, tmp_path / "old.html", circuit=C, tokens=DEMO_TOKENS), profile=profile)
+    assert old.part("star") == "mean m over 32 pairs: 6.49"
+    assert old.part("faith") == "faithfulness: not recorded for this run" and old.root["data-f-applies"] == "none"
+    assert "on this prompt" not in "".join(old.text) and "F = " not in "".join(old.text)
+    # prompts and answers from the user's files are text, never markup (an <img> would be a blocked request)
+    evil = dict(EXAMPLE, clean_answer='<img src="x" onerror="alert(1)">', patch_prompt="</script><b>x</b>")
+    dom = browse(write_viewer(G, tmp_path / "evil.html", circuit=C, tokens=DEMO_TOKENS, example=evil),
+                 "#node=metric", profile=profile)
+    assert '"<img src=\\"x\\" onerror=\\"alert(1)\\">" vs " have"' in dom.part("star")
+    assert '"</script><b>x</b>"' in "".join(dom.text)
+
+
+_MEASURE = """<script>
+/* test only: where every drawn thing lies, against the window and the graph's pane */
+window.addEventListener("load", function () { setTimeout(function () {
+  function box(e) { var r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; }
+  var pane = document.getElementById("canvas"), items = [];
+  [["node", ".node:not(.metric) .shape"], ["star", ".node.metric .shape"], ["metric-label", ".metric-label"],
+   ["token-label", ".token-label"], ["node-label", ".node-label"], ["band-label", ".band-label"]].forEach(function (k) {
+    Array.prototype.forEach.call(pane.querySelectorAll(k[1]), function (e) { items.push([k[0], box(e)]); });
+  });
+  var doc = document.scrollingElement;
+  document.documentElement.setAttribute("data-measure", JSON.stringify({
+    window: [window.innerWidth, window.innerHeight], pane: box(pane), overflow: getComputedStyle(pane).overflowY,
+    client: [pane.clientWidth, pane.clientHeight], scroll: [pane.scrollWidth, pane.scrollHeight, pane.scrollTop],
+    page: [doc.scrollWidth, doc.scrollHeight, document.body.scrollWidth, document.body.scrollHeight],
+    items: items}));
+}, 300); });
+</script>
+"""
+
+
+def window_for(viewport: tuple[int, int], profile: Path) -> tuple[int, int]:
+    """The --window-size whose page area is ``viewport`` (headless Chromium's window keeps room for
+    a browser's bars; its --screenshot does not)."""
+    probe = profile.parent / "viewport.html"
+    probe.write_text("<html><body><script>document.documentElement.setAttribute('data-ready', '1');"
+                     "document.documentElement.setAttribute('data-size', innerWidth + 'x' + innerHeight)"
+                     "</script></body></html>")
+    got = browse(probe, profile=profile, window=viewport).root["data-size"]
+    w, h = map(int, got.split("x"))
+    return 2 * viewport[0] - w, 2 * viewport[1] - h
+
+
+def measure(path: Path, fragment: str = "", *, viewport: tuple[int, int], profile: Path) -> tuple[dict, _Dom]:
+    """Where the page draws everything (boxes in page pixels) in a window whose page area is
+    ``viewport``, read by a test-only script."""
+    probe = path.with_name(path.stem + "-measured.html")
+    probe.write_text(path.read_text(encoding="utf-8").replace("</body>", _MEASURE + "</body>"), encoding="utf-8")
+    dom = browse(probe, fragment, profile=profile, window=window_for(viewport, profile))
+    return json.loads(dom.root["data-measure"]), dom
+
+
+def _overlap(a, b, tol: float = 0.5) -> bool:
+    return min(a[2], b[2]) - max(a[0], b[0]) > tol and min(a[3], b[3]) - max(a[1], b[1]) > tol
+
+
+@needs_chromium
+@pytest.mark.parametrize("window", [(1024, 700), (1280, 800), (1280, 657)])
+def test_a_demo_sized_circuit_fits_a_laptop_window_with_its_labels(tmp_path, window):
+    """Every node, the star and its label, every token and row label lie inside the graph's pane,
+    across its width; the pane lies inside the window (so its scrollbar is on screen) and what it
+    cannot show scrolls into view in it. At 1280x800 nothing needs scrolling (1280x657: a 1280x800
+    browser window less its bars). At each size more than 90% of the nodes carry a label, and no
+    two labels overlap nor cover a node."""
+    G = demo_like_graph()
+    C = prune(G, PruneSettings(top_k=102))
+    n = len(C) - 1
+    path = write_viewer(G, tmp_path / "c.html", circuit=C, tokens=DEMO_TOKENS, example=EXAMPLE,
+                        faithfulness=faithfulness(n))
+    m, dom = measure(path, viewport=window, profile=tmp_path / "profile")
+    W, H = window
+    assert m["window"] == [W, H]
+    kinds = {k for k, _ in m["items"]}
+    assert {"node", "star", "metric-label", "token-label", "node-label", "band-label"} <= kinds
+    assert sum(k == "node" for k, _ in m["items"]) == n
+    assert sum(k == "token-label" for k, _ in m["items"]) == 2 * len(DEMO_TOKENS)  # below and above
+    px0, py0, px1, py1 = m["pane"]
+    cw, ch = m["client"]
+    sw, sh, top = m["scroll"]
+    for kind, (x0, y0, x1, y1) in m["items"]:
+        assert x0 >= max(px0, 0) - 0.5 and x1 <= min(px0 + cw, W) + 0.5, (kind, x0, x1, m["pane"])  # across: in view
+        assert y0 - py0 + top >= -0.5 and y1 - py0 + top <= sh + 0.5, (kind, y0, y1)  # down: in the pane's reach
+        if window == (1280, 800):
+            assert y1 <= py0 + ch + 0.5, (kind, y1, m["pane"])  # the whole circuit at once
+    # the pane (and so its scrollbar) lies in the window; the page itself does not scroll
+    assert px0 >= 0 and py0 >= 0 and px1 <= W + 0.5 and py1 <= H + 0.5, m["pane"]
+    assert m["page"][0] <= W and m["page"][1] <= H, m["page"]
+    assert sw <= cw  # never wider than the pane
+    if sh > ch:
+        assert m["overflow"] in ("auto", "scroll")
+    labels = [b for k, b in m["items"] if k == "node-label"]
+    assert int(dom.root["data-labels"]) == len(labels) >= 0.9 * n
+    for a, b in itertools.combinations(labels + [b for k, b in m["items"] if k == "metric-label"], 2):
+        assert not _overlap(a, b), (a, b)
+    shapes = [b for k, b in m["items"] if k in ("node", "star")]
+    for a in labels:
+        assert not any(_overlap(a, s, tol=1.0) for s in shapes), a
 
 
 @needs_chromium
@@ -236,10 +476,13 @@ def run_dir(tmp_path) -> Path:
     write_graph_json(prune(G, PruneSettings(top_k=30)), out / "circuit.json")
     write_json(out / "run.json", {"model": "tiny", "method": "relp", "level": "feature", "task": None,
                                   "data": str(tmp_path / "pairs" / "heldout_sva.jsonl")})
+    faith = dict(faithfulness(30), data=str(tmp_path / "pairs" / "heldout_sva.jsonl") + ", held-out pairs")
     write_json(out / "summary.json", {"model": "tiny", "model_info": {"n_layers": 2}, "method": "relp",
                                       "level": "feature", "data": str(tmp_path / "pairs" / "heldout_sva.jsonl"),
                                       "prompt": "The keys to the", "prompt_tokens": TOKENS,
-                                      "prune": {"node_threshold": None, "top_k": 30, "edge_threshold": 0.0}})
+                                      "prune": {"node_threshold": None, "top_k": 30, "edge_threshold": 0.0},
+                                      "example": dict(EXAMPLE, prompt="The keys to the", n_pairs_mean=3),
+                                      "faithfulness": faith})
     return out
 
 
@@ -253,6 +496,10 @@ def test_view_command_writes_the_page(run_dir, tmp_path, capsys):
     assert str(tmp_path) not in html  # no absolute paths
     assert data["circuit"]["reproduced"] and data["initial"]["top_k"] == 30 and data["cards"] == {}
     assert data["tokens"] == TOKENS
+    # summary.json's example and faithfulness reach the page (the data file's path does not)
+    assert data["example"]["prompt"] == "The keys to the" and data["example"]["patch_answer"] == " have"
+    assert data["metric"]["n_pairs"] == 3
+    assert data["faithfulness"]["n_nodes"] == 30 and data["faithfulness"]["faithfulness"]["value"] == 0.35667
     (run_dir / "cards.json").write_text(json.dumps(CARDS))
     assert main(["-q", "view", str(run_dir), "--out", str(tmp_path / "v.html"), "--max-nodes", "40"]) == 0
     data = page_data((tmp_path / "v.html").read_text(encoding="utf-8"))
@@ -260,6 +507,13 @@ def test_view_command_writes_the_page(run_dir, tmp_path, capsys):
     (run_dir / "circuit.json").unlink()  # without it the page starts at the summary's pruning
     assert main(["-q", "view", str(run_dir)]) == 0
     assert page_data(page.read_text(encoding="utf-8"))["circuit"]["reproduced"]
+    # a run directory from before summary.json had an example: neither shown, nothing made up
+    summary = json.loads((run_dir / "summary.json").read_text())
+    del summary["example"], summary["faithfulness"]
+    write_json(run_dir / "summary.json", summary)
+    assert main(["-q", "view", str(run_dir)]) == 0
+    data = page_data(page.read_text(encoding="utf-8"))
+    assert data["example"] is None and data["faithfulness"] is None and data["metric"]["n_pairs"] == 3
 
 
 def test_view_command_errors_name_the_fix(run_dir, tmp_path, capsys):
@@ -281,8 +535,49 @@ def test_view_command_errors_name_the_fix(run_dir, tmp_path, capsys):
     assert "--max-nodes" in capsys.readouterr().err
     assert main(["-q", "view", str(run_dir), "--out", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
+    assert main(["-q", "view", str(run_dir), "--out", str(tmp_path / "no" / "v.html")]) == 2
+    assert "does not exist" in capsys.readouterr().err
     (run_dir / "edges.pt").write_bytes(b"not a torch file")
     assert main(["-q", "view", str(run_dir)]) == 2
     err = capsys.readouterr().err
     assert "edges.pt" in err and "featcirc discover" in err
     assert not (run_dir / "circuit.html").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--max-nodes", "0"], "--max-nodes must be a positive integer, got 0"),
+    (["--max-nodes", "-5"], "--max-nodes must be a positive integer, got -5"),
+    (["--out", "{tmp}/missing/v.html"], "the directory {tmp}/missing does not exist"),
+    (["--out", "{tmp}"], "is a directory"),
+    ([], None),  # DIR is not a run directory
+])
+def test_view_input_errors_come_before_torch_is_imported(run_dir, tmp_path, args, message):
+    """`featcirc view` checks its options and DIR with nothing heavy imported: one line, exit 2."""
+    target = str(run_dir) if message else str(tmp_path / "missing")
+    argv = ["-q", "view", target] + [a.format(tmp=tmp_path) for a in args]
+    code = ("import sys; from featcirc.cli import main; rc = main(sys.argv[1:]); "
+            "print(rc, sorted(m for m in ('torch', 'networkx', 'numpy', 'featcirc.attribution.scores', "
+            "'featcirc.circuit', 'featcirc.view') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code] + argv, capture_output=True, text=True, timeout=120)
+    assert run.stdout.strip() == "2 []", (run.stdout, run.stderr)
+    err = run.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("featcirc view: error: "), run.stderr
+    assert (message or "is not a run directory").format(tmp=tmp_path) in err[0]
+
+
+@needs_chromium
+def test_star_label_fits_beside_the_star_in_a_narrow_graph(tmp_path):
+    """Positions summed (one column, the star mid-graph): the label wraps, the column moves right,
+    and the label lies inside the pane, clear of the star and the row labels."""
+    G = random_graph("sum")
+    C = prune(G, PruneSettings(top_k=30))
+    path = write_viewer(G, tmp_path / "s.html", circuit=C, example=EXAMPLE, faithfulness=faithfulness(len(C) - 1))
+    m, dom = measure(path, viewport=(1024, 700), profile=tmp_path / "profile")
+    assert dom.part("star") == ('m = 7.71 on this prompt: " has" vs " have"(patch prompt: -3.73)'
+                                "mean m over 32 pairs: 1.70")
+    (label,) = [b for k, b in m["items"] if k == "metric-label"]
+    px0, py0, _, _ = m["pane"]
+    assert label[0] >= px0 and label[2] <= px0 + m["client"][0]
+    for kind, b in m["items"]:
+        if kind in ("star", "band-label", "node-label"):
+            assert not _overlap(label, b), (kind, b)

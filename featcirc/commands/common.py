@@ -19,6 +19,7 @@ import io
 import logging
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -122,13 +123,15 @@ class RunConfig:
 
 # ------------------------------------------------------------------------------------- options
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows ``(default: X)`` after every option whose default is a value (not None or False) and
-    whose help does not state it already."""
+    """Shows ``(default: X)`` after every option whose default is a value (0 and 0.0 included; not
+    None, a flag's False or SUPPRESS) and whose help does not state its default already (``default``
+    followed by a space or a colon, or ``%(default)s``)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (not action.option_strings or action.default in (None, False, argparse.SUPPRESS)
-                or "%(default)" in text):
+        d = action.default
+        if (not action.option_strings or d is None or d is False or d is argparse.SUPPRESS
+                or "%(default)" in text or re.search(r"\(default[ :]", text)):
             return text
         return f"{text} (default: %(default)s)"
 
@@ -264,6 +267,27 @@ def example_prompt(model, data) -> tuple[str, list[str]]:
     batch = max(data.batches, key=lambda b: b.clean.shape[1])
     toks = batch.clean[0]
     return batch.pairs[0].clean_prefix, [model.tokenizer.decode([int(t)]) for t in toks]
+
+
+def example_metrics(model, data) -> dict:
+    """The example pair's own numbers (the pair of :func:`example_prompt`), for the viewer, the drawing
+    and the exports, which otherwise only know the metric's mean over the pairs:
+
+    ``metric_clean`` / ``metric_patch``: ``m = logit(clean answer) - logit(patch answer)`` on its clean /
+    patch prompt; ``p_clean_answer`` / ``p_patch_answer``: the softmax probability (whole vocabulary)
+    of each answer at the clean prompt's last position; ``n_pairs_mean``: the pairs the mean averages."""
+    import torch
+
+    batch = max(data.batches, key=lambda b: b.clean.shape[1])
+    pair = batch.pairs[0]
+    with torch.no_grad():
+        logits = model(torch.cat([batch.clean[:1], batch.patch[:1]]), return_type="logits")[:, -1, :].double()
+    c, p = int(batch.clean_answer[0]), int(batch.patch_answer[0])
+    probs = torch.softmax(logits[0], dim=-1)
+    return dict(prompt=pair.clean_prefix, patch_prompt=pair.patch_prefix, clean_answer=pair.clean_answer,
+                patch_answer=pair.patch_answer, metric_clean=float(logits[0, c] - logits[0, p]),
+                metric_patch=float(logits[1, c] - logits[1, p]), p_clean_answer=float(probs[c]),
+                p_patch_answer=float(probs[p]), n_pairs_mean=int(data.n_pairs))
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> Path:

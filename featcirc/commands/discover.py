@@ -53,6 +53,7 @@ def exported_faithfulness(ab, G, C, *, split: str, source: str, n_resamples: int
     """``F(C)`` and completeness ``F(M \\ C)`` of the exported circuit ``C`` with bootstrap intervals
     over the pairs of ``ab`` (:func:`featcirc.evaluate.curves.evaluate_curves` with no curve)."""
     from featcirc.evaluate.curves import evaluate_curves
+    from featcirc.evaluate.metrics import DEFINITIONS
 
     report = evaluate_curves(ab, G, thresholds=(), fractions=None, exported=C, n_resamples=n_resamples,
                              progress=False)
@@ -61,6 +62,7 @@ def exported_faithfulness(ab, G, C, *, split: str, source: str, n_resamples: int
                 n_nodes=exp.n_nodes, faithfulness=exp.faithfulness.to_json(),
                 completeness=exp.completeness.to_json(), m_full=report.m_full, m_empty=report.m_empty,
                 intervals=f"{report.confidence:.0%} percentile bootstrap over {report.n_resamples} pair resamples",
+                definitions=DEFINITIONS,
                 curves="run `featcirc evaluate DIR` for curves, CPR/CMD and other ablations "
                        "(faithfulness-<ablation>.csv/.json/.png)")
 
@@ -77,9 +79,10 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
 
     from featcirc.attribution import AttributionSettings
     from featcirc.circuit import PruneSettings, full_graph, prune, summary
-    from featcirc.commands.common import example_prompt, load_model_and_saes
+    from featcirc.commands.common import example_metrics, example_prompt, load_model_and_saes
     from featcirc.data import tokenize_pairs
     from featcirc.data.split import write_split
+    from featcirc.environment import environment
     from featcirc.export.formats import write_dot, write_graphml, write_json as write_graph_json
     from featcirc.export.plot import draw_circuit
     from featcirc.io import jsonable, write_json
@@ -113,7 +116,8 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
         logger.warning("in-sample: no held-out pairs (--eval-fraction 0), so the exported circuit's faithfulness "
                        "is measured on the discovery pairs")
     seconds["data"] = time.perf_counter() - t0
-    write_json(out / "run.json", jsonable(dict(asdict(cfg), split=split)))
+    env = environment(ctx.device, model.cfg.dtype)
+    write_json(out / "run.json", jsonable(dict(asdict(cfg), split=split, environment=env)))
 
     budget = {}
     if cfg.max_memory is not None:
@@ -131,11 +135,11 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
     G = full_graph(nodes, edges, n_layers=model.cfg.n_layers)
     C = prune(G, PruneSettings(cfg.node_threshold, cfg.top_k, cfg.edge_threshold))
     prompt, tokens = example_prompt(model, data)
+    example = example_metrics(model, data)
     title = run_title(cfg)
     write_graph_json(C, out / "circuit.json")
     write_graphml(C, out / "circuit.graphml")
     write_dot(C, out / "circuit.dot", title=title)
-    draw_circuit(C, out / "circuit.png", title=title, tokens=tokens)
     seconds["circuit"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -143,6 +147,10 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
                      ablation=FAITHFULNESS_ABLATION, progress=progress)
     faith = exported_faithfulness(ab, G, C, split=eval_split, source=eval_data.source)
     seconds["faithfulness"] = time.perf_counter() - t0
+    if ctx.is_main:
+        t0 = time.perf_counter()
+        draw_circuit(C, out / "circuit.png", title=title, tokens=tokens, example=example, faithfulness=faith)
+        seconds["circuit"] += time.perf_counter() - t0
 
     s = summary(C)
     summ = dict(
@@ -160,8 +168,10 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
         forward_passes=nodes.cost.forward_passes + edges.cost.forward_passes,
         backward_passes=nodes.cost.backward_passes + edges.cost.backward_passes,
         metric_clean=nodes.metric_clean, metric_patch=nodes.metric_patch,
-        prompt=prompt, prompt_tokens=tokens, device=str(ctx.device), dtype=str(model.cfg.dtype).replace("torch.", ""),
-        processes=getattr(ctx, "world_size", 1),
+        metric_note=f"metric_clean / metric_patch: the mean of m = logit(clean answer) - logit(patch answer) over "
+                    f"the {data.n_pairs} discovery pairs; the example prompt's own values are under 'example'",
+        prompt=prompt, prompt_tokens=tokens, example=example, device=env["device"], dtype=env["dtype"],
+        processes=getattr(ctx, "world_size", 1), environment=env,
     )
     if not ctx.is_main:  # the other processes scored and evaluated their shards; rank 0 writes the rest
         return summ
@@ -178,7 +188,8 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
 
     export_run_graphs(out, slug=export.slug, scan=export.scan, node_threshold=1.0,
                       feature_json_base_url=export.feature_url)
-    write_viewer(G, out / "circuit.html", circuit=C, tokens=tokens, cards=cards_doc, title=title)
+    write_viewer(G, out / "circuit.html", circuit=C, tokens=tokens, cards=cards_doc, title=title, example=example,
+                 faithfulness=faith)
     return summ
 
 
@@ -223,23 +234,23 @@ def add_arguments(p) -> None:
     split = p.add_mutually_exclusive_group()
     split.add_argument("--eval-fraction", type=float, default=0.5,
                        help="share of the pairs held out (seeded, by case) to measure faithfulness on; 0: none")
-    split.add_argument("--eval-data", help="a JSONL file of evaluation pairs instead of a held-out share")
+    split.add_argument("--eval-data", help="a JSONL file of evaluation pairs instead of a held-out share (default: none)")
     p.add_argument("--eval-pairs", type=int, default=None, metavar="N",
                    help="measure the exported circuit on the first N usable held-out pairs (default: all; "
                         "eval_pairs.jsonl keeps all for `featcirc evaluate`)")
     p.add_argument("--method", choices=method_names(with_edges=True), default="relp", help="attribution method")
     p.add_argument("--level", choices=("feature", "component"), default=None,
-                   help="default: feature with --saes, component without")
+                   help="(default: feature with --saes, component without)")
     p.add_argument("--aggregation", choices=("none", "sum"), default="none", help="sum scores over positions")
     p.add_argument("--ig-steps", type=int, default=10, help="interpolation steps of --method ig")
     p.add_argument("--max-nodes", type=int, default=1000, help="edges are scored among the top N nodes")
-    p.add_argument("--node-threshold", type=float, default=None, help="keep nodes with |score| >= this")
+    p.add_argument("--node-threshold", type=float, default=None, help="keep nodes with |score| >= this (default: none; then --top-k 100)")
     p.add_argument("--top-k", type=int, default=None, help="keep the top k nodes (default 100 without a threshold)")
     p.add_argument("--edge-threshold", type=float, default=0.0, help="keep edges with |weight| >= this")
     p.add_argument("--max-memory", default=None, metavar="SIZE",
                    help="memory budget of the attribution per process, e.g. 8GB: picks the batch size and "
                         "rows that fit, and keeps the node pass's records for the edge pass only within it "
-                        "(default: --batch-size as given, records kept up to 1 GiB)")
+                        "(default: --batch-size as given, records kept up to 256 MiB)")
     add_device_arguments(p)
     p.add_argument("--cards", action="store_true", help="also write feature cards (cards.json) for the circuit")
     p.add_argument("--cards-corpus", default=None,
@@ -248,7 +259,8 @@ def add_arguments(p) -> None:
     p.add_argument("--slug", default=None, help="graph slug of neuronpedia.json and graph_files/ "
                    "(default: model, data, method and a hash of the circuit)")
     p.add_argument("--scan", default=None, help="Neuronpedia model id (default: the model name)")
-    p.add_argument("--feature-url", default=None, help="base URL of feature JSON files for Neuronpedia")
+    p.add_argument("--feature-url", default=None, help="base URL of feature JSON files for Neuronpedia (default: none, the feature panel "
+                   "reads graph_files/features/)")
     add_output_arguments(p)
 
 
@@ -265,7 +277,7 @@ def config_from_args(args) -> RunConfig:
 
 
 def run(args, progress: bool) -> int:
-    from featcirc.commands.checks import check_int
+    from featcirc.commands.checks import check_export_names, check_int
     from featcirc.commands.common import process_context, start_torch
     from featcirc.data.load import run_pairs
     from featcirc.io import check_out_dir, staged_dir
@@ -273,6 +285,7 @@ def run(args, progress: bool) -> int:
     cfg = config_from_args(args)
     cfg.check()
     check_int(args.cards_tokens, "--cards-tokens", what="corpus tokens the feature cards scan")
+    check_export_names(args.slug, args.scan)
     check_out_dir(args.out, args.force)
     pairs = run_pairs(data=cfg.data, task=cfg.task, n=cfg.n, seed=cfg.seed, eval_fraction=cfg.eval_fraction,
                       eval_data=cfg.eval_data)
@@ -294,9 +307,12 @@ def run(args, progress: bool) -> int:
 def result_line(summ: dict, out: "str | Path") -> str:
     """The line ``discover`` prints: the circuit, the pairs and the exported circuit's faithfulness."""
     f = summ["faithfulness"]
-    fv = f["faithfulness"]
-    ci = f" [{fv['lo']:.2f}, {fv['hi']:.2f}]" if fv.get("lo") is not None and fv.get("hi") is not None else ""
-    value = "n/a" if fv.get("value") is None else f"{fv['value']:.3f}{ci}"
+
+    def value(iv: dict) -> str:
+        ci = f" [{iv['lo']:.2f}, {iv['hi']:.2f}]" if iv.get("lo") is not None and iv.get("hi") is not None else ""
+        return "n/a" if iv.get("value") is None else f"{iv['value']:.3f}{ci}"
+
     return (f"circuit: {summ['n_nodes']} nodes, {summ['n_edges']} edges from {summ['pairs_used']} pairs; "
-            f"faithfulness {value} on {f['pairs']} {f['split']} pairs ({f['ablation']} ablation) -> {out}/ "
+            f"on {f['pairs']} {f['split']} pairs ({f['ablation']} ablation): faithfulness {value(f['faithfulness'])} "
+            f"(higher is better), completeness {value(f['completeness'])} (lower is better) -> {out}/ "
             "(circuit.html, circuit.png, circuit.json, summary.json, ...)")

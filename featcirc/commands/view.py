@@ -1,5 +1,7 @@
 """``featcirc view DIR``: write ``DIR/circuit.html``, one self-contained offline page to explore
-a discovered circuit (no model needed)."""
+a discovered circuit (no model needed), with the run's example prompt and the exported circuit's
+faithfulness from ``summary.json`` when it has them. Its inputs (``--max-nodes``, ``--out``, that
+``DIR`` is a run directory, the JSON files) are checked before torch or networkx is imported."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ def _read_json(path: Path, what: str) -> dict:
 def run_title(summary: dict, run: Optional[dict] = None) -> str:
     """``model · method level circuit · data``, with the data file's name only (no directories)."""
     run = run or {}
-    data = run.get("task") or summary.get("data") or run.get("data") or ""
+    data = run.get("task") or run.get("data") or summary.get("data") or ""
     if data and ("/" in data or "\\" in data) and not data.startswith("task "):
         data = Path(data).name
     head = f"{summary.get('model', run.get('model', '?'))} \u00b7 {summary.get('method', run.get('method', '?'))} "
@@ -35,32 +37,49 @@ def run_title(summary: dict, run: Optional[dict] = None) -> str:
     return f"{head} \u00b7 {data}" if data else head
 
 
-def view_run(run_dir: "str | Path", out: "str | Path | None" = None, *, max_nodes: Optional[int] = None) -> Path:
-    """Write the viewer of a run directory (``nodes.pt``, ``edges.pt``, ``summary.json``, and when
-    present ``circuit.json`` and ``cards.json``) to ``out`` (default ``DIR/circuit.html``)."""
-    from featcirc.attribution.scores import EdgeScores, NodeScores
-    from featcirc.circuit import full_graph
-    from featcirc.export.formats import read_json
-    from featcirc.view import DEFAULT_MAX_NODES, write_viewer
-
+def check_inputs(run_dir: "str | Path", out: "str | Path | None" = None, *, max_nodes: Optional[int] = None) -> Path:
+    """Check what ``view_run`` needs without importing anything heavy (docs/design.md §12): ``max_nodes``
+    a whole number >= 1 (or None), ``run_dir`` a run directory (``summary.json`` and ``nodes.pt``),
+    ``out`` not a directory and in an existing one. Returns the HTML path to write."""
+    if max_nodes is not None and (isinstance(max_nodes, bool) or not isinstance(max_nodes, int) or max_nodes < 1):
+        raise ValueError(f"--max-nodes must be a positive integer, got {max_nodes!r}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir} is not a run directory; {_MAKE_ONE}")
     for name in ("summary.json", "nodes.pt"):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir / name} not found: {run_dir} is not a complete run directory; {_MAKE_ONE}")
-    max_nodes = DEFAULT_MAX_NODES if max_nodes is None else max_nodes
-    if isinstance(max_nodes, bool) or not isinstance(max_nodes, int) or max_nodes < 1:
-        raise ValueError(f"--max-nodes must be a positive integer, got {max_nodes!r}")
+    out = run_dir / "circuit.html" if out is None else Path(out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give the path of the HTML file to write")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"--out {out}: the directory {out.parent} does not exist")
+    return out
+
+
+def view_run(run_dir: "str | Path", out: "str | Path | None" = None, *, max_nodes: Optional[int] = None) -> Path:
+    """Write the viewer of a run directory (``nodes.pt``, ``edges.pt``, ``summary.json``, and when
+    present ``circuit.json`` and ``cards.json``) to ``out`` (default ``DIR/circuit.html``);
+    ``max_nodes``: embed that many nodes (default :data:`featcirc.view.DEFAULT_MAX_NODES`). Bad input
+    fails before torch or networkx is imported."""
+    out = check_inputs(run_dir, out, max_nodes=max_nodes)
+    run_dir = Path(run_dir)
     summary = _read_json(run_dir / "summary.json", f"rerun the discovery ({_MAKE_ONE})")
     run = _read_json(run_dir / "run.json", "rerun the discovery") if (run_dir / "run.json").is_file() else {}
     cards = None
     if (run_dir / "cards.json").is_file():
         cards = _read_json(run_dir / "cards.json", "regenerate the feature cards or delete cards.json")
+    for key in ("example", "faithfulness"):
+        if summary.get(key) is not None and not isinstance(summary[key], dict):
+            raise ValueError(f"{run_dir / 'summary.json'}: {key!r} is not a JSON object; rerun the discovery "
+                             f"({_MAKE_ONE})")
 
-    out = run_dir / "circuit.html" if out is None else Path(out)
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a directory; give the path of the HTML file to write")
+    from featcirc.attribution.scores import EdgeScores, NodeScores
+    from featcirc.circuit import full_graph
+    from featcirc.export.formats import read_json
+    from featcirc.view import DEFAULT_MAX_NODES, write_viewer
+
+    max_nodes = DEFAULT_MAX_NODES if max_nodes is None else max_nodes
     try:
         nodes = NodeScores.load(run_dir / "nodes.pt")
         edges = EdgeScores.load(run_dir / "edges.pt") if (run_dir / "edges.pt").is_file() else None
@@ -77,7 +96,8 @@ def view_run(run_dir: "str | Path", out: "str | Path | None" = None, *, max_node
         p = summary.get("prune") or {}
         circuit = prune(G, PruneSettings(p.get("node_threshold"), p.get("top_k", 100), p.get("edge_threshold", 0.0)))
     return write_viewer(G, out, circuit=circuit, tokens=summary.get("prompt_tokens"), cards=cards,
-                        title=run_title(summary, run), max_nodes=max_nodes)
+                        title=run_title(summary, run), max_nodes=max_nodes, example=summary.get("example"),
+                        faithfulness=summary.get("faithfulness"))
 
 
 HELP = "write DIR/circuit.html: one offline page to explore a discovered circuit"

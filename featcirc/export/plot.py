@@ -1,5 +1,9 @@
 """Plots: circuit drawings, faithfulness curves, exact-vs-estimate scatters (PNG, written atomically).
 
+A circuit drawing's title carries the exported circuit's faithfulness ``F`` (interval, ablation,
+split, pairs, node count) and its star the example prompt's own metric and answers beside the mean
+over the pairs (labelled as a mean).
+
 Uses matplotlib's Agg canvas directly (no pyplot, no global backend switch), so it works headless
 and never changes the caller's matplotlib state.
 """
@@ -10,7 +14,7 @@ import math
 import os
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import networkx as nx
 import numpy as np
@@ -25,13 +29,15 @@ from matplotlib.path import Path as MplPath
 
 from featcirc.circuit import graph_n_layers, is_scored, magnitude
 from featcirc.export.style import (METRIC_COLOUR, NEGATIVE_COLOUR, NEUTRAL_COLOUR, POSITIVE_COLOUR, SIGN_LEGEND,
-                                   SITE_COLOURS, sign_colour)
+                                   SITE_COLOURS, count, example_info, faithfulness_caption, faithfulness_info,
+                                   metric_caption, sign_colour)
 from featcirc.evaluate.stats import pearson
 from featcirc.io import atomic_path
 from featcirc.sites import METRIC, stream_index
 
 _MARKER = {"feature": "o", "error": "s", "component": "D"}
 _KIND_NAME = {"feature": "SAE feature", "error": "SAE error node", "component": "component (whole site)"}
+_METRIC_CHAR_PT = 4.8  # width of a character of the star's 7.5 pt bold label, with some slack
 
 
 def _save(fig: Figure, path: "str | os.PathLike[str]", dpi: int = 110) -> Path:
@@ -63,7 +69,8 @@ class CircuitLayout:
     slot: float = 1.0
 
 
-def circuit_layout(G: nx.DiGraph, *, max_per_line: int = 10, n_positions: Optional[int] = None) -> CircuitLayout:
+def circuit_layout(G: nx.DiGraph, *, max_per_line: int = 10, n_positions: Optional[int] = None,
+                   metric_height: float = 1.0) -> CircuitLayout:
     """Lay a circuit out by site (rows) and token position (columns).
 
     Rows: one per site in forward order (embed, attn.0, mlp.0, resid.0, attn.1, ...; the metric
@@ -71,8 +78,9 @@ def circuit_layout(G: nx.DiGraph, *, max_per_line: int = 10, n_positions: Option
     Columns: one per token position, each as wide as its fullest (site, position) cell needs: the
     nodes of a cell sit side by side (error / component node first, then features by ``|score|``),
     wrapping into stacked lines after ``max_per_line``; a row is as tall as its most wrapped cell.
-    The metric sits in the last column. ``n_positions`` (e.g. the prompt's token count) adds empty
-    columns after the last position that holds a node.
+    The metric sits in the last column, in a row ``metric_height`` units tall (a site row with one
+    line of nodes is 1). ``n_positions`` (e.g. the prompt's token count) adds empty columns after
+    the last position that holds a node.
     """
     n_layers = graph_n_layers(G)
     others = [(n, d) for n, d in G.nodes(data=True) if n != METRIC]
@@ -102,7 +110,7 @@ def circuit_layout(G: nx.DiGraph, *, max_per_line: int = 10, n_positions: Option
         lines[site] = max(lines[site], math.ceil(len(members) / per_line[col]))
     rows, y = {}, 0.0
     for s in order:
-        h = 1.0 + 0.62 * (lines[s] - 1)
+        h = metric_height if s == METRIC else 1.0 + 0.62 * (lines[s] - 1)
         rows[s] = (y, y + h)
         y += h
 
@@ -131,14 +139,18 @@ def _short_label(n: str, d: dict) -> str:
 
 def _place_labels(ax, fig: Figure, candidates: Sequence[tuple[str, tuple[float, float], float]],
                   obstacles: Sequence[tuple[tuple[float, float], float]], *, fontsize: float,
-                  max_labels: int) -> list:
+                  max_labels: int, avoid: Sequence = ()) -> list:
     """Greedy label placement: for each ``(text, xy, radius_pt)`` in order, try below / above /
-    right / left of the node and keep the first spot that overlaps no placed label and no node
-    marker (``obstacles``: centre and radius in points); a label that fits nowhere is left out."""
+    right / left of the node and keep the first spot that overlaps no placed label, no node
+    marker (``obstacles``: centre and radius in points) and no text of ``avoid``; a label that
+    fits nowhere is left out."""
     renderer = FigureCanvasAgg(fig).get_renderer()
     to_px = ax.transData.transform
     pt = fig.dpi / 72.0
     boxes = []
+    for artist in avoid:
+        bb = artist.get_window_extent(renderer)
+        boxes.append((bb.x0, bb.y0, bb.x1, bb.y1))
     for (cx, cy), r in obstacles:
         px, py = to_px((cx, cy))
         boxes.append((px - r * pt, py - r * pt, px + r * pt, py + r * pt))
@@ -166,10 +178,14 @@ def _place_labels(ax, fig: Figure, candidates: Sequence[tuple[str, tuple[float, 
 
 
 def circuit_figure(G: nx.DiGraph, *, title: str = "", tokens: Optional[Sequence[str]] = None,
-                   max_edges: int = 150, max_labels: int = 40) -> Figure:
-    """The figure :func:`draw_circuit` saves (see there); node labels carry ``gid="node-label"``."""
+                   max_edges: int = 150, max_labels: int = 100, example: Optional[Mapping] = None,
+                   faithfulness: Optional[Mapping] = None) -> Figure:
+    """The figure :func:`draw_circuit` saves (see there); node labels carry ``gid="node-label"``,
+    the metric's label ``gid="metric-label"``."""
     if max_edges < 0 or max_labels < 0:
         raise ValueError(f"max_edges and max_labels must be >= 0, got {max_edges} and {max_labels}")
+    ex = example_info(example)
+    faith = faithfulness_info(faithfulness)
     others = [(n, d) for n, d in G.nodes(data=True) if n != METRIC]
     per_position = any(int(d.get("position", -1)) >= 0 for _, d in others)
     if tokens is not None:
@@ -178,12 +194,27 @@ def circuit_figure(G: nx.DiGraph, *, title: str = "", tokens: Optional[Sequence[
         if per_position and len(tokens) < n_pos:
             raise ValueError(f"tokens has {len(tokens)} entries but node positions go up to {n_pos - 1}; "
                              "pass the token strings of the prompt the positions index into")
-    L = circuit_layout(G, n_positions=len(tokens) if (tokens is not None and per_position) else None)
-    xy = L.xy
+    mean = G.nodes[METRIC].get("score", float("nan")) if METRIC in G else float("nan")
+    n_pairs = (ex or {}).get("n_pairs_mean") or count(G.graph.get("n_pairs"))
+    caption = metric_caption(ex, mean if is_scored(mean) else None, n_pairs)
+    n_positions = len(tokens) if (tokens is not None and per_position) else None
+    L = circuit_layout(G, n_positions=n_positions, metric_height=1.0 + 0.45 * (len(caption) - 1))
     width_units = L.columns[-1][1]
-    height_units = L.rows[METRIC][1]
     inch = 0.36
     fig_w = min(22.0, max(7.0, width_units * inch + 1.2))
+    # the star's label sits left of the star inside the axes (0.66 of the width): where it would not
+    # fit, the patch prompt's m goes on a line of its own and the figure widens (to 22 in at most)
+    star_frac = L.xy[METRIC][0] / width_units if METRIC in L.xy else 1.0
+
+    def caption_inches(lines: list[str]) -> float:
+        return (max(len(t) for t in lines) * _METRIC_CHAR_PT + 16) / 72
+
+    if caption_inches(caption) > star_frac * 0.66 * fig_w:
+        caption = metric_caption(ex, mean if is_scored(mean) else None, n_pairs, narrow=True)
+        fig_w = min(22.0, max(fig_w, caption_inches(caption) / (star_frac * 0.66)))
+        L = circuit_layout(G, n_positions=n_positions, metric_height=1.0 + 0.45 * (len(caption) - 1))
+    xy = L.xy
+    height_units = L.rows[METRIC][1]
     fig_h = min(30.0, max(4.0, height_units * 0.34 + 1.3))
     fig = Figure(figsize=(fig_w, fig_h))
     ax = fig.add_axes((0.09, 0.11, 0.66, 0.80))
@@ -255,19 +286,22 @@ def circuit_figure(G: nx.DiGraph, *, title: str = "", tokens: Optional[Sequence[
     if METRIC in G:
         ax.scatter([xy[METRIC][0]], [xy[METRIC][1]], marker="*", s=260, c=METRIC_COLOUR,
                    edgecolors="#6b4d00", linewidths=0.6, zorder=3)
-        clean = G.nodes[METRIC].get("score", float("nan"))
-        txt = "metric" + (f" = {clean:.3g}" if is_scored(clean) else "")
-        ax.annotate(txt, xy[METRIC], xytext=(-10, 0), textcoords="offset points", fontsize=8, va="center",
-                    ha="right", fontweight="bold", zorder=5,  # left of the star: it sits in the last column
-                    path_effects=[patheffects.withStroke(linewidth=2.2, foreground="white")])
+        metric_label = ax.annotate("\n".join(caption), xy[METRIC], xytext=(-13, 0), textcoords="offset points",
+                                   fontsize=7.5, va="center", ha="right", fontweight="bold", zorder=5,
+                                   # left of the star: it sits in the last column
+                                   path_effects=[patheffects.withStroke(linewidth=2.2, foreground="white")])
+        metric_label.set_gid("metric-label")
         radius_pt[METRIC] = 9.0
 
     # labels: the nodes of largest |score| first, where they fit
     ranked = sorted(others, key=lambda nd: (-magnitude(nd[1].get("score")), nd[0]))
     labels = _place_labels(ax, fig, [(_short_label(n, d), xy[n], radius_pt[n]) for n, d in ranked],
-                  [(xy[n], r) for n, r in radius_pt.items()], fontsize=6.5, max_labels=max_labels)
+                           [(xy[n], r) for n, r in radius_pt.items()], fontsize=6.5, max_labels=max_labels,
+                           avoid=[metric_label] if METRIC in G else ())
 
     head = f"{title}\n" if title else ""
+    if faith is not None:
+        head += faithfulness_caption(faith, n_drawn=len(others)) + "\n"
     what = (f"{len(others)} node{'s' * (len(others) != 1)}, {n_edges} edge{'s' * (n_edges != 1)}" + (f"; drawn: the {len(shown)} strongest edges by |weight|"
                                                        if len(shown) < n_edges else "")
             + (f"; labelled: {len(labels)} of the largest |score|" if 0 < len(labels) < len(others) else "")
@@ -285,7 +319,8 @@ def circuit_figure(G: nx.DiGraph, *, title: str = "", tokens: Optional[Sequence[
 
 
 def draw_circuit(G: nx.DiGraph, path: "str | os.PathLike[str]", *, title: str = "",
-                 tokens: Optional[Sequence[str]] = None, max_edges: int = 150, max_labels: int = 40) -> Path:
+                 tokens: Optional[Sequence[str]] = None, max_edges: int = 150, max_labels: int = 100,
+                 example: Optional[Mapping] = None, faithfulness: Optional[Mapping] = None) -> Path:
     """Draw a circuit to a PNG (atomically).
 
     Rows are sites in forward order (embed at the bottom, the metric on top, attn / mlp / resid of
@@ -297,8 +332,14 @@ def draw_circuit(G: nx.DiGraph, path: "str | os.PathLike[str]", *, title: str = 
     how many of how many), coloured by sign, width by ``|weight|``. Up to ``max_labels`` nodes
     of largest ``|score|`` get a label, each only where it overlaps no other label or node.
     ``title`` is shown as given: pass no absolute paths.
+
+    ``example`` (summary.json's ``example``): the star's label gives the example prompt's own
+    ``m`` and answers, then the mean over the pairs (called a mean; without ``example`` only the
+    mean). ``faithfulness`` (summary.json's ``faithfulness``): the title gives ``F`` with its
+    interval, ablation, split and pairs, and the node count it was measured for.
     """
-    return _save(circuit_figure(G, title=title, tokens=tokens, max_edges=max_edges, max_labels=max_labels), path)
+    return _save(circuit_figure(G, title=title, tokens=tokens, max_edges=max_edges, max_labels=max_labels,
+                                example=example, faithfulness=faithfulness), path)
 
 
 def plot_faithfulness(curves: dict[str, Sequence[tuple[int, float]]], path: "str | os.PathLike[str]", *,

@@ -15,8 +15,15 @@ the circuit that ``prune`` gives on the full graph, as long as the edge cap drop
 controls start at ``circuit``'s pruning settings (``G.graph["top_k"]``, ``["node_threshold"]``,
 ``["edge_threshold"]``, set by ``prune``).
 
+The header shows the exported circuit's faithfulness ``F`` (value, interval, ablation, split, pairs,
+node count; ``faithfulness``) and says when the controls show another circuit than the one ``F``
+was measured for; the metric's star shows the example prompt's own ``m`` and answers (``example``)
+beside the mean over the pairs, labelled as a mean. The graph is laid out to fit the window (cells
+wrap into more lines before labels are dropped); what does not fit scrolls inside the graph's pane.
+
 The page itself is ``assets/viewer.html`` with ``viewer.css`` and ``viewer.js`` inlined; the
-graph travels as JSON in a ``<script type="application/json">`` element.
+graph travels as JSON in a ``<script type="application/json">`` element. Strings from the run
+(tokens, prompts, answers, title) are escaped or set as text, never parsed as markup.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import networkx as nx
 
 from featcirc.circuit import PruneSettings, graph_n_layers, is_scored, magnitude, prune
 from featcirc.export.style import (METRIC_COLOUR, NEGATIVE_COLOUR, NEUTRAL_COLOUR, POSITIVE_COLOUR, SIGN_LEGEND,
-                                   SITE_COLOURS)
+                                   SITE_COLOURS, count, example_info, faithfulness_info)
 from featcirc.io import jsonable, write_text
 from featcirc.sites import METRIC, stream_index
 
@@ -123,9 +130,12 @@ def _cards_for(G: nx.DiGraph, embedded: Sequence[str], cards: Optional[Mapping])
 def viewer_data(G_full: nx.DiGraph, *, circuit: Optional[nx.DiGraph] = None,
                 tokens: Optional[Sequence[str]] = None, cards: Optional[Mapping] = None,
                 title: str = "", max_nodes: int = DEFAULT_MAX_NODES,
-                max_edges: int = DEFAULT_MAX_EDGES) -> dict:
+                max_edges: int = DEFAULT_MAX_EDGES, example: Optional[Mapping] = None,
+                faithfulness: Optional[Mapping] = None) -> dict:
     """The JSON the page reads: the embedded nodes and edges (see the module doc), the prompt's
-    tokens, the pruning the controls start at, the caps, the feature cards and the colours."""
+    tokens, the pruning the controls start at, the caps, the feature cards, the colours, the
+    example prompt's own metric and the exported circuit's faithfulness (``example`` / ``faithfulness``
+    read by :func:`featcirc.export.style.example_info` / ``faithfulness_info``)."""
     if METRIC not in G_full:
         raise ValueError("the graph has no 'metric' node; build it with featcirc.circuit.full_graph")
     if isinstance(max_nodes, bool) or not isinstance(max_nodes, int) or max_nodes < 1:
@@ -187,7 +197,8 @@ def viewer_data(G_full: nx.DiGraph, *, circuit: Optional[nx.DiGraph] = None,
         sub.add_edges_from((u, v, {"weight": w}) for u, v, w in kept)
         reproduced = set(prune(sub, initial)) == set(circuit)
         circuit_info = dict(n_nodes=circuit.number_of_nodes() - (METRIC in circuit), n_edges=circuit.number_of_edges(),
-                            reproduced=reproduced, settings=_describe(initial))
+                            reproduced=reproduced, settings=_describe(initial),
+                            nodes=sorted(index[n] for n in circuit if n != METRIC))
 
     card_map, cards_info = _cards_for(G_full, embedded, cards)
     node_cols: dict[str, list] = {k: [] for k in ("id", "site", "layer", "kind", "feature", "position",
@@ -206,12 +217,15 @@ def viewer_data(G_full: nx.DiGraph, *, circuit: Optional[nx.DiGraph] = None,
                    {str(G_full.nodes[n]["site"]) for n in embedded},
                    key=lambda s: stream_index(s, n_layers))
     g = G_full.graph
+    ex = example_info(example)
+    n_mean = (ex or {}).get("n_pairs_mean") or count(g.get("n_pairs")) or None
+    over = f"over {n_mean} pairs" if n_mean else "over the pairs"
     subtitle = " \u00b7 ".join(x for x in (
         f"method {g['method']}" if g.get("method") else "",
         f"{g['level']} level" if g.get("level") else "",
         "positions summed" if aggregation == "sum" else "per token position",
         f"{g['n_pairs']} prompt pairs" if g.get("n_pairs") else "",
-        (f"metric clean {g['metric_clean']:.3g}, patch {g['metric_patch']:.3g}"
+        (f"mean metric {over}: clean {g['metric_clean']:.3g}, patch {g['metric_patch']:.3g}"
          if is_scored(g.get("metric_clean")) and is_scored(g.get("metric_patch")) else ""),
     ) if x)
     return {
@@ -224,7 +238,10 @@ def viewer_data(G_full: nx.DiGraph, *, circuit: Optional[nx.DiGraph] = None,
         "tokens": tokens,
         "sites": sites,
         "has_edges": bool(g.get("has_edges", G_full.number_of_edges() > 0)),
-        "metric": {"clean": _number(G_full.nodes[METRIC].get("score")), "patch": _number(g.get("metric_patch"))},
+        "metric": {"clean": _number(G_full.nodes[METRIC].get("score")), "patch": _number(g.get("metric_patch")),
+                   "n_pairs": n_mean},
+        "example": ex,
+        "faithfulness": faithfulness_info(faithfulness),
         "nodes": node_cols,
         "edges": {"source": [index[u] for u, _, _ in kept], "target": [index[v] for _, v, _ in kept],
                   "weight": [_number(w) for _, _, w in kept]},
@@ -263,16 +280,19 @@ def render_html(data: dict) -> str:
 
 def write_viewer(G_full: nx.DiGraph, path: "str | os.PathLike[str]", *, circuit: Optional[nx.DiGraph] = None,
                  tokens: Optional[Sequence[str]] = None, cards: Optional[Mapping] = None, title: str = "",
-                 max_nodes: int = DEFAULT_MAX_NODES, max_edges: int = DEFAULT_MAX_EDGES) -> Path:
+                 max_nodes: int = DEFAULT_MAX_NODES, max_edges: int = DEFAULT_MAX_EDGES,
+                 example: Optional[Mapping] = None, faithfulness: Optional[Mapping] = None) -> Path:
     """Write the viewer for the full scored graph ``G_full`` (:func:`featcirc.circuit.full_graph`)
     to ``path`` (atomically), its controls starting at ``circuit``'s pruning.
 
     ``tokens``: the example prompt's token strings (node positions index into them); ``cards``:
     the ``featcirc-cards/1`` object of ``DIR/cards.json``, or None; ``title``: shown as is (pass
-    no absolute paths); ``max_nodes`` / ``max_edges``: the caps on what is embedded.
+    no absolute paths); ``max_nodes`` / ``max_edges``: the caps on what is embedded;
+    ``example`` / ``faithfulness``: summary.json's entries of those names, or None (older runs:
+    the page then shows only the mean metric, labelled as such, and no ``F``).
     """
     data = viewer_data(G_full, circuit=circuit, tokens=tokens, cards=cards, title=title,
-                       max_nodes=max_nodes, max_edges=max_edges)
+                       max_nodes=max_nodes, max_edges=max_edges, example=example, faithfulness=faithfulness)
     return write_text(path, render_html(data))
 
 

@@ -2,8 +2,10 @@
  *
  * Reads the graph embedded in <script id="featcirc-data"> (written by featcirc.view.write_viewer),
  * prunes it in the page with the rule of featcirc.circuit.prune, lays it out by layer (rows, one
- * sub-row per site: attn, mlp, resid in forward order) and token position (columns), and shows a
- * node's details and feature card on hover / click.
+ * sub-row per site: attn, mlp, resid in forward order) and token position (columns), fitted to the
+ * window (redone on resize), and shows a node's details and feature card on hover / click. The
+ * header gives the exported circuit's faithfulness F and whether the circuit shown is that one;
+ * the metric's star gives the example prompt's own m and answers, and the mean over the pairs.
  *
  * URL fragment (read on load and on every change, written back when a control moves):
  *   #top=N | top=all      keep the N nodes of largest |score| (ties by id)
@@ -11,7 +13,9 @@
  *   &edge=E               keep edges with |weight| >= E
  *   &node=ID              select (pin) a node
  * After each drawing the root element carries data-drawn-nodes (metric excluded),
- * data-drawn-edges and data-ready="1"; script errors are recorded in data-errors.
+ * data-drawn-edges, data-labels (node labels drawn), data-f-applies ("1": F is the shown
+ * circuit's, "0": it is not, "none": no F, "unknown": no exported circuit given) and
+ * data-ready="1"; script errors are recorded in data-errors.
  */
 (function () {
   "use strict";
@@ -23,8 +27,12 @@
   var BAND_FILL = {}, BAND_INK = {};  // row colours of a site kind (featcirc.export.plot.SITE_COLOURS)
   Object.keys(STYLE.bands).forEach(function (k) { BAND_FILL[k] = STYLE.bands[k][0]; BAND_INK[k] = STYLE.bands[k][1]; });
   var MAX_PER_LINE = 12;       // nodes side by side in one (site, position) cell before wrapping
+  var MIN_PER_LINE = 3;        // wrap down to this many per line before dropping labels
+  var MIN_COL_W = 30;          // px, a token column's least width
   var R_MIN = 3.5, R_MAX = 10; // node radius range (area grows with |score|)
   var LABEL_CHAR_W = 5.9;      // px per character of a 9.5px node label
+  var TOKEN_CHAR_W = 7.4;      // px per character of a 12px monospace token label
+  var METRIC_CHAR_W = 6.6;     // px per character of the 11px bold metric label
 
   // ------------------------------------------------------------------------------ the data
   var cols = D.nodes;
@@ -145,12 +153,20 @@
 
   function textWidth(str, charW) { return str.length * charW; }
 
-  /* Positions of the drawn nodes. Columns: token positions, each as wide as its fullest
-     (site, position) cell needs (up to MAX_PER_LINE nodes side by side, then wrapped into
-     stacked lines). Rows: sites in forward order, each as tall as its most wrapped cell.
-     Slots widen up to the width that fits every label, as far as maxWidth allows; a label is
-     drawn only where it fits. */
-  function layout(drawn, maxWidth) {
+  function truncate(str, width, charW) {
+    var n = Math.max(1, Math.floor(width / charW));
+    return str.length <= n ? str : str.slice(0, Math.max(1, n - 1)) + "\u2026";
+  }
+
+  /* Positions of the drawn nodes, fitted to the graph pane (availW x availH) as far as it goes.
+     Columns: token positions; rows: sites in forward order, the metric on top. The nodes of a
+     (site, position) cell sit side by side in slots wide enough for their labels, wrapped into
+     stacked lines. To fit availW the page tries the longest lines first (MAX_PER_LINE nodes),
+     then shortens the longest (down to MIN_PER_LINE), then cuts token labels short (full text on
+     hover), and only then narrows the slots, where the labels of a line are drawn largest |score| first
+     while they do not overlap. Row spacing shrinks (down to a minimum) to fit availH; whatever
+     still does not fit scrolls inside the pane, whose scrollbars are on screen. */
+  function layout(drawn, availW, availH, captions) {
     var rowOf = {};
     rowSites.forEach(function (s, r) { rowOf[s] = r; });
     var cells = {};
@@ -161,55 +177,95 @@
       var key = rowOf[n.site] + ":" + c;
       (cells[key] = cells[key] || []).push(n);
     });
-    var perLine = [];
-    for (var c = 0; c < nCols; c++) perLine.push(1);
+    var colMax = [];
+    for (var c = 0; c < nCols; c++) colMax.push(0);
     Object.keys(cells).forEach(function (key) {
       var c = parseInt(key.split(":")[1], 10);
-      perLine[c] = Math.max(perLine[c], Math.min(MAX_PER_LINE, cells[key].length));
+      colMax[c] = Math.max(colMax[c], cells[key].length);
       cells[key].sort(function (a, b) {
         var ka = a.kind === "feature" ? 1 : 0, kb = b.kind === "feature" ? 1 : 0;
         return (ka - kb) || (b.mag - a.mag) || cmp(a.id, b.id);
       });
     });
-    var labelW = 0;
+    var labelW = 0, siteW = 0;
     drawn.forEach(function (i) { if (i !== METRIC) labelW = Math.max(labelW, textWidth(nodeLabel(nodes[i]), LABEL_CHAR_W)); });
-    var margin = { left: 78, right: 96, top: 40, bottom: 46 };
-    function columnWidths(slot) {
-      return perLine.map(function (m, c) {
-        var tokW = Math.min(150, textWidth(tokenText(c), 7.4) + 14);
-        return Math.max(44, m * slot + 16, perLine.length <= 24 ? tokW : 0);
-      });
+    rowSites.forEach(function (s) { siteW = Math.max(siteW, textWidth(s, 7)); });
+    var margin = { left: Math.max(48, siteW + 16), right: 18, top: 36, bottom: 34 };
+    var tokW = [];
+    for (c = 0; c < nCols; c++) tokW.push(Math.min(150, textWidth(tokenText(c), TOKEN_CHAR_W) + 12));
+    function columnWidths(perLine, slot, fullTokens) {
+      return perLine.map(function (m, c) { return Math.max(MIN_COL_W, m * slot + 12, fullTokens ? tokW[c] : 0); });
     }
-    // the widest slot between compact and "every label fits" that keeps the page within maxWidth
-    var compactSlot = 2 * R_MAX + 3, labelSlot = Math.max(compactSlot, labelW + 7);
-    function totalWidth(sl) {
-      return columnWidths(sl).reduce(function (a, b) { return a + b; }, 0) + margin.left + margin.right;
+    function totalWidth(w) { return w.reduce(function (a, b) { return a + b; }, 0) + margin.left + margin.right; }
+    /* nodes per line in each column: the longest lines whose columns fit availW, shortening the
+       longest line first (down to MIN_PER_LINE); null if even those do not fit */
+    function lineLengths(slot, fullTokens) {
+      var per = colMax.map(function (m) { return Math.max(1, Math.min(MAX_PER_LINE, m)); });
+      while (totalWidth(columnWidths(per, slot, fullTokens)) > availW) {
+        var widest = -1;
+        per.forEach(function (m, c) { if (m > MIN_PER_LINE && (widest < 0 || m > per[widest])) widest = c; });
+        if (widest < 0) return null;
+        per[widest]--;
+      }
+      return per;
     }
-    var slot = labelSlot;
-    if (totalWidth(labelSlot) > maxWidth) {
+    var compactSlot = 2 * R_MAX + 3, labelSlot = Math.max(compactSlot, labelW + 5);
+    var choice = null;
+    for (var pass = 0; pass < 2 && !choice; pass++) {  // every label drawn: shorter lines, then shorter tokens
+      var per = lineLengths(labelSlot, pass === 0);
+      if (per) choice = { perLine: per, slot: labelSlot, fullTokens: pass === 0 };
+    }
+    if (!choice) {  // narrower slots: the widest that fits (or the narrowest, and the pane scrolls)
       var lo = compactSlot, hi = labelSlot;
       for (var it = 0; it < 20; it++) {
         var mid = (lo + hi) / 2;
-        if (totalWidth(mid) <= maxWidth) lo = mid; else hi = mid;
+        if (lineLengths(mid, false)) lo = mid; else hi = mid;
       }
-      slot = lo;
+      choice = { perLine: lineLengths(lo, false) || colMax.map(function (m) { return Math.max(1, Math.min(MIN_PER_LINE, m)); }),
+                 slot: lo, fullTokens: false };
     }
-    var colW = columnWidths(slot);
-    var lineH = 2 * R_MAX + 15;  // room for a label under each node
+    var slot = choice.slot, perLine = choice.perLine;
+    var colW = columnWidths(perLine, slot, choice.fullTokens);
     var colX = [];
     var x = margin.left;
     colW.forEach(function (w) { colX.push(x); x += w; });
     var width = x + margin.right;
-    // rows: height = most wrapped cell; empty rows stay thin
+    // the star's label goes left of the star (last column): where it has too little room there,
+    // the patch prompt's m takes a line of its own and the columns move right, as far as availW allows
+    function captionW(lines) {
+      return Math.max.apply(null, lines.map(function (t) { return textWidth(t, METRIC_CHAR_W); })) + 26;
+    }
+    var caption = captions[0], room = colX[nCols - 1] + colW[nCols - 1] / 2 - margin.left;
+    if (captionW(caption) > room) {
+      caption = captions[1];
+      var lead = Math.max(0, Math.min(captionW(caption) - room, availW - width));
+      colX = colX.map(function (cx) { return cx + lead; });
+      width += lead;
+    }
+    var metricLines = caption.length;
+    // rows: as many lines as the most wrapped cell; spacing between natural (t = 1) and tight (t = 0)
     var rowLines = rowSites.map(function () { return 0; });
     Object.keys(cells).forEach(function (key) {
       var r = parseInt(key.split(":")[0], 10), c = parseInt(key.split(":")[1], 10);
       rowLines[r] = Math.max(rowLines[r], Math.ceil(cells[key].length / perLine[c]));
     });
-    var rowH = rowLines.map(function (l, r) {
-      if (rowSites[r] === "metric") return 44;
-      return l === 0 ? 22 : l * lineH + 8;
-    });
+    function rowHeights(t) {
+      var lineH = 33 + 3 * t, pad = 3 + 5 * t, empty = 14 + 8 * t;
+      return rowLines.map(function (l, r) {
+        if (rowSites[r] === "metric") return 12 + 13 * metricLines + 6 * t;
+        return l === 0 ? empty : l * lineH + pad;
+      });
+    }
+    function totalHeight(t) {
+      return rowHeights(t).reduce(function (a, b) { return a + b; }, 0) + margin.top + margin.bottom;
+    }
+    var t = 1;
+    if (totalHeight(1) > availH) {
+      var h0 = totalHeight(0), h1 = totalHeight(1);
+      t = h0 >= availH ? 0 : (availH - h0) / (h1 - h0);
+    }
+    var lineH = 33 + 3 * t;
+    var rowH = rowHeights(t);
     var rowY = [];  // top of each row; row 0 (embed) at the bottom
     var y = margin.top;
     for (var r = rowSites.length - 1; r >= 0; r--) { rowY[r] = y; y += rowH[r]; }
@@ -218,20 +274,32 @@
     Object.keys(cells).forEach(function (key) {
       var r = parseInt(key.split(":")[0], 10), c = parseInt(key.split(":")[1], 10);
       var members = cells[key], m = perLine[c];
-      var lines = Math.ceil(members.length / m);
+      var nLines = Math.ceil(members.length / m);
+      var lines = [];
       members.forEach(function (n, j) {
         var line = Math.floor(j / m), idx = j % m;
         var inLine = Math.min(m, members.length - line * m);
         var cx = colX[c] + colW[c] / 2 + (idx - (inLine - 1) / 2) * slot;
-        var cy = rowY[r] + rowH[r] / 2 + (line - (lines - 1) / 2) * lineH - 5;
+        var cy = rowY[r] + rowH[r] / 2 + (line - (nLines - 1) / 2) * lineH - 5;
         if (n.i === METRIC) cy = rowY[r] + rowH[r] / 2;
         xy[n.i] = [cx, cy];
-        // a label fits in its slot, or anywhere in the column when it is alone on its line
-        labelFits[n.i] = textWidth(nodeLabel(n), LABEL_CHAR_W) <= (inLine === 1 ? colW[c] - 6 : slot - 3);
+        (lines[line] = lines[line] || []).push(n);
+      });
+      // labels: largest |score| first, each where it overlaps no other label of its line
+      lines.forEach(function (line) {
+        var placed = [];
+        line.slice().sort(function (a, b) { return (b.mag - a.mag) || cmp(a.id, b.id); }).forEach(function (n) {
+          if (n.i === METRIC) return;
+          var w = textWidth(nodeLabel(n), LABEL_CHAR_W), x0 = xy[n.i][0] - w / 2, x1 = x0 + w;
+          if (x0 < colX[c] + 1 || x1 > colX[c] + colW[c] - 1) return;
+          if (placed.some(function (p) { return x0 < p[1] + 3 && x1 > p[0] - 3; })) return;
+          placed.push([x0, x1]);
+          labelFits[n.i] = true;
+        });
       });
     });
     return { xy: xy, colX: colX, colW: colW, rowY: rowY, rowH: rowH, width: width, height: height,
-             labelFits: labelFits, margin: margin };
+             labelFits: labelFits, margin: margin, fullTokens: choice.fullTokens, caption: caption };
   }
 
   // --------------------------------------------------------------------------- drawing
@@ -271,16 +339,156 @@
     return el("circle", { r: r, "class": "shape" }, g);
   }
 
+  // ------------------------------------------------------------- the metric and F
+  function quoted(t) { return JSON.stringify(t); }
+  function hasText(x) { return typeof x === "string"; }
+  function meanOver() { return D.metric.n_pairs ? "over " + D.metric.n_pairs + " pairs" : "over the pairs"; }
+
+  /* The star's label: the example prompt's own m and answers (when the run recorded them), then
+     the mean over the pairs, called a mean (featcirc.export.style.metric_caption); narrow: the
+     patch prompt's m on a line of its own. */
+  function metricCaption(narrow) {
+    var ex = D.example || {}, lines = [];
+    if (isScored(ex.metric_clean)) {
+      var answers = hasText(ex.clean_answer) && hasText(ex.patch_answer) ?
+        ": " + quoted(ex.clean_answer) + " vs " + quoted(ex.patch_answer) : "";
+      lines.push("m = " + fmt(ex.metric_clean) + " on this prompt" + answers);
+      if (isScored(ex.metric_patch)) {
+        var patch = "(patch prompt: " + fmt(ex.metric_patch) + ")";
+        if (narrow) lines.push(patch); else lines[lines.length - 1] += " " + patch;
+      }
+    }
+    if (isScored(D.metric.clean)) lines.push("mean m " + meanOver() + ": " + fmt(D.metric.clean));
+    return lines.length ? lines : ["metric"];
+  }
+
+  /* [name, value] rows on the metric: the example's prompts, answers, probabilities and m, the means. */
+  function metricFacts() {
+    var ex = D.example || {}, rows = [];
+    if (hasText(ex.prompt)) rows.push(["this prompt", quoted(ex.prompt)]);
+    if (hasText(ex.clean_answer) || hasText(ex.patch_answer)) {
+      var p = function (a, pr) { return hasText(a) ? quoted(a) + (isScored(pr) ? " (p = " + fmt(pr) + ")" : "") : "?"; };
+      rows.push(["answers", p(ex.clean_answer, ex.p_clean_answer) + " clean vs " + p(ex.patch_answer, ex.p_patch_answer) +
+                 " patch" + (isScored(ex.p_clean_answer) || isScored(ex.p_patch_answer) ? "; p at this prompt's last token" : "")]);
+    }
+    if (isScored(ex.metric_clean)) rows.push(["m on this prompt", fmt(ex.metric_clean)]);
+    if (hasText(ex.patch_prompt)) rows.push(["patch prompt", quoted(ex.patch_prompt)]);
+    if (isScored(ex.metric_patch)) rows.push(["m on the patch prompt", fmt(ex.metric_patch)]);
+    rows.push(["mean m " + meanOver(), "clean " + fmt(D.metric.clean) + ", patch " + fmt(D.metric.patch)]);
+    rows.push(["definition", "m = logit(clean answer) \u2212 logit(patch answer)"]);
+    return rows;
+  }
+
+  function metricLabel(g, lines, starX, L) {
+    var est = Math.max.apply(null, lines.map(function (s) { return textWidth(s, METRIC_CHAR_W); }));
+    var leftRoom = starX - L.margin.left - 20, rightRoom = L.width - starX - 22;
+    var left = leftRoom >= est || leftRoom >= rightRoom;
+    var t = el("text", { x: 0, y: 0, "text-anchor": left ? "end" : "start", "class": "metric-label" }, g);
+    lines.forEach(function (line, j) {
+      var ts = el("tspan", { x: left ? -18 : 18, dy: j === 0 ? 4 - 6.5 * (lines.length - 1) : 13 }, t);
+      ts.textContent = line;
+    });
+  }
+
+  /* Once drawn: a metric label running off the graph goes to the star's other side, or to the edge. */
+  function fitMetricLabel(svg, L) {
+    var label = svg.querySelector(".metric-label");
+    if (!label || !label.getBoundingClientRect) return;
+    var sx = svg.getBoundingClientRect().left;
+    function box() { var b = label.getBoundingClientRect(); return [b.left - sx, b.right - sx]; }
+    function place(anchor, x) {
+      label.setAttribute("text-anchor", anchor);
+      Array.prototype.forEach.call(label.childNodes, function (ts) { ts.setAttribute("x", x); });
+    }
+    var b = box(), starX = L.xy[METRIC][0];
+    if (b[0] >= 0 && b[1] <= L.width) return;
+    if (b[0] < 0) place("start", 18); else place("end", -18);
+    b = box();
+    if (b[0] < 0 || b[1] > L.width) place("start", 4 - starX);
+  }
+
+  var circuitKey = D.circuit && D.circuit.nodes ? D.circuit.nodes.slice().sort(byNumber).join(",") : null;
+  function byNumber(a, b) { return a - b; }
+
+  /* The header's line on the exported circuit's faithfulness, and whether it is the circuit shown. */
+  function showFaithfulness(shown) {
+    var box = document.getElementById("faithfulness");
+    box.textContent = "";
+    var F = D.faithfulness;
+    if (!F) {
+      h("span", { "class": "muted" }, "faithfulness: not recorded for this run", box);
+      root.setAttribute("data-f-applies", "none");
+      return;
+    }
+    var f = F.faithfulness;
+    h("b", null, "F = " + fmt(f.value), box);
+    var rest = isScored(f.value) && isScored(f.lo) && isScored(f.hi) ? " [" + fmt(f.lo) + ", " + fmt(f.hi) + "]" : "";
+    var how = [];
+    if (F.confidence && isScored(f.lo)) how.push(F.confidence + " interval");
+    if (F.ablation) how.push(F.ablation + " ablation");
+    var where = [F.split, F.pairs !== null && F.pairs !== undefined ? F.pairs + " pairs" : null].filter(Boolean).join(", ");
+    if (where) how.push(where);
+    if (how.length) rest += " (" + how.join("; ") + ")";
+    h("span", null, rest, box);
+    var exported = "the run's exported circuit" + (F.n_nodes !== null && F.n_nodes !== undefined ? " (" + F.n_nodes + " nodes)" : "");
+    var applies = circuitKey === null ? "unknown" : (shown.slice().sort(byNumber).join(",") === circuitKey &&
+      (F.n_nodes === null || F.n_nodes === undefined || F.n_nodes === D.circuit.n_nodes) ? "1" : "0");
+    if (applies === "1") {
+      h("span", null, " for the circuit shown, " + exported, box);
+    } else if (applies === "0") {
+      h("span", { "class": "stale" }, " \u26a0 F belongs to " + exported + ", not the one shown (" + shown.length +
+        " nodes); \u201crun's circuit\u201d shows it again", box);
+    } else {
+      h("span", null, " for " + exported, box);
+    }
+    var c = F.completeness || {};
+    box.title = "Faithfulness F = (m(C) \u2212 m(\u2205)) / (m(M) \u2212 m(\u2205)) of the run's exported circuit" +
+      (isScored(c.value) ? "; completeness F(M \\ C) = " + fmt(c.value) + (isScored(c.lo) && isScored(c.hi) ?
+        " [" + fmt(c.lo) + ", " + fmt(c.hi) + "]" : "") : "") + (F.intervals ? "; intervals: " + F.intervals : "") +
+      ". `featcirc evaluate DIR` measures other sizes and ablations.";
+    root.setAttribute("data-f-applies", applies);
+  }
+
   var state = { top: null, threshold: null, edge: 0, pinned: null };
   var view = null;  // {svg, nodeEls, edgeEls, drawn (Set), drawnEdges}
 
-  function draw() {
+  var scrollbar = null;  // px a scrollbar takes in this browser
+  function scrollbarWidth() {
+    if (scrollbar === null) {
+      var probe = document.createElement("div");
+      probe.style.cssText = "position:absolute;top:-200px;width:100px;height:100px;overflow:scroll;visibility:hidden";
+      document.body.appendChild(probe);
+      scrollbar = probe.offsetWidth - probe.clientWidth;
+      document.body.removeChild(probe);
+    }
+    return scrollbar;
+  }
+
+  /* The graph's layout fitted to the pane, leaving room for a scrollbar where one will show. */
+  function paneSize() {
+    var box = document.getElementById("canvas").getBoundingClientRect();
+    return [Math.max(200, Math.floor(box.width) || window.innerWidth - 400),
+            Math.max(150, Math.floor(box.height) || window.innerHeight - 200)];
+  }
+
+  function fittedLayout(drawn, captions) {
+    var size = paneSize(), W = size[0], H = size[1];
+    var sb = scrollbarWidth();
+    var L = layout(drawn, W, H, captions);
+    if (L.height > H) L = layout(drawn, W - sb, H, captions);  // a vertical scrollbar will show
+    var vertical = L.height > H;
+    if (L.width > W - (vertical ? sb : 0)) L = layout(drawn, W - (vertical ? sb : 0), H - sb, captions);
+    L.pane = size;
+    return L;
+  }
+
+  function draw(again) {
     var t0 = window.performance.now();
     var result = prune(state);
     var drawn = result.nodes.concat([METRIC]);
     var canvas = document.getElementById("canvas");
-    var maxWidth = Math.max(900, canvas.clientWidth || window.innerWidth - 400);
-    var L = layout(drawn, maxWidth);
+    showFaithfulness(result.nodes);  // header text first: its height sets the pane's
+    var L = fittedLayout(drawn, [metricCaption(false), metricCaption(true)]);
     var svg = el("svg", { width: L.width, height: L.height, viewBox: "0 0 " + L.width + " " + L.height,
                           role: "img", "aria-label": "circuit graph" });
     var bg = el("g", { "class": "background" }, svg);
@@ -303,14 +511,14 @@
       if (c > 0) el("line", { x1: L.colX[c], x2: L.colX[c], y1: L.margin.top, y2: L.height - L.margin.bottom,
                               stroke: "#ffffff", "stroke-width": 2 }, bg);
       var cx = L.colX[c] + L.colW[c] / 2;
-      [L.height - L.margin.bottom + 16, L.margin.top - 18].forEach(function (ty, which) {
+      [L.height - L.margin.bottom + 16, L.margin.top - 10].forEach(function (ty, which) {
         var tl = el("text", { x: cx, y: ty, "text-anchor": "middle", "class": "token-label" }, bg);
-        tl.textContent = tokenText(c);
+        tl.textContent = L.fullTokens ? tokenText(c) : truncate(tokenText(c), L.colW[c] - 4, TOKEN_CHAR_W);
         var title = el("title", {}, tl);
         title.textContent = perPosition ? "position " + c + ": " + JSON.stringify(D.tokens ? D.tokens[c] : null)
                                         : "scores summed over positions";
         if (perPosition) {
-          var ti = el("text", { x: cx, y: ty + (which === 0 ? 12 : -12) + (which === 0 ? 0 : 0),
+          var ti = el("text", { x: cx, y: ty + (which === 0 ? 12 : -12),
                                 "text-anchor": "middle", "class": "token-index" }, bg);
           ti.textContent = String(c);
         }
@@ -347,15 +555,14 @@
         shape.setAttribute("fill-opacity", (0.35 + 0.65 * rel).toFixed(3));
       }
       if (n.kind === "metric") {
-        var ml = el("text", { x: 18, y: 4, "class": "metric-label" }, g);
-        ml.textContent = "metric" + (D.metric.clean !== null ? " = " + fmt(D.metric.clean) : "");
+        metricLabel(g, L.caption, p[0], L);
       } else if (L.labelFits[i]) {
         nLabels++;
         var lab = el("text", { x: 0, y: R_MAX + 10, "text-anchor": "middle", "class": "node-label" }, g);
         lab.textContent = nodeLabel(n);
       }
       var tt = el("title", {}, g);
-      tt.textContent = fullLabel(n) + "\nscore " + signed(n.score);
+      tt.textContent = n.kind === "metric" ? metricFacts().map(function (row) { return row[0] + ": " + row[1]; }).join("\n") : fullLabel(n) + "\nscore " + signed(n.score);
       g.addEventListener("mouseenter", function () { focus(i); });
       g.addEventListener("mouseleave", function () { focus(state.pinned); });
       g.addEventListener("click", function (ev) { ev.stopPropagation(); pin(state.pinned === i ? null : i); });
@@ -364,6 +571,7 @@
     svg.addEventListener("click", function () { pin(null); });
     canvas.textContent = "";
     canvas.appendChild(svg);
+    fitMetricLabel(svg, L);
     view = { svg: svg, nodeEls: nodeEls, edgeEls: edgeEls, drawn: new Set(drawn), drawnEdges: result.edges };
     if (state.pinned !== null && !view.drawn.has(state.pinned)) {
       // a pinned node that the new pruning hides keeps its details, without highlighting
@@ -371,7 +579,9 @@
     focus(state.pinned);
     var nE = result.edges.length;
     document.getElementById("status").textContent = "drawn: " + result.nodes.length + " nodes + metric, " +
-      nE + " edge" + (nE === 1 ? "" : "s") + (nLabels < result.nodes.length ? "; labels where they fit (" + nLabels + "), hover for the rest" : "");
+      nE + " edge" + (nE === 1 ? "" : "s") + (nLabels < result.nodes.length ? "; " + nLabels + " labelled (where they fit), hover for the rest" : "") + " \u00b7";
+    var now = paneSize();
+    if (!again && (now[0] !== L.pane[0] || now[1] !== L.pane[1])) return draw(true);  // the header rewrapped
     root.setAttribute("data-drawn-nodes", String(result.nodes.length));
     root.setAttribute("data-drawn-edges", String(nE));
     root.setAttribute("data-labels", String(nLabels));
@@ -538,9 +748,7 @@
     var t = h("table", null, null, panel);
     function fact(k, v, cls) { var tr = h("tr", null, null, t); h("td", null, k, tr); h("td", { "class": cls || "" }, v, tr); }
     if (n.kind === "metric") {
-      fact("clean run", fmt(D.metric.clean));
-      fact("patch run", fmt(D.metric.patch));
-      fact("definition", "logit(clean answer) \u2212 logit(patch answer)");
+      metricFacts().forEach(function (row) { fact(row[0], row[1]); });
     } else {
       fact("kind", n.kind + (n.kind === "feature" ? " " + n.feature : ""));
       fact("site", n.site);
@@ -661,6 +869,12 @@
     state.pinned = pinned;
     redraw();
   });
+  var resizing = false;
+  window.addEventListener("resize", function () {  // the layout fits the window: redo it
+    if (resizing) return;
+    resizing = true;
+    window.requestAnimationFrame(function () { resizing = false; draw(); });
+  });
   window.addEventListener("hashchange", function () {
     state = readHash();
     syncControls();
@@ -669,14 +883,14 @@
 
   // ------------------------------------------------------------------------ the texts
   document.getElementById("subtitle").textContent = D.subtitle;
-  (function key() {  // always-visible one-line legend
-    var k = document.getElementById("key");
+  (function key() {  // always-visible one-line legend, after the status
+    var k = document.getElementById("legend-line");
     var pos = h("b", null, STYLE.sign_legend[0], k);
     pos.style.color = STYLE.positive;
     h("span", null, " \u00b7 ", k);
     var neg = h("b", null, STYLE.sign_legend[1], k);
     neg.style.color = STYLE.negative;
-    h("span", null, " \u00b7 \u25cf feature \u00b7 \u25a0 SAE error \u00b7 \u25c6 component \u00b7 \u2605 metric \u00b7 size: |score|, edge width: |weight|", k);
+    h("span", null, " \u00b7 \u25cf feature \u25a0 SAE error \u25c6 component \u2605 metric \u00b7 size |score|, width |weight|", k);
   })();
   var notes = document.getElementById("notes");
   var caps = D.caps;
@@ -694,7 +908,9 @@
         : "this does not reproduce the run's circuit exactly (it has " + D.circuit.n_nodes + " nodes); the page shows the pruning of the embedded graph."), notes);
   }
   h("p", null, "Sign convention: " + STYLE.sign_legend.join("; ") + ". " +
-    "Metric m = logit(clean answer) \u2212 logit(patch answer).", notes);
+    "Metric m = logit(clean answer) \u2212 logit(patch answer); the star gives " + (D.example ?
+    "its value on the example prompt (the token columns) and " : "") + "its mean " + meanOver() +
+    " (subtitle: clean and patch prompts).", notes);
 
   state = readHash();
   syncControls();
