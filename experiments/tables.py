@@ -17,6 +17,13 @@ RUNS = [  # (label, component-level run, feature-level run)
     ("Gemma-3-270M, SVA nounpp", "gemma-sva-nounpp-component", "gemma-sva-nounpp-feature"),
 ]
 METHODS = ("atp", "relp", "ig")
+# A run directory holding this file has a stale Spearman (see the file): shown as a dash with a footnote.
+# Rerunning the compare replaces the directory, and the file with it.
+STALE_SPEARMAN = "STALE_SPEARMAN.md"
+STALE_NOTE = ("† Spearman not shown: the stored values were computed with arbitrary tie-breaking (cells of "
+              "equal score ranked by their position, before average ranks were used) and have not been "
+              "recomputed since; rerun `bash experiments/reproduce.sh gemma` (it needs the gemma-3-270m-local "
+              "SAEs, `bash experiments/train_gemma_saes.sh`, ~1 hour).")
 
 
 def rows(run: str, name: str) -> list[dict]:
@@ -24,27 +31,33 @@ def rows(run: str, name: str) -> list[dict]:
     return list(csv.DictReader(path.open())) if path.exists() else []
 
 
-def cell(r: dict) -> str:
+def cell(r: dict, stale_spearman: bool = False) -> str:
     f = lambda k: float(r[k])  # noqa: E731
-    return f"{f('pearson_r'):.2f} [{f('pearson_lo'):.2f}, {f('pearson_hi'):.2f}] / {f('spearman_r'):.2f}"
+    rho = "–†" if stale_spearman else f"{f('spearman_r'):.2f}"
+    return f"{f('pearson_r'):.2f} [{f('pearson_lo'):.2f}, {f('pearson_hi'):.2f}] / {rho}"
 
 
 def correlations(level: str) -> None:
     print(f"\n{level} level: Pearson [95% CI over pairs] / Spearman against exact patching\n")
     print("| model, task | pairs | site | node | " + " | ".join({"atp": "AtP", "relp": "RelP", "ig": "IG"}[m] for m in METHODS) + " |")
     print("|---|---|---|---|" + "---|" * len(METHODS))
+    any_stale = False
     for label, comp, feat in RUNS:
         run = comp if level == "component" else feat
         got = rows(run, "correlations.csv")
         if not got or "node_kind" not in got[0]:  # absent, or written by an older featcirc
             continue
         n_pairs = got[0].get("n_pairs", "")
+        stale = (R / run / STALE_SPEARMAN).exists()
+        any_stale |= stale
         groups = sorted({(r["site_kind"], r["node_kind"]) for r in got}, key=lambda g: (
             ["embed", "attn", "z", "mlp", "resid"].index(g[0]), g[1]))
         for i, (site, node) in enumerate(groups):
             by = {r["method"]: r for r in got if (r["site_kind"], r["node_kind"]) == (site, node)}
-            cells = [cell(by[m]) if m in by else "–" for m in METHODS]
+            cells = [cell(by[m], stale) if m in by else "–" for m in METHODS]
             print(f"| {label if i == 0 else ''} | {n_pairs if i == 0 else ''} | {site} | {node} | " + " | ".join(cells) + " |")
+    if any_stale:
+        print(f"\n{STALE_NOTE}")
 
 
 def faithfulness() -> None:

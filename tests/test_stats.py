@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from featcirc.evaluate.bootstrap import (bootstrap_correlation, bootstrap_faithfulness, faithfulness_intervals,
-                                         percentile_interval, resample_counts)
+from featcirc.evaluate import bootstrap
+from featcirc.evaluate.bootstrap import (bootstrap_correlation, bootstrap_faithfulness, correlation_replicates,
+                                         faithfulness_intervals, percentile_interval, resample_counts)
 from featcirc.evaluate.metrics import MIB_FRACTIONS, cmd, cpr
-from featcirc.evaluate.stats import pearson, spearman
+from featcirc.evaluate.stats import average_ranks, pearson, spearman
 
 
 def test_pearson_and_spearman_match_definitions():
@@ -24,6 +25,105 @@ def test_pearson_and_spearman_match_definitions():
     # ties share their average rank: constant blocks do not get an arbitrary order
     assert spearman([0, 0, 0, 1, 2], [5, 4, 3, 6, 7]) == pytest.approx(pearson([1, 1, 1, 3, 4], [2, 1, 0, 3, 4]))
     assert spearman([0, 0, 1], [0, 0, 1]) == pytest.approx(1.0)
+
+
+# ---- Spearman with ties (scipy is in the stack: sae-lens -> plotly-express -> scipy) -------------
+def _tied_cells(seed=0, n_pairs=12, per_pair=10):
+    """Cells as ``compare`` sees them: two methods' scores, many exactly 0 in one or the other (cells
+    where both are 0 left out), with the pair of every cell."""
+    rng = np.random.default_rng(seed)
+    n = n_pairs * per_pair
+    x = rng.normal(size=n)
+    y = x + rng.normal(scale=0.7, size=n)
+    x[rng.random(n) < 0.4] = 0.0
+    y[rng.random(n) < 0.4] = 0.0
+    y[rng.random(n) < 0.1] = 1.0  # a tie away from 0 as well
+    keep = (x != 0) | (y != 0)
+    return x[keep], y[keep], np.repeat(np.arange(n_pairs), per_pair)[keep]
+
+
+def _written_out(counts_row, pair, *cols):
+    """The bootstrap sample ``counts_row`` stands for: every cell of pair p, counts_row[p] times."""
+    times = counts_row[pair].astype(int)
+    return [np.repeat(c, times) for c in cols]
+
+
+def test_average_ranks_match_scipy_rankdata_also_weighted():
+    rankdata = pytest.importorskip("scipy.stats").rankdata
+    rng = np.random.default_rng(0)
+    a = rng.integers(-2, 3, size=60).astype(float)  # five values: every rank is a tie
+    assert average_ranks(a) == pytest.approx(rankdata(a) - 1)
+    assert average_ranks([3.0, 1.0, 2.0]) == pytest.approx([2.0, 0.0, 1.0])  # no ties: plain ranks
+    assert average_ranks([]).shape == (0,)
+    # weights: value i stands for w[i] tied copies; its rank is that of the written-out sample
+    w = rng.integers(0, 4, size=(5, 60)).astype(float)
+    ranks = average_ranks(a, w)
+    assert ranks.shape == (5, 60)
+    for row, rk in zip(w, ranks):
+        times = row.astype(int)
+        assert np.repeat(rk, times) == pytest.approx(rankdata(np.repeat(a, times)) - 1)
+    with pytest.raises(ValueError, match="weights"):
+        average_ranks(a, w[:, :-1])
+
+
+def test_spearman_with_tied_zeros_matches_scipy_and_ignores_cell_order():
+    spearmanr = pytest.importorskip("scipy.stats").spearmanr
+    x, y, ids = _tied_cells()
+    assert (x == 0).sum() > 15 and (y == 0).sum() > 15
+    expected = spearmanr(x, y)[0]
+    assert spearman(x, y) == pytest.approx(expected, abs=1e-12)
+    r, lo, hi = bootstrap_correlation(x, y, ids, method="spearman", seed=0)
+    assert r == pytest.approx(expected, abs=1e-12) and lo < r < hi
+    # the order of the cells is arbitrary (site / position / feature order): it must not matter, neither
+    # to the value nor to the interval. Ranking ties by position did: 0.458 as is, 0.511 sorted by y,
+    # 0.374 sorted by -y, where scipy gives 0.477
+    for order in (np.argsort(y, kind="stable"), np.argsort(-y, kind="stable"),
+                  np.random.default_rng(1).permutation(len(x))):
+        rp = bootstrap_correlation(x[order], y[order], ids[order], method="spearman", seed=0)
+        assert rp == pytest.approx((r, lo, hi), abs=1e-12)
+    by_position = lambda a: np.argsort(np.argsort(a, kind="stable"), kind="stable")  # noqa: E731
+    up, down = np.argsort(y, kind="stable"), np.argsort(-y, kind="stable")
+    assert pearson(by_position(x[up]), by_position(y[up])) - pearson(by_position(x[down]), by_position(y[down])) \
+        > 0.1  # so this sample does exercise the ties
+    # all-zero cells tie with each other, wherever they are
+    assert spearman([0, 0, 0, 1, 2, 3], [0, 5, 1, 2, 3, 4]) == pytest.approx(
+        spearmanr([0, 0, 0, 1, 2, 3], [0, 5, 1, 2, 3, 4])[0])
+
+
+@pytest.mark.parametrize("by", ["pair", "cell"])
+def test_spearman_replicates_are_spearman_of_the_resampled_cells(by):
+    """Each replicate is re-ranked: its value is scipy's Spearman of the written-out resample (copies
+    of a cell tie with each other); NaN where the drawn cells of one side are constant."""
+    spearmanr = pytest.importorskip("scipy.stats").spearmanr
+    x, y, ids = _tied_cells(seed=2)
+    x, y = np.append(x, [0.0, 0.0]), np.append(y, [0.0, 3.0])  # pair 12: x constant
+    ids = np.append(ids, [12, 12])
+    counts = np.vstack([resample_counts(13, 40, seed=3), np.eye(13)[12] * 13, np.eye(13)[[0, 12]].sum(0)])
+    reps = bootstrap._spearman_replicates(x, y, ids, counts, by=by)
+    for c, rep in zip(counts, reps):
+        xs, ys = _written_out(c, ids, x, y)
+        if np.ptp(xs) == 0 or np.ptp(ys) == 0:
+            assert np.isnan(rep)
+        else:
+            assert rep == pytest.approx(spearmanr(xs, ys)[0], abs=1e-12)
+    assert np.isnan(reps[-2]) and np.isfinite(reps[-1])
+    # the default picks one of the two; Pearson replicates are the written-out samples' too
+    assert correlation_replicates(x, y, ids, counts, method="spearman") == pytest.approx(reps, nan_ok=True)
+    pr = correlation_replicates(x, y, ids, counts[:5], method="pearson")
+    assert pr == pytest.approx([pearson(*_written_out(c, ids, x, y)) for c in counts[:5]])
+
+
+def test_spearman_replicates_by_pair_and_by_cell_agree_on_many_cells():
+    rng = np.random.default_rng(4)
+    n, n_pairs = 5000, 16
+    x = np.where(rng.random(n) < 0.5, 0.0, rng.normal(size=n))
+    y = np.where(rng.random(n) < 0.3, 0.0, x + rng.normal(size=n))
+    ids = rng.integers(0, n_pairs, size=n)
+    counts = resample_counts(n_pairs, 200, seed=0)
+    a = bootstrap._spearman_replicates(x, y, ids, counts, by="pair")
+    b = bootstrap._spearman_replicates(x, y, ids, counts, by="cell")
+    assert a == pytest.approx(b, abs=1e-12)
+    assert np.all((a > 0.3) & (a < 0.6))
 
 
 # ---- CPR / CMD --------------------------------------------------------------------------------
