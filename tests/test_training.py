@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -53,6 +58,9 @@ def test_saved_set_loads_and_card_is_complete(trained, tiny):
     assert all(info["saes"][f"resid.{i}"]["ce_recovered"] > 0 for i in range(tiny.cfg.n_layers))
     card = (trained / "README.md").read_text()
     assert "| resid.3 |" in card and info["corpus"]["sha256"] in card and "train-saes" in card
+    # what to expect: the measured faithfulness of the tiny defaults, in the card and metrics.json
+    assert "## What to expect" in card and info["expectations"] in card
+    assert "sva-nounpp" in info["expectations"] and "0.69 [0.63, 0.74]" in info["expectations"]
 
 
 def test_fve_matches_an_independent_recomputation(trained, tiny):
@@ -183,9 +191,10 @@ def test_gemma_recipe_is_valid_and_writes_to_the_cache(tmp_path, monkeypatch):
     args = argparse.Namespace(recipe="gemma-3-270m", model=None, sites=None, corpus=None, out=None, width=None,
                               k=16, tokens=None, lr=None, context_size=None, batch_tokens=None, seed=None,
                               sae_dtype=None, windows=None, eval_tokens=None, ce_eval_tokens=None)
-    model, sites, corpus, out, settings = _plan(args)
-    assert out == trained_set_path("gemma-3-270m-local") == tmp_path / "saes" / "gemma-3-270m-local"
-    assert settings["k"] == 16 and settings["width"] == recipe["settings"]["width"]  # flags override the recipe
+    plan = _plan(args)
+    assert plan.out == trained_set_path("gemma-3-270m-local") == tmp_path / "saes" / "gemma-3-270m-local"
+    assert plan.settings["k"] == 16 and plan.settings["width"] == recipe["settings"]["width"]  # flags override
+    assert plan.settings["context_size"] == recipe["settings"]["context_size"] and plan.corpus == "default"
     assert recipe_command("gemma-3-270m") == "featcirc train-saes --recipe gemma-3-270m"
 
 
@@ -196,3 +205,199 @@ def test_bad_recipe(tmp_path):
         load_recipe(p)
     with pytest.raises(FileNotFoundError, match="bundled recipes are"):
         load_recipe("no-such-recipe")
+
+
+# --------------------------------------------------------------------------------------------------
+# what the user typed is checked first, before torch, and before what the machine lacks
+# --------------------------------------------------------------------------------------------------
+_CLI_PROBE = """
+    import contextlib, io, json, sys
+    from featcirc.cli import main
+    results = []
+    for argv in json.loads(sys.argv[1]):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc = main(["-q", "train-saes", *argv])
+        results.append({"rc": rc, "err": err.getvalue(), "torch": "torch" in sys.modules})
+    print(json.dumps(results))
+"""
+
+
+def _probe(tmp_path, argvs: list[list[str]]) -> list[dict]:
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("FEATCIRC_CACHE", "XDG_CACHE_HOME")}
+    env.update(HOME=str(home), FEATCIRC_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(_CLI_PROBE), json.dumps(argvs)], capture_output=True,
+                       text=True, env=env, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_site_error_wins_over_a_missing_default_corpus(tmp_path):
+    """HOME and the cache empty, so the default corpus cannot be assembled from the cache: the site
+    the user mistyped is reported, not the corpus, and torch was never imported."""
+    out = tmp_path / "out"
+    for corpus in ("default", None):
+        argv = ["--model", "tiny", "--sites", "resid.9", "--out", str(out)] + (["--corpus", corpus] if corpus else [])
+        (res,) = _probe(tmp_path, [argv])
+        assert res["rc"] == 2
+        assert "resid.9 is beyond the model: it has 4 layers" in res["err"], res["err"]
+        assert "corpus" not in res["err"] and res["err"].count("\n") == 1
+        assert res["torch"] is False
+    assert not out.exists()
+
+
+BAD_OPTIONS = [
+    (["--sites", "resid.4"], "beyond the model"),
+    (["--sites", "mlp.7,resid.0"], "beyond the model"),
+    (["--sites", "bogus.1"], "not a site"),
+    (["--sites", "resid.0,resid.0"], "listed twice"),
+    (["--sites", "resid.0", "--context-size", "64"], "exceeds the model's context of 48"),
+    (["--sites", "resid.0", "--context-size", "1"], "--context-size must be at least 2"),
+    (["--sites", "resid.0", "--width", "0"], "--width must be a whole number >= 1"),
+    (["--sites", "resid.0", "--k", "500", "--width", "96"], "must not exceed"),
+    (["--sites", "resid.0", "--tokens", "100"], "less than one batch"),
+    (["--sites", "resid.0", "--lr", "nan"], "--lr must be a finite number"),
+    (["--sites", "resid.0", "--lr", "-1"], "--lr must be a finite number"),
+    (["--sites", "resid.0", "--seed", "-3"], "--seed must be a whole number >= 0"),
+    (["--sites", "resid.0", "--eval-tokens", "5"], "less than one window"),
+    (["--sites", "resid.0", "--batch-tokens", "4096"], "mixing buffer"),
+    (["--sites", "resid.0", "--device", "gpu"], "unknown --device"),
+    (["--sites", "resid.0", "--corpus", "no/such/path.txt"], "no corpus"),
+    (["--sites", "resid.0", "--corpus", "EMPTY"], "no text"),
+    (["--sites", "resid.0", "--corpus", "NOTTEXT"], "must be .txt"),
+    (["--sites", "resid.0", "--recipe", "no-such-recipe"], "bundled recipes are"),
+    (["--sites", "resid.0", "--out", "EXISTS"], "--force"),
+    ([], "--model and --sites"),
+]
+
+
+def test_option_errors_exit_2_in_one_line_before_torch(tmp_path):
+    """Every option error: exit 2, one line naming the problem, and torch not imported (so it comes
+    in well under a second, not after 6-7 s of imports)."""
+    (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
+    (tmp_path / "notes.csv").write_text("a,b\n", encoding="utf-8")
+    (tmp_path / "exists").mkdir()
+    subs = {"EMPTY": str(tmp_path / "empty.txt"), "NOTTEXT": str(tmp_path / "notes.csv"),
+            "EXISTS": str(tmp_path / "exists")}
+    argvs = []
+    for extra, _ in BAD_OPTIONS:
+        base = ["--model", "tiny", "--out", str(tmp_path / "out")] if extra else ["--out", str(tmp_path / "out")]
+        argvs.append(base + [subs.get(a, a) for a in extra])
+    results = _probe(tmp_path, argvs)
+    for (extra, message), res in zip(BAD_OPTIONS, results):
+        assert res["rc"] == 2, (extra, res)
+        assert message in res["err"], (extra, res["err"])
+        assert res["err"].startswith("featcirc train-saes: error: ") and res["err"].count("\n") == 1, res["err"]
+        assert res["torch"] is False, (extra, "torch was imported before the error")
+    assert not (tmp_path / "out").exists()
+
+
+def test_tiny_defaults_fit_the_model(tiny):
+    """The tiny model's shape read without torch matches the loaded model, and its default context
+    fits n_ctx and holds every sentence of the tiny corpus whole (BOS included)."""
+    from featcirc.commands.checks import tiny_model_config
+    from featcirc.commands.train_saes import _plan
+    from featcirc.data.corpus import load_corpus
+    from featcirc.saes.training import MODEL_DEFAULTS, default_settings
+
+    cfg = tiny_model_config()
+    assert (cfg["n_ctx"], cfg["n_layers"], cfg["d_model"]) == (tiny.cfg.n_ctx, tiny.cfg.n_layers, tiny.cfg.d_model)
+    ctx = default_settings("tiny", tiny.cfg.n_ctx)["context_size"]
+    assert ctx == MODEL_DEFAULTS["tiny"]["context_size"] <= tiny.cfg.n_ctx
+    ids = tiny.tokenizer(list(load_corpus("tiny").texts), add_special_tokens=False)["input_ids"]
+    assert 1 + max(len(i) for i in ids) <= ctx
+    TrainSettings(**default_settings("tiny", tiny.cfg.n_ctx)).check(n_ctx=tiny.cfg.n_ctx)
+    # generic defaults are cut to a short model's context
+    assert default_settings("some-model", 48)["context_size"] == 48
+    assert default_settings("some-model", 2048)["context_size"] == 128
+
+    args = argparse.Namespace(recipe=None, model="tiny", sites="all-resid", corpus=None, out="x", width=None, k=None,
+                              tokens=None, lr=None, context_size=None, batch_tokens=None, seed=None, sae_dtype=None,
+                              windows=None, eval_tokens=None, ce_eval_tokens=None)
+    plan = _plan(args)
+    assert plan.corpus == "tiny" and plan.n_ctx == tiny.cfg.n_ctx
+    assert {k: plan.settings[k] for k in MODEL_DEFAULTS["tiny"]} == MODEL_DEFAULTS["tiny"]
+    args.width, args.windows = 96, "packed"
+    plan = _plan(args)
+    assert plan.settings["width"] == 96 and plan.settings["pack"] is True  # flags win over the model's defaults
+
+
+def test_help_states_every_default_once(capsys):
+    """``train-saes --help``: no option states its default twice (the old '(default auto) (default:
+    auto)'), and every option that has a default states it."""
+    from featcirc.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        main(["train-saes", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # line breaks as the terminal's width puts them
+    assert "(default: auto)" in text and "(default auto)" not in text
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["train-saes"]
+    formatter = sub._get_formatter()
+    for action in sub._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        help_text = formatter._expand_help(action)
+        n = len(re.findall(r"\(default\b", help_text))
+        needs = action.dest not in ("recipe", "model", "sites", "out", "force")
+        assert n == (1 if needs else 0), (action.dest, help_text)
+
+
+def test_cache_root_matches_the_models_one(tmp_path, monkeypatch):
+    """:func:`featcirc.saes.trained.cache_root` (torch-free) agrees with the model loader's."""
+    from featcirc.models.loading import cache_root as loader_root
+    from featcirc.saes.trained import cache_root
+
+    monkeypatch.delenv("FEATCIRC_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache_root() == loader_root() == tmp_path / ".cache" / "featcirc"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == loader_root()
+    monkeypatch.setenv("FEATCIRC_CACHE", str(tmp_path / "fc"))
+    assert cache_root() == loader_root() == tmp_path / "fc"
+
+
+def test_expectations_are_filled_in():
+    """The card's expectations carry measured numbers (no placeholder left), and other models get
+    the generic advice."""
+    from featcirc.saes.training import GENERIC_EXPECTATION, MEASURED_FAITHFULNESS, expectations
+
+    text = expectations("tiny")
+    assert "__" not in text and "{" not in text
+    for value in MEASURED_FAITHFULNESS["tiny"].values():
+        assert re.fullmatch(r"-?\d\.\d\d \[-?\d\.\d\d, -?\d\.\d\d\]", value) and value in text
+    assert expectations("gpt2-small") == GENERIC_EXPECTATION
+
+
+def test_card_marks_ce_recovered_where_zero_ablation_barely_matters(tmp_path):
+    from featcirc.saes.training import write_card
+
+    m = {"tokens_seen": 1024, "l0": 8.0, "fve": 0.9, "dead_fraction": 0.1, "eval_tokens": 100, "ce_eval_tokens": 50,
+         "ce_clean": 1.50}
+    info = {"model": "m", "command": "featcirc train-saes ...", "device": "cpu", "threads": 1,
+            "settings": {**TrainSettings().__dict__, "steps": 1},
+            "corpus": {"name": "c", "sha256": "0" * 64, "train_documents": 9, "heldout_documents": 1,
+                       "train_windows": 9},
+            "train_seconds": 1.0, "eval_seconds": 1.0,
+            "saes": {"resid.0": {**m, "ce_sae": 1.6, "ce_zero": 5.0, "ce_recovered": 0.97},
+                     "attn.1": {**m, "ce_sae": 1.49, "ce_zero": 1.51, "ce_recovered": 2.0}}}
+    write_card(tmp_path, info)
+    card = (tmp_path / "README.md").read_text()
+    assert "| resid.0 | 1,024 | 8.0 | 0.900 | 0.970 |" in card
+    assert "| attn.1 | 1,024 | 8.0 | 0.900 | 2.000 (†) |" in card and "(†) Zero-ablating" in card
+    assert json.loads((tmp_path / "metrics.json").read_text())["saes"]["attn.1"]["ce_recovered"] == 2.0
+
+
+def test_gemma_shape_matches_transformer_lens_config(tmp_path, monkeypatch):
+    """Gemma-3-270M's layers and context, known to train-saes without loading it, are TransformerLens's
+    (its built-in config: no weights, no hub); so a site beyond layer 17 is an error before torch."""
+    from featcirc.commands.train_saes import GEMMA_SHAPE, model_shape
+    from featcirc.models.gemma import gemma_config
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = gemma_config()
+    assert {k: getattr(cfg, k) for k in GEMMA_SHAPE} == GEMMA_SHAPE == model_shape("google/gemma-3-270m")
+    (res,) = _probe(tmp_path, [["--recipe", "gemma-3-270m", "--sites", "resid.18", "--out", str(tmp_path / "o")]])
+    assert res["rc"] == 2 and "it has 18 layers" in res["err"] and res["torch"] is False

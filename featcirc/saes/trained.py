@@ -16,8 +16,8 @@ from typing import Any
 
 from featcirc.saes.bundled_path import bundled_sae_dir
 
-__all__ = ["LOCAL_SUFFIX", "RECIPES_DIR", "TrainedSetMissing", "load_recipe", "recipe_command", "recipe_names",
-           "trained_set_dir", "trained_set_path"]
+__all__ = ["LOCAL_SUFFIX", "RECIPES_DIR", "TrainedSetMissing", "cache_root", "load_recipe", "recipe_command",
+           "recipe_names", "trained_set_dir", "trained_set_path"]
 
 LOCAL_SUFFIX = "-local"
 RECIPES_DIR: Path = bundled_sae_dir() / "recipes"
@@ -69,14 +69,24 @@ def recipe_command(model: str) -> str:
     """The one command that trains the local set of ``model``."""
     if model in recipe_names():
         return f"featcirc train-saes --recipe {model}"
-    return (f"featcirc train-saes --model {model} --sites all-resid --corpus default "
+    corpus = "tiny" if model.strip().lower() == "tiny" else "default"
+    return (f"featcirc train-saes --model {model} --sites all-resid --corpus {corpus} "
             f"--out {trained_set_path(model + LOCAL_SUFFIX)}")
+
+
+def cache_root() -> Path:
+    """featcirc's user cache directory, as :func:`featcirc.models.loading.cache_root` (a test checks
+    they agree) but without importing torch: ``$FEATCIRC_CACHE``, else ``$XDG_CACHE_HOME/featcirc``,
+    else ``~/.cache/featcirc``."""
+    env = os.environ.get("FEATCIRC_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "featcirc"
 
 
 def trained_set_path(name: str) -> Path:
     """Where the set ``<model>-local`` lives (whether or not it exists)."""
-    from featcirc.models.loading import cache_root
-
     if not name.endswith(LOCAL_SUFFIX) or name == LOCAL_SUFFIX:
         raise ValueError(f"{name!r} is not a locally trained SAE set name; those are '<model>{LOCAL_SUFFIX}', "
                          f"e.g. 'gemma-3-270m{LOCAL_SUFFIX}'")

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# What SAEs trained by `featcirc train-saes` at the tiny model's defaults give on the SVA circuit,
+# against the bundled tiny SAEs (README, "SAEs trained here"; the card's "What to expect"):
+#
+#   bash experiments/tiny_saes_faithfulness.sh [OUT]     # about 12 minutes on one thread
+#
+# Every discover uses the same pairs (sva-nounpp, seed 0, 64 discovery + 64 held-out pairs), a
+# 100-node circuit and mean ablation; the sizes-200 evaluation is `featcirc evaluate --sizes 100,200`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-runs/tiny-saes-faithfulness}
+FC="python -m featcirc --threads 1 -q"
+mkdir -p "$OUT"
+time_it() { local t0=$SECONDS; "$@"; echo "  ($((SECONDS - t0)) s)"; }
+echo "training (README command, --sites all-resid):"
+time_it $FC train-saes --model tiny --sites all-resid --corpus tiny --out "$OUT/saes-all-resid" --force
+echo "training (--sites all):"
+time_it $FC train-saes --model tiny --sites all --out "$OUT/saes-all" --force
+echo "training (--sites all --tokens 512000):"
+time_it $FC train-saes --model tiny --sites all --tokens 512000 --out "$OUT/saes-all-long" --force
+for saes in tiny "$OUT/saes-all-resid" "$OUT/saes-all" "$OUT/saes-all-long"; do
+  name=$(basename "$saes")
+  $FC discover --model tiny --saes "$saes" --task sva-nounpp --out "$OUT/sva-$name" --force > /dev/null
+  $FC evaluate "$OUT/sva-$name" --sizes 100,200 > /dev/null
+  python - "$OUT/sva-$name" "$name" <<'PY'
+import json, sys
+s = json.load(open(f"{sys.argv[1]}/summary.json"))
+f = s["faithfulness"]["faithfulness"]
+sized = json.load(open(f"{sys.argv[1]}/faithfulness-mean-sizes.json"))
+at = {r["k"]: sized["circuits"][r["circuit"]]["faithfulness"] for r in sized["requests"] if r["selector"] == "size"}
+iv = lambda d: f"{d['value']:.2f} [{d['lo']:.2f}, {d['hi']:.2f}]"
+print(f"{sys.argv[2]:>16}: F(100 nodes) = {iv(f)}, F(200) = {iv(at[200])} "
+      f"({s['faithfulness']['ablation']} ablation, {s['faithfulness']['pairs']} {s['faithfulness']['split']} pairs)")
+PY
+done
