@@ -3,7 +3,6 @@ or Neuronpedia's attribution-graph JSON together with circuit-tracer's ``graph_f
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -43,13 +42,11 @@ def export_run(run_dir: "str | Path", fmt: str, *, slug: Optional[str] = None, s
 
 
 def _title(run_dir: Path) -> str:
-    from featcirc.commands.view import run_title
+    from featcirc.commands.view import _read_json, run_title
 
-    def read(name: str) -> dict:
-        try:
-            return json.loads((run_dir / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
+    def read(name: str) -> dict:  # a missing file is no title; a damaged one an error naming it
+        path = run_dir / name
+        return _read_json(path, f"rerun `featcirc discover ... --out {run_dir}`") if path.exists() else {}
 
     return run_title(read("summary.json"), read("run.json"))
 

@@ -56,16 +56,20 @@ def write_json(G: nx.DiGraph, path: "str | os.PathLike[str]") -> Path:
 def read_json(path: "str | os.PathLike[str]") -> nx.DiGraph:
     """Read a graph written by :func:`write_json` (equal to the original, NaN attributes included);
     also a node-link file with only one of the ``"edges"`` / ``"links"`` keys."""
-    with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
-    if not isinstance(data, dict) or "nodes" not in data or not any(k in data for k in _EDGE_KEYS):
-        raise ValueError(f"{path} is not a node-link JSON graph (no 'nodes' and 'edges'/'links'); "
-                         "write it with featcirc.export.formats.write_json")
+    from featcirc.run_files import read_json_file
+
+    fix = "rerun `featcirc discover`, or write it with featcirc.export.formats.write_json"
+    data = read_json_file(path, "circuit graph", fix=fix)
+    if "nodes" not in data or not any(k in data for k in _EDGE_KEYS):
+        raise ValueError(f"{path} is not a node-link JSON graph (no 'nodes' and 'edges'/'links'); {fix}")
     edges = next(data[k] for k in _EDGE_KEYS if k in data)
     data = {**data, "edges": edges, "links": edges, "directed": True, "multigraph": False}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        G = nx.node_link_graph(data)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            G = nx.node_link_graph(data)
+    except (KeyError, TypeError, ValueError, AttributeError, nx.NetworkXError) as e:
+        raise ValueError(f"{path} is not a valid node-link JSON graph ({type(e).__name__}: {e}); {fix}") from None
     for _, d in G.nodes(data=True):
         for k in _FLOAT_NODE_ATTRS:
             if k in d and d[k] is None:

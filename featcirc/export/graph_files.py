@@ -130,9 +130,16 @@ def write_graph_files(G: nx.DiGraph, data_dir: "str | os.PathLike[str]", *, prom
 
 # ------------------------------------------------------------------------------- run directories
 def _read_json(path: Path) -> dict:
+    """A run directory's JSON object file, checked (:func:`featcirc.run_files.read_json_file`;
+    ``run.json`` field by field)."""
+    from featcirc.run_files import check_run_values, read_json_file
+
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; run `featcirc discover ... --out {path.parent}` first")
-    return json.loads(path.read_text(encoding="utf-8"))
+    data = read_json_file(path, path.stem.replace("_", " "), fix=f"rerun `featcirc discover ... --out {path.parent}`")
+    if path.name == "run.json":
+        check_run_values(data, path, known_task=False)
+    return data
 
 
 def run_data_name(run: dict) -> Optional[str]:

@@ -17,7 +17,6 @@ the corpus name of a file corpus is its file name (no absolute paths).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -205,7 +204,9 @@ def write_run_cards(run_dir: "str | os.PathLike[str]", *, model=None, saes=None,
     run_path = run_dir / "run.json"
     if not run_path.exists():
         raise FileNotFoundError(f"{run_path} not found; run `featcirc discover ... --out {run_dir}` first")
-    run = json.loads(run_path.read_text(encoding="utf-8"))
+    from featcirc.run_files import read_run_json
+
+    run = read_run_json(run_dir)[1]  # read and checked field by field
     if run.get("level") != "feature" or not run.get("saes"):
         raise ValueError(f"{run_dir} is a component-level run (no SAEs): feature cards need a run with --saes")
     features = parse_features(extra_features)
