@@ -46,6 +46,10 @@ def attribute(
     feature level). ``reduce`` combines the sums of several processes (identity by default);
     ``n_positions`` pads per-position scores to that many positions (default: the longest prompt).
     """
+    check_arguments("attribute", model, data, saes)
+    if settings is not None and not isinstance(settings, AttributionSettings):
+        raise TypeError(f"attribute(): settings must be an AttributionSettings (featcirc.attribution), "
+                        f"got {type(settings).__name__}")
     settings = settings or AttributionSettings()
     method = get_method(method)
     if data.n_pairs == 0:
@@ -53,9 +57,73 @@ def attribute(
     splice = make_splice(model, settings.level, saes, settings.sites)
     T = n_positions if n_positions is not None else data.max_len
     nodes, records = _node_pass(splice, data, method, settings, T, reduce)
+    check_finite_nodes(nodes)
     if not (edges and method.has_edges):
         return nodes, None
     return nodes, _edge_pass(splice, data, method, settings, nodes, records, reduce)
+
+
+def _non_finite(t: Optional[torch.Tensor]) -> int:
+    return 0 if t is None or not torch.is_tensor(t) else int((~torch.isfinite(t)).sum())
+
+
+def check_finite_nodes(nodes: NodeScores) -> None:
+    """A ``ValueError`` naming the first site (forward order) whose node activations, else node scores,
+    hold NaN or infinite values, or the metric when it is not finite: never results that look like
+    results. Activations first: a NaN at one site makes every upstream gradient NaN too."""
+    for what, tables in (("activations", (nodes.feature_acts, nodes.vector_acts)),
+                         ("scores", (nodes.features, nodes.vectors))):
+        if what == "scores":  # activations are finite: a non-finite metric is the model's own logits
+            for name in ("metric_clean", "metric_patch"):
+                v = float(getattr(nodes, name))
+                if v != v or v in (float("inf"), float("-inf")):
+                    raise ValueError(f"the metric is not finite ({name} = {v}): the model's logits are NaN or "
+                                     "infinite on these pairs; use --dtype float32")
+        for site, table in ((s, t) for s in nodes.sites for t in tables):
+            t = table.get(site)
+            bad = _non_finite(t)
+            if bad:
+                raise ValueError(
+                    f"non-finite node {what} at site {site} ({bad} of {t.numel()} values NaN or infinite, "
+                    f"method {nodes.method}): the model or the SAE at {site} produces non-finite values; check "
+                    "that SAE's weights, or use --dtype float32")
+
+
+def _kind(value) -> str:
+    if isinstance(value, (list, tuple)) and value:
+        return f"a {type(value).__name__} of {type(value[0]).__name__}"
+    return "None" if value is None else type(value).__name__
+
+
+def check_arguments(caller: str, model, data, saes=None) -> None:
+    """The public entry points' arguments (``attribute``, ``Ablator``): ``model`` a TransformerLens
+    ``HookedTransformer``, ``data`` a tokenized :class:`~featcirc.data.PairDataset`, ``saes`` None or a
+    mapping ``{site: SAE}`` whose every SAE fits its site of this model
+    (:func:`featcirc.saes.loading.validate_sae`, as ``load_saes`` checks it). Raises ``TypeError`` for a
+    wrong kind of argument and :class:`~featcirc.saes.loading.SAEMismatchError` (a ``ValueError``) for an
+    SAE of another site or model."""
+    from transformer_lens import HookedTransformer
+
+    from featcirc.data import PairDataset
+
+    if not isinstance(model, HookedTransformer):
+        raise TypeError(f"{caller}(): model must be a TransformerLens HookedTransformer (e.g. "
+                        f"featcirc.load_model('tiny')), got {_kind(model)}")
+    if not isinstance(data, PairDataset):
+        hint = (": tokenize prompt pairs first with featcirc.data.tokenize_pairs(model, pairs), or use "
+                "featcirc.data.load_pairs(model, task=... or data=...)")
+        raise TypeError(f"{caller}(): data must be a featcirc.data.PairDataset{hint}; got {_kind(data)}")
+    if saes is None:
+        return
+    if not isinstance(saes, Mapping):
+        raise TypeError(f"{caller}(): saes must be None or a dict {{site: SAE}} as featcirc.load_saes(model, spec) "
+                        f"returns, got {_kind(saes)}")
+    from featcirc.saes.loading import validate_sae
+
+    for key, sae in saes.items():
+        if not hasattr(getattr(sae, "cfg", None), "d_in"):
+            raise TypeError(f"{caller}(): saes[{key!r}] must be a SAELens SAE, got {_kind(sae)}")
+        validate_sae(model, Site.parse(key), sae)
 
 
 def _node_pass(splice: Splice, data, method: Method, settings: AttributionSettings, T: int,
@@ -114,6 +182,11 @@ def _edge_pass(splice: Splice, data, method: Method, settings: AttributionSettin
     if reduce is not None:
         flat = reduce({f"{d.name}<{u.name}": w for (d, u), w in sums.items()})
         sums = {(d, u): flat[f"{d.name}<{u.name}"] for (d, u) in sums}
+    for (d, u), w in sums.items():
+        if _non_finite(w):
+            raise ValueError(f"non-finite edge weights from site {u.name} to site {d.name} ({_non_finite(w)} of "
+                             f"{w.numel()}): the model or an SAE produces non-finite gradients; check the SAEs at "
+                             f"{u.name} and {d.name}, or use --dtype float32")
     cost.seconds = time.perf_counter() - t0
     return _compact(method, settings, nodes, cands, sums, cost, recomputed=records is None)
 

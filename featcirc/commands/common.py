@@ -26,8 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from featcirc.commands.checks import (DTYPE_NAMES, InputError, check_device_name, check_dtype_name, check_float,
-                                      check_int, check_memory_size, check_model_name, check_sae_spec)
+from featcirc.commands.checks import (DTYPE_NAMES, IG_STEPS_WHY, MAX_IG_STEPS, InputError, check_device_name,
+                                      check_dtype_name, check_float, check_int, check_memory_size, check_model_name,
+                                      check_sae_spec, check_saes_level, max_threads)
+from featcirc.data.tasks import MAX_PAIRS
 from featcirc.io import write_text
 
 logger = logging.getLogger("featcirc")
@@ -102,10 +104,13 @@ class RunConfig:
             raise InputError(f"unknown --aggregation {self.aggregation!r}; choose none or sum")
         if self.level == "feature" and not self.saes:
             raise InputError("feature-level circuits need SAEs: pass --saes (e.g. --saes tiny), or use --level component")
-        check_int(self.n, "--pairs", what="the prompt pairs to discover the circuit on")
+        check_saes_level(self.saes, self.level)
+        check_int(self.n, "--pairs", what="the prompt pairs to discover the circuit on", maximum=MAX_PAIRS,
+                  why="every pair is scored by forward and backward passes: more would run for days")
         check_int(self.seed, "--seed", minimum=0, allow_none=False)
         check_int(self.batch_size, "--batch-size", allow_none=False)
-        check_int(self.ig_steps, "--ig-steps", allow_none=False, what="interpolation steps of integrated gradients")
+        check_int(self.ig_steps, "--ig-steps", allow_none=False, what="interpolation steps of integrated gradients",
+                  maximum=MAX_IG_STEPS, why=IG_STEPS_WHY)
         check_int(self.max_nodes, "--max-nodes", what="edges are scored among the top N nodes")
         check_int(self.top_k, "--top-k", what="nodes kept in the circuit")
         check_float(self.node_threshold, "--node-threshold")
@@ -184,7 +189,9 @@ def resolve_threads(requested: Optional[int]) -> Optional[int]:
     """torch CPU threads to set: ``--threads`` when given (0: None, torch's own default of one per
     core), else None when ``OMP_NUM_THREADS`` is set (torch honours it), else :data:`DEFAULT_THREADS`."""
     if requested is not None:
-        check_int(requested, "--threads", minimum=0, allow_none=False)
+        check_int(requested, "--threads", minimum=0, allow_none=False, maximum=max_threads(),
+                  why=f"4 per CPU core of this machine's {os.cpu_count() or 1}: more only slows torch down, "
+                      "and a huge thread pool crashes it")
         return requested or None
     if os.environ.get("OMP_NUM_THREADS", "").strip():
         return None
@@ -195,11 +202,11 @@ def start_torch(args) -> tuple[Any, Any]:
     """Import torch (the first heavy import of a command), set its CPU threads and resolve
     ``--device`` / ``--dtype``: returns ``(torch.device, torch.dtype)``; a GPU asked for on a machine
     without one is a :class:`~featcirc.models.device.DeviceError` here, before anything loads."""
+    threads = resolve_threads(getattr(args, "threads", None))  # checked before torch is imported
     import torch
 
     from featcirc.models.device import resolve_device, resolve_dtype
 
-    threads = resolve_threads(getattr(args, "threads", None))
     if threads is not None:
         torch.set_num_threads(threads)
     device = resolve_device(getattr(args, "device", "auto") or "auto")

@@ -81,6 +81,7 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
     from featcirc.circuit import PruneSettings, full_graph, prune, summary
     from featcirc.commands.common import example_metrics, example_prompt, load_model_and_saes
     from featcirc.data import tokenize_pairs
+    from featcirc.data.load import log_summary
     from featcirc.data.split import write_split
     from featcirc.environment import environment
     from featcirc.export.formats import write_dot, write_graphml, write_json as write_graph_json
@@ -89,6 +90,11 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
     from featcirc.models.loading import model_info
 
     out = Path(out)
+    from dataclasses import replace
+
+    from featcirc.saes.identity import resolve_sae_spec
+
+    cfg = replace(cfg, saes=resolve_sae_spec(cfg.saes))  # a relative --saes: found again from any directory
     export = export or ExportOptions()
     torch.manual_seed(cfg.seed)
     seconds: dict[str, float] = {}
@@ -101,7 +107,7 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
     t0 = time.perf_counter()
     data = tokenize_pairs(model, pairs.discovery, batch_size=cfg.batch_size, max_pairs=cfg.n,
                           source=f"{pairs.source}, discovery pairs")
-    logger.info("%s", data.summary())
+    log_summary(data)
     used = [p for b in data.batches for p in b.pairs]
     split = None
     if pairs.evaluation is not None:
@@ -109,7 +115,7 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
         eval_data = tokenize_pairs(model, pairs.evaluation, batch_size=cfg.batch_size, max_pairs=cfg.eval_pairs,
                                    limit_option="--eval-pairs", source=f"{pairs.split.get('source') or pairs.source}, held-out pairs "
                                           f"({split['eval_pairs']})")
-        logger.info("%s", eval_data.summary())
+        log_summary(eval_data)
         eval_split = "held-out"
     else:
         eval_data, eval_split = data, "in-sample"
@@ -117,7 +123,10 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
                        "is measured on the discovery pairs")
     seconds["data"] = time.perf_counter() - t0
     env = environment(ctx.device, model.cfg.dtype)
-    write_json(out / "run.json", jsonable(dict(asdict(cfg), split=split, environment=env)))
+    from featcirc.saes.identity import run_identity  # what evaluate / features check (docs/design.md §11)
+
+    write_json(out / "run.json", jsonable(dict(asdict(cfg), split=split, environment=env,
+                                               identity=run_identity(cfg.model, cfg.saes, saes))))
 
     budget = {}
     if cfg.max_memory is not None:
@@ -265,10 +274,12 @@ def add_arguments(p) -> None:
 
 
 def config_from_args(args) -> RunConfig:
+    from featcirc.saes.identity import resolve_sae_spec
+
     level = args.level or ("feature" if args.saes else "component")
     top_k = args.top_k if (args.top_k is not None or args.node_threshold is not None) else 100
     return RunConfig(
-        model=args.model, saes=args.saes, method=args.method, level=level, aggregation=args.aggregation,
+        model=args.model, saes=resolve_sae_spec(args.saes), method=args.method, level=level, aggregation=args.aggregation,
         data=args.data, task=args.task, n=args.pairs, seed=args.seed, batch_size=args.batch_size,
         ig_steps=args.ig_steps, max_nodes=args.max_nodes, node_threshold=args.node_threshold, top_k=top_k,
         edge_threshold=args.edge_threshold, eval_fraction=None if args.eval_data else args.eval_fraction,

@@ -9,7 +9,6 @@ circuit was discovered on. Results are named by ablation (``faithfulness-<ablati
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -27,21 +26,18 @@ SPLIT_HELD_OUT, SPLIT_IN_SAMPLE, SPLIT_GIVEN = "held-out", "in-sample", "given"
 
 
 def read_run_config(run_dir: Path) -> tuple[RunConfig, dict]:
-    """``run.json`` as a :class:`RunConfig` (unknown keys ignored) and as the raw dict."""
-    path = run_dir / "run.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a featcirc run directory (no run.json); "
-                                "make one with `featcirc discover ... --out DIR`")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); rerun discover to recreate it") from None
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    missing = [f.name for f in dataclasses.fields(RunConfig)
-               if f.default is dataclasses.MISSING and f.name not in raw]
-    if missing:
-        raise ValueError(f"{path} lacks {missing}; rerun discover to recreate it")
-    return RunConfig(**{k: v for k, v in raw.items() if k in names}), raw
+    """``run.json`` as a :class:`RunConfig` (unknown keys ignored, every field checked:
+    :func:`featcirc.run_files.read_run_json`) and as the raw dict. ``summary.json`` (which an
+    evaluation updates) and ``circuit.json``, when there, must be JSON objects too, so a damaged
+    file fails here, before the model loads, not after the evaluation."""
+    from featcirc.run_files import read_json_file, read_run_json
+
+    run_dir = Path(run_dir)
+    cfg, raw = read_run_json(run_dir)
+    for name, what in (("summary.json", "run summary"), ("circuit.json", "circuit")):
+        if (run_dir / name).exists():
+            read_json_file(run_dir / name, what)
+    return cfg, raw
 
 
 def evaluation_source(run_dir: Path, cfg: RunConfig, *, data: Optional[str] = None, task: Optional[str] = None,
@@ -105,9 +101,11 @@ def _check_request(ablation: str, sizes: Optional[Sequence[int]], fractions: Opt
 def plan_evaluation(run_dir: "str | Path", *, data: Optional[str] = None, task: Optional[str] = None,
                     n: Optional[int] = None, seed: Optional[int] = None, ablation: str = "mean",
                     sizes: Optional[Sequence[int]] = None, fractions: Optional[Sequence[float]] = None,
-                    out: "str | Path | None" = None, n_resamples: int = 1000) -> dict:
+                    out: "str | Path | None" = None, n_resamples: int = 1000, saes: Optional[str] = None) -> dict:
     """Everything :func:`evaluate_run` checks before a model loads: the request, ``run.json``, the
-    score files, the evaluation pairs (read and parsed) and the output paths."""
+    identity of the run's model and SAEs (``saes``: another copy of the run's SAE set;
+    :func:`featcirc.saes.identity.checked_run_config`), the score files, the evaluation pairs (read
+    and parsed) and the output paths."""
     from featcirc.data import read_pairs
     from featcirc.data.load import check_pair_count
     from featcirc.evaluate.metrics import MIB_FRACTIONS
@@ -117,6 +115,9 @@ def plan_evaluation(run_dir: "str | Path", *, data: Optional[str] = None, task: 
     _check_request(ablation, sizes, fractions, n_resamples)
     check_pair_count(n)
     cfg, raw = read_run_config(run_dir)
+    from featcirc.saes.identity import checked_run_config
+
+    cfg = checked_run_config(cfg, raw, run_dir, saes=saes)
     for name in ("nodes.pt", "edges.pt"):
         if not (run_dir / name).exists():
             raise FileNotFoundError(f"{run_dir / name} is missing; rerun `featcirc discover` for this run")
@@ -126,6 +127,10 @@ def plan_evaluation(run_dir: "str | Path", *, data: Optional[str] = None, task: 
     paths = output_paths(run_dir, out, ablation, sizes)
     if paths["json"].exists() and paths["json"].is_dir():
         raise ValueError(f"{paths['json']} is a directory; give --out another name")
+    from featcirc.io import check_writable_dir
+
+    check_writable_dir(paths["json"].parent, option="--out" if out is not None else "the run directory",
+                       out=out if out is not None else run_dir)  # before any work, read-only file systems included
     return dict(run_dir=run_dir, cfg=cfg, raw=raw, src=src, split=split, paths=paths, fractions=fractions)
 
 
@@ -159,6 +164,7 @@ def _evaluate(plan: dict, *, ablation: str, thresholds, sizes, n_resamples: int,
     from featcirc.circuit import full_graph
     from featcirc.commands.common import load_data, load_model_and_saes, phase
     from featcirc.data import read_pairs, tokenize_pairs
+    from featcirc.data.load import log_summary
     from featcirc.data.split import EVAL_PAIRS_FILE
     from featcirc.evaluate.curves import FAITHFUL, evaluate_curves
     from featcirc.evaluate.faithfulness import Ablator
@@ -173,12 +179,15 @@ def _evaluate(plan: dict, *, ablation: str, thresholds, sizes, n_resamples: int,
 
             dtype = resolve_dtype(raw.get("dtype") or "float32")
         model, saes = load_model_and_saes(cfg.model, cfg.saes, cfg.level, device=device, dtype=dtype)
+        from featcirc.saes.identity import check_run_identity  # named sets: their files are known now
+
+        check_run_identity(raw, model_name=cfg.model, saes_spec=cfg.saes, saes=saes, run_dir=run_dir)
         phase("loaded")
     if split == SPLIT_HELD_OUT:  # named by the run, not by a staging directory's temporary name
         dataset = tokenize_pairs(model, read_pairs(src["data"]), batch_size=src.get("batch_size", 16),
                                  max_pairs=src.get("n"),
                                  source=f"{Path(run_name or run_dir) / EVAL_PAIRS_FILE} (held-out pairs of the run)")
-        logger.info("%s", dataset.summary())
+        log_summary(dataset)
     else:
         dataset = load_data(model, src)
     if split == SPLIT_IN_SAMPLE:
@@ -329,21 +338,27 @@ def add_arguments(p) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, help="pair resamples for the intervals")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the pair resamples")
     add_device_arguments(p, dtype_default=None)
+    p.add_argument("--saes", default=None, metavar="SET",
+                   help="the run's SAE set from another place (a copy of the same SAEs: checked against the "
+                        "identity in run.json; default: the set the run recorded)")
     p.add_argument("--out", default=None,
                    help="directory for faithfulness-<ablation>.* (default DIR), or a file name whose stem "
                         "names the .csv/.json/.png")
 
 
 def run(args, progress: bool) -> int:
-    from featcirc.commands.checks import check_device_name, check_dtype_name, check_int
+    from featcirc.commands.checks import BOOTSTRAP_WHY, MAX_BOOTSTRAP, check_device_name, check_dtype_name, check_int
     from featcirc.commands.common import phase, process_context, start_torch
 
     check_int(args.batch_size, "--batch-size", allow_none=False)
+    check_int(args.seed, "--seed", minimum=0, allow_none=False)
+    check_int(args.bootstrap_seed, "--bootstrap-seed", minimum=0, allow_none=False)
+    check_int(args.bootstrap, "--bootstrap", allow_none=False, maximum=MAX_BOOTSTRAP, why=BOOTSTRAP_WHY)
     check_device_name(args.device)
     check_dtype_name(args.dtype)
     options = dict(data=args.data, task=args.task, n=args.pairs, seed=args.seed if (args.data or args.task) else None,
                    ablation=args.ablation, sizes=args.sizes, fractions=args.fractions, out=args.out,
-                   n_resamples=args.bootstrap)
+                   n_resamples=args.bootstrap, saes=getattr(args, "saes", None))
     plan = plan_evaluation(args.dir, **options)
     plan["src"]["batch_size"] = args.batch_size
     phase("checked")

