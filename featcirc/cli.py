@@ -3,14 +3,17 @@
 
 Conventions (docs/design.md §12): bad input is one line on stderr and exit 2, found before any model
 loads (this module and the commands' checks import no torch); Ctrl-C (or SIGTERM) prints one line,
-leaves every output as it was and exits 130 (143); no traceback for either. Options are never a
-prefix of ``torchrun``'s, so ``torchrun ... -m featcirc discover ...`` passes them through (``--n``,
-kept as an alias of ``--pairs``, is the one exception: use ``--pairs`` under torchrun).
+leaves every output as it was and exits 130 (143; SIGHUP, a closed terminal: 129); no traceback for
+either. An output that cannot be written (disk full, quota, read-only, permission) is one line naming
+the cause and the path, exit 2, and leaves nothing half-written; argparse's errors are one line too.
+Options are never a prefix of ``torchrun``'s, so ``torchrun ... -m featcirc discover ...`` passes them
+through (``--n``, kept as an alias of ``--pairs``, is the one exception: use ``--pairs`` under torchrun).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -38,10 +41,19 @@ def _module(name: str):
     return importlib.import_module(f"featcirc.commands.{name.replace('-', '_')}")
 
 
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line, ``featcirc CMD: error: ...`` with a pointer to
+    ``--help`` (argparse prints the whole usage first), exit 2; its subcommands' parsers are too."""
+
+    def error(self, message: str):  # noqa: D102
+        text = " ".join(str(message).split())
+        self.exit(2, f"{self.prog}: error: {text} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from featcirc.commands.common import DEFAULT_THREADS, HelpFormatter
 
-    ap = argparse.ArgumentParser(prog="featcirc", formatter_class=HelpFormatter, description=(
+    ap = Parser(prog="featcirc", formatter_class=HelpFormatter, description=(
         "Sparse feature circuits: SAEs spliced with error nodes, RelP / IG / AtP / activation-patching "
         "attribution, pruned networkx circuits, faithfulness and export."))
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
@@ -71,6 +83,49 @@ def _raise_interrupted(signum, frame) -> None:  # noqa: ARG001
     raise Interrupted(signum)
 
 
+INTERRUPT_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+"""Ctrl-C, SIGTERM (a scheduler, ``kill``) and SIGHUP (the terminal closed): each one line, the outputs
+left as they were, exit 128 + the signal's number (130, 143, 129)."""
+
+
+def install_interrupt_handlers() -> dict:
+    """Turn :data:`INTERRUPT_SIGNALS` into :class:`Interrupted` (a ``KeyboardInterrupt``) so cleanup
+    runs; a signal the process was started ignoring (``nohup``: SIGHUP; a background job: SIGINT)
+    stays ignored. Returns the previous handlers for :func:`restore_handlers` ({} outside the main
+    thread, where signals are left alone)."""
+    previous = {}
+    try:
+        for sig in INTERRUPT_SIGNALS:
+            old = signal.getsignal(sig)
+            if old == signal.SIG_IGN:
+                continue
+            signal.signal(sig, _raise_interrupted)
+            previous[sig] = old
+    except ValueError:  # not the main thread
+        pass
+    return previous
+
+
+def restore_handlers(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _write_error(e: BaseException, args) -> Optional[str]:
+    """The one-line message for a failure to write an output that is the machine's state (disk full,
+    quota, read-only, permission: :func:`featcirc.io.write_failure`, also when wrapped), else None."""
+    from featcirc.io import WRITE_ONLY_ERRNOS, WriteFailed, nearest_existing, write_failure
+
+    if not isinstance(e, WriteFailed):  # raised outside featcirc.io's writers: a permission error may be a read
+        target = getattr(args, "out", None) or getattr(args, "dir", None)
+        e = write_failure(e, nearest_existing(target) if target else os.getcwd(), None, errnos=WRITE_ONLY_ERRNOS)
+    if e is None:
+        return None
+    hint = ("free some space or choose another --out" if e.errno in (errno.ENOSPC, errno.EDQUOT)
+            else "choose another --out")
+    return f"cannot write {e.filename}: {e.strerror}; {hint}"
+
+
 def log_level(quiet: bool, rank: Optional[str] = None) -> int:
     """INFO, WARNING with ``-q``; under torchrun (``RANK``) only rank 0 logs below ERROR, so a line
     is printed once, not once per process."""
@@ -83,12 +138,21 @@ def log_level(quiet: bool, rank: Optional[str] = None) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=log_level(args.quiet), format="featcirc: %(message)s")
-    previous = signal.getsignal(signal.SIGTERM)
+    from featcirc.io import process_tempdir
+
+    previous = install_interrupt_handlers()
     try:
-        signal.signal(signal.SIGTERM, _raise_interrupted)
-        installed = True
-    except ValueError:  # not the main thread: leave signals alone
-        installed = False
+        with process_tempdir():
+            return _run(args)
+    except KeyboardInterrupt as e:  # also one that came while the temporary files were removed
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"featcirc {args.command}: interrupted; nothing written to {_target(args)}", file=sys.stderr)
+        return 128 + int(signum)
+    finally:
+        restore_handlers(previous)
+
+
+def _run(args) -> int:
     try:
         if args.threads is not None and args.threads < 0:
             raise ValueError(f"--threads must be a whole number >= 0 (0: torch's default), got {args.threads}")
@@ -98,6 +162,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"featcirc {args.command}: interrupted; nothing written to {_target(args)}", file=sys.stderr)
         return 128 + int(signum)
     except Exception as e:
+        written = _write_error(e, args)
+        if written is not None:
+            print(f"featcirc {args.command}: error: {written}", file=sys.stderr)
+            return 2
         if _is_user_error(e):
             print(f"featcirc {args.command}: error: {e}", file=sys.stderr)
             return 2
@@ -106,10 +174,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   "--max-nodes", file=sys.stderr)
             return 1
         raise
-    finally:
-        if installed:
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -167,3 +167,114 @@ def test_partial_dirs_of_dead_runs_are_removed_by_the_next_run(tmp_path):
     with staged_dir(tmp_path / "run") as out:
         (out / "summary.json").write_text("{}")
     assert not stale.exists() and alive.exists() and (tmp_path / "run" / "summary.json").exists()
+
+
+# ------------------------------------------------------- links, read-only places, dead runs' leftovers
+import contextlib  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["sleep", "0"])
+    proc.wait()
+    return proc.pid
+
+
+@contextlib.contextmanager
+def read_only_dir(path):
+    """A directory nobody may create files in, root included. As root the permission bits are no
+    obstacle (root writes into a 0o555 directory), so a read-only tmpfs is mounted there (root may
+    mount; skipped where it cannot); as another user ``chmod 0o555`` is enough."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        try:
+            yield path
+        finally:
+            path.chmod(0o755)
+        return
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("root, but cannot mount a read-only tmpfs here")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_force_through_a_link_replaces_the_run_it_points_to_and_keeps_the_link(tmp_path):
+    real = tmp_path / "store" / "run-1"
+    with staged_dir(real) as tmp:
+        (tmp / "old.txt").write_text("old")
+    link = tmp_path / "latest"
+    link.symlink_to(real)
+    with pytest.raises(FileExistsError, match="--force"):
+        check_out_dir(link, force=False)
+    with staged_dir(link, force=True) as tmp:
+        assert tmp.parent == real.parent  # built beside the target: renamed onto it on the same file system
+        (tmp / "new.txt").write_text("new")
+    assert link.is_symlink() and link.resolve() == real.resolve()  # the link is still a link, to the same place
+    assert sorted(p.name for p in real.iterdir()) == ["new.txt"]  # the run behind it was replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "store"]
+    assert _hidden(real.parent) == []
+
+
+def test_a_stale_partial_directory_of_the_old_train_saes_form_is_removed(tmp_path):
+    stale = tmp_path / f".saes.partial-{_dead_pid()}"  # train-saes's former name: no suffix
+    stale.mkdir()
+    (stale / "cfg.json").write_text("{}")
+    with staged_dir(tmp_path / "saes") as tmp:
+        (tmp / "metrics.json").write_text("{}")
+    assert not stale.exists() and _hidden(tmp_path) == []
+
+
+def test_read_only_places_are_refused_before_any_work_even_for_root(tmp_path):
+    from featcirc.io import check_writable_file, writable_dir_problem
+
+    with read_only_dir(tmp_path / "ro") as ro:
+        assert writable_dir_problem(ro) is not None
+        with pytest.raises(OutputDirError, match="cannot write --out"):
+            check_out_dir(ro / "run", force=False)
+        with pytest.raises(OutputDirError, match=str(ro)):
+            check_writable_file(ro / "x" / "circuit.html")
+        assert list(ro.iterdir()) == []
+    assert writable_dir_problem(tmp_path) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ro"]  # the probe left nothing
+
+
+def test_a_full_disk_in_a_staged_run_names_the_cause_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import featcirc.io as fio
+
+    out = tmp_path / "run"
+    with pytest.raises(fio.WriteFailed) as e:
+        with staged_dir(out) as tmp:
+            (tmp / "a").write_text("a")
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp / "nodes.pt"))
+    assert e.value.errno == errno.ENOSPC and str(out) in str(e.value) and "no space left" in str(e.value)
+    # torch's own words for a file that did not fit ("unexpected pos"), told apart by the free space left
+    monkeypatch.setattr(fio, "free_bytes", lambda path: 1024)
+    with pytest.raises(fio.WriteFailed, match="no space left"):
+        with staged_dir(out) as tmp:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 22464 vs 22352")
+    with pytest.raises(RuntimeError, match="a bug"):  # not a write failure: left as it is
+        with staged_dir(out):
+            raise RuntimeError("a bug")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_temporary_files_of_a_command_go_and_a_killed_ones_are_removed(tmp_path, monkeypatch):
+    from featcirc.io import TMP_PREFIX, process_tempdir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / f"{TMP_PREFIX}{_dead_pid()}-abc"  # left by a process killed outright
+    (dead / "tmpxyzwandb-media").mkdir(parents=True)
+    mine = tmp_path / f"{TMP_PREFIX}{os.getpid()}-alive"  # a process still running: left alone
+    mine.mkdir()
+    with process_tempdir() as d:
+        assert d.parent == tmp_path and tempfile.gettempdir() == str(d)
+        tempfile.mkdtemp(suffix="wandb-media")  # what importing SAELens (wandb) does
+    assert tempfile.gettempdir() == str(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [mine.name]

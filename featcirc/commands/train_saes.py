@@ -199,13 +199,14 @@ def check(args) -> Plan:
     """Every check of what the user typed, before torch is imported: recipe, sites, settings, device
     name, output directory, corpus; then the model name (whose extras must be installed). Raises
     ``ValueError`` / ``FileExistsError`` / ``FileNotFoundError`` with a one-line message."""
-    from featcirc.commands.checks import check_device_name, check_model_name
+    from featcirc.commands.checks import check_device_name, check_model_name, check_train_size
     from featcirc.saes.training import check_output_dir
 
     plan = _plan(args)
     shape = model_shape(plan.model)
     check_sites(plan.sites, int(shape["n_layers"]) if shape and shape.get("n_layers") else None)
     TrainSettings(**plan.settings).check(n_ctx=plan.n_ctx)
+    check_train_size(plan.settings, plan.sites, shape)  # --width bounded; memory estimate where d_model is known
     check_device_name(args.device)
     check_output_dir(plan.out, args.force)
     check_corpus_spec(plan.corpus)
@@ -243,9 +244,9 @@ def run(args, progress: bool) -> int:
         command = "featcirc train-saes " + " ".join(shlex.quote(a) for a in rest)
     else:  # called through featcirc.cli.main(argv)
         command = "featcirc train-saes " + _flags_text(args)
+    # phases "trained" (SAELens done) and "written" (the set complete, before its move onto --out)
     info = train_saes(model, sites, corpus, plan.out, settings, model_name=plan.model, command=command,
-                      force=args.force, progress=progress)
-    phase("written")
+                      force=args.force, progress=progress, phase=phase)
     worst = min(info["saes"].items(), key=lambda kv: kv[1].get("ce_recovered", kv[1]["fve"]))
     print(f"train-saes: {len(info['saes'])} SAEs -> {plan.out} ({info['train_seconds']:.0f} s training); "
           f"lowest CE recovered {worst[0]}: {worst[1].get('ce_recovered', float('nan')):.3f}, "

@@ -5,7 +5,6 @@ faithfulness from ``summary.json`` when it has them. Its inputs (``--max-nodes``
 
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 from pathlib import Path
@@ -17,12 +16,13 @@ _MAKE_ONE = "run `featcirc discover ... --out DIR` (or `featcirc demo --out DIR`
 
 
 def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); {what}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} does not hold a JSON object; {what}")
+    """A JSON object file of the run (``what``: what to do if it is damaged); ``run.json`` has the
+    fields it holds checked (:func:`featcirc.run_files.check_run_values`)."""
+    from featcirc.run_files import check_run_values, read_json_file
+
+    data = read_json_file(path, path.stem.replace("_", " "), fix=what)
+    if path.name == "run.json":
+        check_run_values(data, path, known_task=False)
     return data
 
 
@@ -54,6 +54,9 @@ def check_inputs(run_dir: "str | Path", out: "str | Path | None" = None, *, max_
         raise ValueError(f"--out {out} is a directory; give the path of the HTML file to write")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"--out {out}: the directory {out.parent} does not exist")
+    from featcirc.io import check_writable_file
+
+    check_writable_file(out, option="--out")  # writable (read-only file systems and root included)
     return out
 
 

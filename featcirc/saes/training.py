@@ -11,8 +11,10 @@
    BOS positions (the attention sink, with outlying norms) are excluded from training;
 4. measures every SAE on held-out windows (:func:`evaluate_saes`) and writes the card
    (``README.md`` + ``metrics.json``);
-5. everything is written into a temporary sibling ``.<name>.partial-<pid>`` and renamed onto
-   ``out`` at the very end, so a killed run leaves nothing that ``--saes`` accepts.
+5. everything is written into a temporary sibling ``.<name>.partial-<pid>-*`` and renamed onto
+   ``out`` at the very end (:func:`featcirc.io.staged_dir`), so a killed run leaves nothing that
+   ``--saes`` accepts, and its partial directory is removed by the next run into the same ``out``.
+   SAELens's own SIGINT / SIGTERM handlers are kept out (:func:`_keep_signal_handlers`).
 
 Architecture: **TopK** (SAELens ``TopKTrainingSAE``): every token has exactly ``k`` active
 features, so the L0 target is met by construction, the saved SAE computes exactly the function
@@ -28,11 +30,11 @@ import io
 import logging
 import math
 import os
-import shutil
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from featcirc.io import write_json, write_text
 from featcirc.sites import Site, all_sites, sort_sites
@@ -413,26 +415,26 @@ def write_card(directory: Path, info: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------------------------
-def _partial_dir(out: Path) -> Path:
-    return out.parent / f".{out.name}.partial-{os.getpid()}"
-
-
 def check_output_dir(out: "str | os.PathLike[str]", force: bool) -> Path:
-    """``out`` must not exist, unless ``force`` (it is then replaced at the end of training)."""
+    """``out`` must not exist (not even empty) unless ``force`` (it is then replaced at the end of
+    training), is no file, and can be created (its nearest existing parent writable, read-only file
+    systems included): :func:`featcirc.io.check_out_dir`."""
+    from featcirc.io import check_out_dir
+
     out = Path(out)
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; pass --force to replace it, or choose another --out")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory; remove it or choose another --out")
-    return out
+    return check_out_dir(out, force)
 
 
 def train_saes(model: Any, sites: Sequence["Site | str"], corpus: Corpus, out: "str | os.PathLike[str]",
                settings: Optional[TrainSettings] = None, *, model_name: str, command: str = "",
-               force: bool = False, progress: bool = True) -> dict[str, Any]:
+               force: bool = False, progress: bool = True,
+               phase: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
     """Train one TopK SAE per site on ``corpus`` and write the set and its card to ``out``
     (see the module doc). ``settings`` default to :func:`default_settings` of ``model_name``.
-    Returns the card's content (``metrics.json``)."""
+    ``phase``: called with ``"trained"`` (SAELens done) and ``"written"`` (the set complete, just
+    before it is moved onto ``out``). Returns the card's content (``metrics.json``)."""
     import torch
 
     from featcirc.data.corpus import token_windows
@@ -478,11 +480,12 @@ def train_saes(model: Any, sites: Sequence["Site | str"], corpus: Corpus, out: "
         normalize_activations="expected_average_only_in", aux_loss_coefficient=settings.aux_loss_coefficient)
         for s in sites}
     steps = settings.steps
-    partial = _partial_dir(out)
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    try:
+    from featcirc.io import staged_dir
+
+    phase = phase or (lambda name: None)
+    # built in .<name>.partial-<pid>-* beside out, moved into place when complete; a killed run's
+    # partial directory is removed by the next run into the same out (featcirc.io.staged_dir)
+    with staged_dir(out, force=force) as partial:
         dataset = datasets.Dataset.from_dict({"input_ids": train.tolist()})
         cfg = MultiSAETrainingRunnerConfig(
             saes=sae_cfgs, hook_names={s.name: s.hook_name for s in sites},
@@ -501,10 +504,11 @@ def train_saes(model: Any, sites: Sequence["Site | str"], corpus: Corpus, out: "
         torch.manual_seed(settings.seed)
         t0 = time.time()
         sink = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
-        with sink, _quiet_sae_lens():
+        with sink, _quiet_sae_lens(), _keep_signal_handlers():
             runner = MultiSAETrainingRunner(cfg, override_dataset=dataset, override_model=model)
             runner.run()
         train_seconds = time.time() - t0
+        phase("trained")
         for s in sites:  # SAELens's extras: the card replaces them
             (partial / s.name / "sparsity.safetensors").unlink(missing_ok=True)
         for extra in partial.glob("*.json"):
@@ -529,22 +533,53 @@ def train_saes(model: Any, sites: Sequence["Site | str"], corpus: Corpus, out: "
                             **m} for name, m in metrics.items()},
         }
         write_card(partial, info)
-        _replace_dir(partial, out)
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
+        phase("written")
     return info
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename ``src`` onto ``dst``; an existing ``dst`` is moved aside first and removed after."""
-    old = None
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-        dst.rename(old)
-    src.rename(dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+_HANDLED_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+class _SignalsKept:
+    """Stands in for the ``signal`` module inside SAELens's runner: it reads handlers as usual but
+    installs none (SAELens would replace Ctrl-C and SIGTERM by a handler raising its own
+    ``InterruptedException``, and never put the previous ones back)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(signal, name)
+
+    @staticmethod
+    def signal(signum, handler):  # noqa: ARG004
+        return signal.getsignal(signum)
+
+
+@contextlib.contextmanager
+def _keep_signal_handlers():
+    """Keep the caller's Ctrl-C / SIGTERM / SIGHUP handlers while SAELens trains (``featcirc.cli``:
+    one line and 130 / 143 / 129, the staged set removed), put them back afterwards whatever SAELens
+    did, and turn SAELens's ``InterruptedException`` into ``KeyboardInterrupt`` should it come anyway."""
+    import sae_lens.multi_sae_training_runner as runner_module
+    from sae_lens.training._interruption import InterruptedException
+
+    saved = {}
+    try:
+        saved = {sig: signal.getsignal(sig) for sig in _HANDLED_SIGNALS}
+    except ValueError:  # pragma: no cover - not the main thread
+        pass
+    real = getattr(runner_module, "signal", None)
+    runner_module.signal = _SignalsKept()
+    try:
+        yield
+    except InterruptedException as e:
+        raise KeyboardInterrupt() from e
+    finally:
+        runner_module.signal = real
+        for sig, handler in saved.items():
+            try:
+                if signal.getsignal(sig) != handler:
+                    signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+            except ValueError:  # pragma: no cover - not the main thread
+                pass
 
 
 def _sae_lens_version() -> str:
