@@ -5,6 +5,7 @@ loader are replaced by tripwires) or, in a fresh process, that torch was never i
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -129,6 +130,8 @@ def _other_model_sae(d: Path) -> None:
     (lambda d: (d / "resid.0" / "sae_weights.safetensors").unlink(), "sae_weights.safetensors is missing"),
     (lambda d: (d / "resid.0" / "sae_weights.safetensors").write_bytes(b"\x00" * 3),
      "is not a readable safetensors file"),
+    (lambda d: os.truncate(d / "mlp.1" / "sae_weights.safetensors", 790_000),  # header intact, data cut
+     "mlp.1/sae_weights.safetensors is truncated: its header needs"),
 ])
 def test_bad_sae_directories_are_named_before_loading(tmp_path, capsys, no_model, damage, fragment):
     root = _sae_copy(tmp_path)
@@ -177,6 +180,9 @@ def test_input_errors_come_fast_and_import_nothing_heavy(tmp_path):
     never imported (they take 5-25 s to import and load on a busy machine)."""
     bad_sae = _sae_copy(tmp_path)
     (bad_sae / "resid.0" / "cfg.json").write_text("{")
+    truncated = _sae_copy(tmp_path / "t")
+    weights = truncated / "resid.0" / "sae_weights.safetensors"
+    os.truncate(weights, weights.stat().st_size - 1)
     cases = [
         ["discover", "--model", "tiny", "--data", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "x")],
         ["discover", "--model", "tiny", "--saes", str(bad_sae), "--task", "ioi", "--out", str(tmp_path / "x")],
@@ -193,6 +199,17 @@ def test_input_errors_come_fast_and_import_nothing_heavy(tmp_path):
         ["view", str(tmp_path), "--max-nodes", "0"],
         ["demo", "--pairs", "0"],
         ["train-saes", "--model", "tiny", "--sites", "resid.9", "--out", str(tmp_path / "s")],
+        ["discover", "--model", "tiny", "--saes", str(truncated), "--task", "ioi", "--out", str(tmp_path / "x")],
+        ["--threads", "100000", "discover", "--model", "tiny", "--task", "ioi", "--out", str(tmp_path / "x")],
+        ["discover", "--model", "tiny", "--task", "ioi", "--pairs", "1000000000", "--out", str(tmp_path / "x")],
+        ["discover", "--model", "tiny", "--task", "ioi", "--ig-steps", "100000", "--out", str(tmp_path / "x")],
+        ["discover", "--model", "tiny", "--saes", "tiny", "--level", "component", "--task", "ioi",
+         "--out", str(tmp_path / "x")],
+        ["evaluate", str(tmp_path), "--bootstrap", "100000000"],
+        ["evaluate", str(tmp_path), "--seed", "-1"],
+        ["evaluate", str(tmp_path), "--bootstrap-seed", "-1"],
+        ["train-saes", "--model", "tiny", "--sites", "resid.0", "--width", "100000000", "--out", str(tmp_path / "s")],
+        ["train-saes", "--model", "tiny", "--sites", "resid.0", "--seed", "-1", "--out", str(tmp_path / "s")],
     ]
     code = ("import sys, time\n"
             "from featcirc.cli import main\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import re
 import struct
 from pathlib import Path
@@ -33,13 +34,93 @@ class InputError(ValueError):
     """A command-line input that cannot work; the message says what to do."""
 
 
+# ------------------------------------------------------------------------------------------- limits
+# Generous upper bounds of sizes the command line takes: a larger value is a typo or cannot finish (it
+# would allocate more than a machine has, or run for days with no output); each message says why.
+MAX_THREADS_PER_CPU = 4
+"""``--threads`` at most this many per CPU core (``os.cpu_count()``): more only slows torch down, and
+a huge pool crashes it (``--threads 100000`` was a segmentation fault)."""
+MAX_BOOTSTRAP = 100_000
+"""``--bootstrap`` resamples: intervals settle long before (1,000-10,000 is plenty); each resample holds
+8 bytes per pair and circuit point, so 10^8 resamples need terabytes."""
+MAX_IG_STEPS = 1_000
+"""``--ig-steps``: every step is a forward and backward pass of every batch, and the edge pass holds
+batch size x steps rows at once: 1,000 steps cost 100 times the default 10 (studies use 10-300)."""
+MAX_SAE_WIDTH = 1 << 24
+"""``train-saes --width``: 16,777,216 features, the largest SAEs published (OpenAI's 16M TopK SAEs);
+the memory estimate (:func:`check_train_memory`) refuses less where the model's width is known."""
+
+
+IG_STEPS_WHY = "each step is a forward and backward pass of every batch; studies use 10-300"
+BOOTSTRAP_WHY = "intervals settle by 10,000 resamples, and each holds 8 bytes per pair and circuit"
+
+
+def check_saes_level(saes: Optional[str], level: str) -> None:
+    """``--saes`` only with ``--level feature``: at component level it would be silently unused."""
+    if saes and level == "component":
+        raise InputError(f"--saes {saes} and --level component contradict each other: component-level nodes are "
+                         "whole sites, with no SAE features; drop --saes, or use --level feature")
+
+
+def max_threads() -> int:
+    """The largest ``--threads``: :data:`MAX_THREADS_PER_CPU` per core."""
+    return MAX_THREADS_PER_CPU * (os.cpu_count() or 1)
+
+
+def physical_memory_bytes() -> Optional[int]:
+    """This machine's RAM (``sysconf``), or None where it is unknown."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def sae_training_bytes(width: int, d_in: int, n_sites: int, batch_tokens: int, dtype: str = "float32") -> int:
+    """A lower bound of the memory that training ``n_sites`` SAEs of ``width`` features on ``d_in``-wide
+    activations at once takes: per SAE its weights, their gradients and Adam's two moments (4 copies of
+    ``2 d_in width`` numbers) and a batch's pre-activations and their gradient (``2 batch_tokens width``)."""
+    e = 4 if dtype == "float32" else 2
+    per_sae = 4 * (2 * d_in * width + width + d_in) * e + 2 * batch_tokens * width * e
+    return n_sites * per_sae
+
+
+def check_train_size(settings: dict, sites: str, shape: Optional[dict]) -> None:
+    """``train-saes``: ``--width`` at most :data:`MAX_SAE_WIDTH`, and, where the model's width and depth
+    are known without loading it (``shape``), the SAEs' training memory
+    (:func:`sae_training_bytes`) within this machine's RAM."""
+    width = settings.get("width")
+    check_int(width, "--width", allow_none=False, maximum=MAX_SAE_WIDTH,
+              why="features per SAE; the largest SAEs published have 16M")
+    if not shape or not shape.get("d_model"):
+        return
+    n_layers = int(shape.get("n_layers") or 0)
+    text = str(sites).strip()
+    n_sites = (3 * n_layers + 1 if text == "all" else n_layers + 1 if text == "all-resid"
+               else len([x for x in text.split(",") if x.strip()]))
+    need = sae_training_bytes(int(width), int(shape["d_model"]), max(n_sites, 1),
+                              int(settings.get("batch_tokens") or 1), str(settings.get("dtype", "float32")))
+    have = physical_memory_bytes()
+    if have is not None and need > have:
+        raise InputError(f"--width {width:,} at {n_sites} site(s) needs at least {_gib(need)} to train (weights, "
+                         f"gradients and Adam's moments of 2 x {shape['d_model']} x {width:,} numbers per SAE), but "
+                         f"this machine has {_gib(have)} of memory: lower --width or train fewer --sites at a time")
+
+
 # ------------------------------------------------------------------------------------------ numbers
-def check_int(value: Any, option: str, *, minimum: int = 1, allow_none: bool = True, what: str = "") -> None:
-    """``value`` must be a whole number >= ``minimum`` (or None when ``allow_none``)."""
+def check_int(value: Any, option: str, *, minimum: int = 1, allow_none: bool = True, what: str = "",
+              maximum: Optional[int] = None, why: str = "") -> None:
+    """``value`` must be a whole number >= ``minimum`` (or None when ``allow_none``), and at most
+    ``maximum`` when given (``why``: the reason for the limit, for the message)."""
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise InputError(f"{option} must be a whole number >= {minimum}{f' ({what})' if what else ''}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise InputError(f"{option} must be at most {maximum:,}{f' ({why})' if why else ''}, got {value:,}")
 
 
 def check_float(value: Any, option: str, *, minimum: float = 0.0, below: Optional[float] = None,
@@ -145,8 +226,14 @@ def _site_of_hook(hook: str, where: Path) -> Site:
         raise InputError(f"{where}: hook_name {hook!r} is not a site featcirc can splice ({e})") from None
 
 
+class TruncatedFileError(ValueError):
+    """A file shorter than its own header says it is (an interrupted copy or download)."""
+
+
 def safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor shapes from a ``.safetensors`` file's header (8-byte length, then JSON), without torch."""
+    """Tensor shapes from a ``.safetensors`` file's header (8-byte length, then JSON), without torch.
+    The file must hold every byte the header's ``data_offsets`` point to (a truncated copy with an
+    intact header is :class:`TruncatedFileError`, a ``ValueError``)."""
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) != 8:
@@ -154,8 +241,20 @@ def safetensors_shapes(path: Path) -> dict[str, list[int]]:
         (n,) = struct.unpack("<Q", head)
         if n > 100_000_000:
             raise ValueError(f"header length {n} is implausible")
-        header = json.loads(f.read(n).decode("utf-8"))
-    return {k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+        raw = f.read(n)
+        if len(raw) != n:
+            raise TruncatedFileError(f"truncated: its header is {n} bytes long but the file ends after {len(raw)}")
+        header = json.loads(raw.decode("utf-8"))
+        size = Path(path).stat().st_size
+    if not isinstance(header, dict):
+        raise ValueError("its header is not a JSON object")
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    ends = [int(v["data_offsets"][1]) for v in tensors.values()]
+    need = 8 + n + max(ends, default=0)
+    if size < need:
+        raise TruncatedFileError(f"truncated: its header needs {need:,} bytes but the file has {size:,} "
+                                 "(an interrupted copy or download?)")
+    return {k: list(v["shape"]) for k, v in tensors.items()}
 
 
 def check_sae_config(directory: Path, model_shape: Optional[dict] = None) -> Site:
@@ -189,7 +288,9 @@ def check_sae_config(directory: Path, model_shape: Optional[dict] = None) -> Sit
         raise InputError(f"{weights} is missing: an SAE directory holds {SAE_CFG} and {SAE_WEIGHTS}")
     try:
         shapes = safetensors_shapes(weights)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except TruncatedFileError as e:
+        raise InputError(f"{weights} is {e}; copy or download it again, or {fix}") from None
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
         raise InputError(f"{weights} is not a readable safetensors file ({e}); {fix}") from None
     d_in, d_sae = dims["d_in"], dims["d_sae"]
     for name, want in (("W_enc", [d_in, d_sae]), ("W_dec", [d_sae, d_in])):
@@ -247,4 +348,5 @@ def check_sae_spec(spec: Optional[str], model_shape: Optional[dict] = None) -> N
 __all__ = ["ABLATION_NAMES", "DTYPE_NAMES", "InputError", "check_device_name", "check_dtype_name", "check_float", "check_int",
            "check_memory_size",
            "check_model_name", "check_sae_config", "check_sae_spec", "named_sae_sets", "safetensors_shapes",
-           "tiny_model_config"]
+           "tiny_model_config", "TruncatedFileError", "MAX_BOOTSTRAP", "MAX_IG_STEPS", "MAX_SAE_WIDTH",
+           "check_saes_level", "check_train_size", "max_threads", "physical_memory_bytes", "sae_training_bytes"]

@@ -184,22 +184,24 @@ def add_arguments(p) -> None:
 
 def run(args, progress: bool) -> int:
     from featcirc.attribution.methods import parse_methods
-    from featcirc.commands.checks import (InputError, check_device_name, check_dtype_name, check_float, check_int,
-                                          check_model_name, check_sae_spec)
+    from featcirc.commands.checks import (BOOTSTRAP_WHY, IG_STEPS_WHY, MAX_BOOTSTRAP, MAX_IG_STEPS, InputError,
+                                          check_device_name, check_dtype_name, check_float, check_int,
+                                          check_model_name, check_sae_spec, check_saes_level)
     from featcirc.commands.common import load_model_and_saes, process_context, start_torch
     from featcirc.data import tokenize_pairs
-    from featcirc.data.load import run_pairs
+    from featcirc.data.load import log_summary, run_pairs
     from featcirc.io import check_out_dir, staged_dir
 
     methods = parse_methods(args.methods)  # an unknown name fails before any work
     if args.level == "feature" and not args.saes:
         raise InputError("--level feature needs SAEs: pass --saes (e.g. --saes tiny)")
+    check_saes_level(args.saes, args.level)
     check_int(args.pairs, "--pairs", what="prompt pairs")
     check_int(args.seed, "--seed", minimum=0, allow_none=False)
     check_int(args.batch_size, "--batch-size", allow_none=False)
-    check_int(args.ig_steps, "--ig-steps", allow_none=False)
+    check_int(args.ig_steps, "--ig-steps", allow_none=False, maximum=MAX_IG_STEPS, why=IG_STEPS_WHY)
     check_int(args.max_nodes, "--max-nodes", allow_none=False)
-    check_int(args.bootstrap, "--bootstrap", allow_none=False)
+    check_int(args.bootstrap, "--bootstrap", allow_none=False, maximum=MAX_BOOTSTRAP, why=BOOTSTRAP_WHY)
     check_int(args.eval_pairs, "--eval-pairs", what="held-out pairs")
     check_float(args.eval_fraction, "--eval-fraction", below=1.0, allow_none=False)
     check_device_name(args.device)
@@ -214,12 +216,12 @@ def run(args, progress: bool) -> int:
         phase("loaded")
         dataset = tokenize_pairs(model, pairs.discovery, batch_size=args.batch_size, max_pairs=args.pairs,
                                  source=pairs.source + (", discovery pairs" if pairs.evaluation else ""))
-        logger.info("%s", dataset.summary())
+        log_summary(dataset)
         eval_data = None
         if pairs.evaluation is not None and args.level == "feature":
             eval_data = tokenize_pairs(model, pairs.evaluation, batch_size=args.batch_size, max_pairs=args.eval_pairs,
                                        limit_option="--eval-pairs", source=f"{pairs.source}, held-out pairs")
-            logger.info("%s", eval_data.summary())
+            log_summary(eval_data)
         stage = staged_dir(args.out, force=args.force) if ctx.is_main else tempfile.TemporaryDirectory()
         with stage as out:
             res = compare(model, saes, dataset, Path(out), model_name=args.model, level=args.level, methods=methods,

@@ -14,15 +14,28 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from featcirc.data.pairs import DataError, PairDataset, PromptPair, read_pairs, tokenize_pairs
-from featcirc.data.tasks import make_task
+from featcirc.data.tasks import MAX_PAIRS, MAX_TASK_PAIRS, make_task
 
 logger = logging.getLogger(__name__)
 
 
 def check_pair_count(n: Any, option: str = "--pairs") -> None:
-    """``n`` must be a whole number >= 1 (or None: every pair); the message names ``option``."""
+    """``n`` must be a whole number from 1 to :data:`~featcirc.data.tasks.MAX_PAIRS` (or None: every
+    pair); the message names ``option``."""
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise DataError(f"{option} must be a whole number >= 1 (the prompt pairs to use), got {n!r}")
+    if n is not None and n > MAX_PAIRS:
+        raise DataError(f"{option} must be at most {MAX_PAIRS:,} (every pair is scored by forward and backward "
+                        f"passes: more would run for days), got {n:,}")
+
+
+def log_summary(ds: PairDataset) -> None:
+    """Log a dataset's summary once: :func:`~featcirc.data.pairs.tokenize_pairs` has already warned
+    with it when pairs were dropped for their content, so it is logged (at info level) only otherwise."""
+    limits = [k for k in ds.dropped if k.startswith("over max_pairs")]
+    if any(v for k, v in ds.dropped.items() if k not in limits):
+        return
+    logger.info("%s", ds.summary())
 
 
 def load_pairs(model: Any, *, data: "str | os.PathLike[str] | None" = None, task: str | None = None,
@@ -45,7 +58,7 @@ def load_pairs(model: Any, *, data: "str | os.PathLike[str] | None" = None, task
     else:
         source = str(data)
         ds = tokenize_pairs(model, read_pairs(data), batch_size=batch_size, source=source, max_pairs=n)
-    logger.info("%s", ds.summary())
+    log_summary(ds)
     return ds
 
 
@@ -95,6 +108,10 @@ def run_pairs(*, data: "str | os.PathLike[str] | None" = None, task: Optional[st
         total = math.ceil(n_task / (1.0 - f)) if held_out else n_task
         if held_out and total < 2:
             total = 2
+        if total > MAX_TASK_PAIRS:
+            raise DataError(f"--pairs {n_task:,} with --eval-fraction {f:g} would generate {total:,} task pairs; "
+                            f"at most {MAX_TASK_PAIRS:,} are generated (more is a typo, or could not be scored): lower --pairs "
+                            "or --eval-fraction")
         pairs = make_task(task, total, seed)
         source = f"task {task} (n={total}, seed={seed})"
     else:
@@ -109,4 +126,4 @@ def run_pairs(*, data: "str | os.PathLike[str] | None" = None, task: Optional[st
     return RunPairs(discovery, evaluation, source, dict(eval_fraction=f, seed=seed))
 
 
-__all__ = ["RunPairs", "check_pair_count", "load_pairs", "run_pairs"]
+__all__ = ["RunPairs", "check_pair_count", "load_pairs", "log_summary", "run_pairs"]

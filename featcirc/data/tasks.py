@@ -129,9 +129,21 @@ _NUMBERS = ("singular", "plural")
 _MAX_RETRIES = 50  # attempts to draw a pair not drawn before, before accepting a repeat
 
 
+MAX_PAIRS = 100_000
+"""The most prompt pairs a run takes (``--pairs``): every pair is tokenized and scored (a forward and
+backward pass or more each), so even the tiny model needs hours for this many."""
+MAX_TASK_PAIRS = 2 * MAX_PAIRS
+"""The most pairs a task generates (``--pairs`` / (1 - ``--eval-fraction``) with a held-out share):
+pure Python, about 10 microseconds a pair (100 once a task's distinct pairs run out: sva-simple has
+440), so this many take seconds and some 100 MB."""
+
+
 def _check_n(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative integer number of pairs, got {n!r}")
+    if n > MAX_TASK_PAIRS:
+        raise ValueError(f"a task generates at most {MAX_TASK_PAIRS:,} pairs (seconds of pure Python; more is "
+                         f"a typo or could not be scored), asked for {n:,}")
 
 
 def _check_words(name: str, words: Sequence[Any], minimum: int, pairs: bool = False) -> None:
