@@ -74,9 +74,22 @@ def test_a_score_file_with_code_is_refused_and_never_run(run_dir, tmp_path, caps
     assert not marker.exists(), err
 
 
-def test_the_library_refuses_code_too(run_dir, tmp_path):
+class _ShellPayload:
+    """A payload through a blocked module (``os.system``): torch words its refusal differently."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {str(self.marker)!r}",)
+
+
+@pytest.mark.parametrize("payload", [_Payload, _ShellPayload])
+def test_the_library_refuses_code_too(run_dir, tmp_path, payload):
     marker = tmp_path / "marker"
-    torch.save(_Payload(marker), run_dir / "nodes.pt")
+    torch.save(payload(marker), run_dir / "nodes.pt")
     with pytest.raises(ValueError, match="could run code"):
         NodeScores.load(run_dir / "nodes.pt")
     assert not marker.exists()

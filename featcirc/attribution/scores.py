@@ -233,7 +233,7 @@ def _load(path: "str | os.PathLike[str]", what: str) -> dict:
     try:  # a run scored on a GPU opens on a machine without one
         d = torch.load(path, weights_only=True, map_location=None if torch.cuda.is_available() else "cpu")
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        found = re.search(r"(?:Unsupported global: |unsupported )GLOBAL (\S+)", str(e))
         if found:
             raise ValueError(f"{path} is not a safe featcirc {what} file: it holds a Python object "
                              f"({found.group(1)}) besides tensors and plain data, and loading it could run code, "
