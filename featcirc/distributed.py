@@ -103,7 +103,8 @@ def _stack(rows: Sequence[tuple[PairBatch, int]]) -> PairBatch:
     """One batch from rows ``(batch, index)`` of equal prompt length."""
     take = lambda name: torch.stack([getattr(b, name)[j] for b, j in rows])  # noqa: E731
     return PairBatch(clean=take("clean"), patch=take("patch"), clean_answer=take("clean_answer"),
-                     patch_answer=take("patch_answer"), pairs=[b.pairs[j] for b, j in rows])
+                     patch_answer=take("patch_answer"), pairs=[b.pairs[j] for b, j in rows],
+                     positions=[b.positions[j] for b, j in rows])
 
 
 def _fingerprint(data: PairDataset) -> int:
