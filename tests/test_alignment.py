@@ -102,3 +102,56 @@ def test_ablation_under_role_alignment_matches_each_template(tiny, two):
     every = {f"{site}@{s}" for site in mean.splice.site_names for s in range(al.n_slots)}
     assert mean.faithfulness(every) == pytest.approx(1.0, abs=1e-5)
     assert mean.faithfulness(every - {f"{site}@{s2}" for site in mean.splice.site_names}) < 0.9
+
+
+def _run(tmp_path, name, *extra, task="ioi"):
+    import json
+
+    from featcirc.cli import main
+
+    out = tmp_path / name
+    rc = main(["-q", "discover", "--model", "tiny", "--task", task, "--pairs", "24", "--level", "component",
+               "--max-nodes", "200", "--top-k", "30", "--out", str(out), *extra])
+    assert rc == 0
+    return (json.loads((out / "run.json").read_text()), json.loads((out / "summary.json").read_text()),
+            json.loads((out / "circuit.json").read_text()))
+
+
+def test_discover_aligns_multi_template_ioi_by_role(tmp_path):
+    run, summ, circ = _run(tmp_path, "role")
+    assert run["alignment"]["mode"] == summ["alignment"]["mode"] == "role" and run["align"] == "auto"
+    slots = summ["alignment"]["slots"]
+    assert len(summ["prompt_tokens"]) == len(slots)
+    assert all(t.startswith(f"[{s}]") for s, t in zip(slots, summ["prompt_tokens"]))
+    top = sorted((n for n in circ["nodes"] if n["id"] != "metric"), key=lambda n: -abs(n["score"]))[:5]
+    assert {slots[n["position"]] for n in top} <= {"S2", "IO", "S1", "END"}
+
+
+def test_several_lengths_without_named_positions_warn_and_align_from_the_end(tmp_path, caplog):
+    import logging
+
+    from featcirc.cli import main
+
+    pairs = [p.to_json() for p in pairs_of(T1, 16, 0) + pairs_of(T2, 16, 1)]
+    import json
+
+    f = tmp_path / "plain.jsonl"
+    f.write_text("".join(json.dumps({k: v for k, v in d.items() if k != "positions"}) + "\n" for d in pairs))
+    with caplog.at_level(logging.WARNING):
+        assert main(["discover", "--model", "tiny", "--data", str(f), "--pairs", "12", "--level", "component",
+                     "--max-nodes", "100", "--out", str(tmp_path / "end")]) == 0
+    lines = [r.getMessage() for r in caplog.records if "aligned from the end" in r.getMessage()]
+    assert len(lines) == 1 and "2 prompt lengths" in lines[0] and "\n" not in lines[0]
+    summ = json.loads((tmp_path / "end" / "summary.json").read_text())
+    assert summ["alignment"]["mode"] == "end" and summ["alignment"]["slots"][-1] == "END"
+    assert summ["alignment"]["warning"] == lines[0]
+    assert main(["-q", "discover", "--model", "tiny", "--data", str(f), "--pairs", "12", "--level", "component",
+                 "--align", "role", "--out", str(tmp_path / "x")]) == 2
+    run, summ, _ = _run(tmp_path, "sum", "--align", "sum")
+    assert summ["alignment"]["mode"] == "sum" and summ["aggregation"] == "sum"
+
+
+def test_one_template_keeps_start_alignment(tmp_path):
+    run, summ, circ = _run(tmp_path, "sva", task="sva-nounpp")
+    assert summ["alignment"]["mode"] == "start" and summ["alignment"]["warning"] is None
+    assert not any(t.startswith("[") for t in summ["prompt_tokens"])

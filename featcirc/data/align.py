@@ -163,10 +163,6 @@ def describe(data: PairDataset) -> Optional[str]:
     return None
 
 
-def default_alignment(data: PairDataset) -> str:
-    """``role`` when every pair names its positions, else ``start`` (the caller warns when the pairs
-    have several lengths)."""
-    return "role" if data.named else "start"
 
 
 ALIGN_CHOICES: tuple[str, ...] = ("auto",) + ALIGNMENTS
@@ -191,8 +187,8 @@ class AlignmentChoice:
 
 def resolve_alignment(data: PairDataset, requested: str = "auto", aggregation: str = "none") -> AlignmentChoice:
     """``--align`` for ``data`` (docs/design.md §14). ``auto``: ``sum`` with ``--aggregation sum``, else
-    ``role`` when every pair names its positions, else ``start`` when the pairs share one length (as
-    always), else ``end`` with a one-line warning (columns from the start would mix tokens). An explicit
+    ``start`` when the pairs share one length and layout (as always: the same slots as ``role``), else
+    ``role`` when every pair names its positions, else ``end`` with a one-line warning (columns from the start would mix tokens). An explicit
     ``start`` over such pairs warns too. ``role`` without named positions is a ``ValueError``."""
     if requested not in ALIGN_CHOICES:
         raise ValueError(f"unknown --align {requested!r}; choose one of {', '.join(ALIGN_CHOICES)}")
@@ -202,10 +198,11 @@ def resolve_alignment(data: PairDataset, requested: str = "auto", aggregation: s
     if requested == "auto":
         if aggregation == "sum":
             return AlignmentChoice("sum", requested, "--aggregation sum")
-        if data.named:
-            return AlignmentChoice("role", requested, "every pair names its positions")
         if mixed is None:
-            return AlignmentChoice("start", requested, "every pair has the same length")
+            return AlignmentChoice("start", requested, "every pair has the same length and layout of named positions"
+                                   if data.named else "every pair has the same length")
+        if data.named:
+            return AlignmentChoice("role", requested, f"{mixed} and every pair names its positions")
         return AlignmentChoice("end", requested, f"{mixed} and name no positions", warning=(
             f"{mixed} and name no positions: per-position scores are aligned from the end (the answer "
             "position lines up; columns are END-k, not the example's tokens); --align sum sums positions, "
