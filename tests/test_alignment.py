@@ -125,6 +125,8 @@ def test_discover_aligns_multi_template_ioi_by_role(tmp_path):
     assert all(t.startswith(f"[{s}]") for s, t in zip(slots, summ["prompt_tokens"]))
     top = sorted((n for n in circ["nodes"] if n["id"] != "metric"), key=lambda n: -abs(n["score"]))[:5]
     assert {slots[n["position"]] for n in top} <= {"S2", "IO", "S1", "END"}
+    html = (tmp_path / "role" / "circuit.html").read_text(encoding="utf-8")
+    assert "positions aligned by role" in html and "[S2]" in html
 
 
 def test_several_lengths_without_named_positions_warn_and_align_from_the_end(tmp_path, caplog):

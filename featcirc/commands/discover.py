@@ -44,9 +44,13 @@ class ExportOptions:
     feature_url: Optional[str] = None
 
 
-def run_title(cfg: RunConfig) -> str:
-    """``model · method level circuit · task or data file name`` (no directories)."""
-    return f"{cfg.model} \u00b7 {cfg.method} {cfg.level} circuit \u00b7 {cfg.task or Path(cfg.data).name}"
+def run_title(cfg: RunConfig, align: Optional[str] = None) -> str:
+    """``model · method level circuit · task or data file name`` (no directories), and how positions are
+    aligned when not from the start (docs/design.md §14)."""
+    from featcirc.data.align import title_note
+
+    return (f"{cfg.model} \u00b7 {cfg.method} {cfg.level} circuit \u00b7 {cfg.task or Path(cfg.data).name}"
+            + title_note(align))
 
 
 def exported_faithfulness(ab, G, C, *, split: str, source: str, n_resamples: int = 1000) -> dict:
@@ -147,7 +151,7 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
     C = prune(G, PruneSettings(cfg.node_threshold, cfg.top_k, cfg.edge_threshold))
     prompt, tokens = example_prompt(model, data, alignment)
     example = example_metrics(model, data)
-    title = run_title(cfg)
+    title = run_title(cfg, choice.mode)
     write_graph_json(C, out / "circuit.json")
     write_graphml(C, out / "circuit.graphml")
     write_dot(C, out / "circuit.dot", title=title)

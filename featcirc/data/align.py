@@ -217,6 +217,15 @@ def resolve_alignment(data: PairDataset, requested: str = "auto", aggregation: s
     return AlignmentChoice(requested, requested, "--align", warning)
 
 
+_NOTES = {"end": "positions aligned from the end", "role": "positions aligned by role",
+          "sum": "positions summed"}
+
+
+def title_note(mode: Optional[str]) -> str:
+    """`` · positions aligned by role`` (etc.) for titles; empty for ``start`` or unknown."""
+    return f" \u00b7 {_NOTES[mode]}" if mode in _NOTES else ""
+
+
 def alignment_of(info: Optional[dict]) -> Optional[Alignment]:
     """The :class:`Alignment` recorded in ``NodeScores.info["align"]`` (None: a run from before, start)."""
     d = (info or {}).get("align")
