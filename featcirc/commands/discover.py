@@ -136,7 +136,8 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
 
     budget = {}
     if cfg.max_memory is not None:
-        data, budget = _fit_memory(cfg, model, saes, data, pairs.discovery, world=getattr(ctx, "world_size", 1))
+        data, budget = _fit_memory(cfg, model, saes, data, pairs.discovery, world=getattr(ctx, "world_size", 1),
+                                   n_slots=alignment.n_slots)
     settings = AttributionSettings(level=cfg.level, aggregation="sum" if alignment.summed else "none",
                                    ig_steps=cfg.ig_steps, max_nodes=cfg.max_nodes, progress=progress, **budget)
     nodes, edges = ctx.attribute(model, data, cfg.method, saes, settings=settings, alignment=alignment)
@@ -222,13 +223,14 @@ def choose_alignment(data, cfg):
     return choice, make_alignment(data, choice.mode)
 
 
-def _fit_memory(cfg: RunConfig, model, saes, data, discovery, *, world: int):
+def _fit_memory(cfg: RunConfig, model, saes, data, discovery, *, world: int, n_slots: int = 0):
     """Batch size, rows per backward and kept records that fit ``--max-memory`` per process
     (:func:`featcirc.memory.fit_to_budget`); the pairs re-batched when the batch size shrinks."""
     from featcirc.data import tokenize_pairs
     from featcirc.memory import fit_to_budget
 
-    fit = fit_to_budget(cfg.max_memory, model.cfg, saes, batch_size=cfg.batch_size, n_positions=data.max_len,
+    fit = fit_to_budget(cfg.max_memory, model.cfg, saes, batch_size=cfg.batch_size,
+                        n_positions=max(data.max_len, n_slots),  # scores live on the alignment's slots (§14)
                         max_nodes=cfg.max_nodes, method=cfg.method, level=cfg.level, ig_steps=cfg.ig_steps,
                         aggregation=cfg.aggregation, n_pairs=-(-data.n_pairs // world))
     logger.info("--max-memory %s: batch size %d, %d rows per backward, records kept up to %d MiB; estimated peak %s",
