@@ -89,8 +89,9 @@ def shard_dataset(data: PairDataset, rank: int, world_size: int, batch_size: Opt
     mine = [rows[i] for i in shard_indices(len(rows), rank, world_size)]
     batches: list[PairBatch] = []
     run: list[tuple[PairBatch, int]] = []
-    for row in mine + [None]:  # runs of equal length, cut into batches of at most batch_size
-        if run and (row is None or row[0].clean.shape[1] != run[0][0].clean.shape[1] or len(run) == batch_size):
+    for row in mine + [None]:  # runs of equal length and named positions, cut into batches of at most batch_size
+        if run and (row is None or row[0].clean.shape[1] != run[0][0].clean.shape[1] or len(run) == batch_size
+                    or row[0].positions[row[1]] != run[0][0].positions[run[0][1]]):  # one layout a batch (§14)
             batches.append(_stack(run))
             run = []
         if row is not None:
@@ -103,7 +104,8 @@ def _stack(rows: Sequence[tuple[PairBatch, int]]) -> PairBatch:
     """One batch from rows ``(batch, index)`` of equal prompt length."""
     take = lambda name: torch.stack([getattr(b, name)[j] for b, j in rows])  # noqa: E731
     return PairBatch(clean=take("clean"), patch=take("patch"), clean_answer=take("clean_answer"),
-                     patch_answer=take("patch_answer"), pairs=[b.pairs[j] for b, j in rows])
+                     patch_answer=take("patch_answer"), pairs=[b.pairs[j] for b, j in rows],
+                     positions=[b.positions[j] for b, j in rows])
 
 
 def _fingerprint(data: PairDataset) -> int:
@@ -239,7 +241,7 @@ class Context:
     # ---- the pipeline, sharded -------------------------------------------------------------------
     def attribute(self, model, data: PairDataset, method="relp", saes: Optional[Mapping[str, object]] = None, *,
                   edges: bool = True, settings: Optional[AttributionSettings] = None,
-                  batch_size: Optional[int] = None) -> tuple[NodeScores, Optional[EdgeScores]]:
+                  batch_size: Optional[int] = None, alignment=None) -> tuple[NodeScores, Optional[EdgeScores]]:
         """:func:`featcirc.attribution.attribute` on this rank's shard of ``data`` (the FULL dataset,
         identical on every rank; re-batched to ``batch_size`` if given), with the sums all-reduced:
         every rank returns the scores of the whole dataset. Per-pair effects (``settings.pair_effects``)
@@ -250,7 +252,7 @@ class Context:
         nodes, edge_scores = _attribute(model, self.shard(data, batch_size), method, saes, edges=edges,
                                         settings=settings,
                                         reduce=self.reduce if self.distributed else None,
-                                        n_positions=data.max_len)
+                                        n_positions=data.max_len, alignment=alignment)
         if not self.distributed:
             return nodes, edge_scores
         if nodes.pair_effects is not None:
@@ -376,6 +378,12 @@ class ShardedAblator(Ablator):
             raise DistributedError("resample ablation pairs each prompt with its batch neighbour, which depends "
                                    "on how the data is split over processes: evaluate it with one process, or "
                                    "use --ablation mean, zero or patch")
+        alignment = kwargs.get("alignment")
+        if alignment is not None and alignment.mode not in ("start", "sum"):  # slots and pair order of the FULL data
+            from featcirc.data.align import align
+
+            kwargs["alignment"] = alignment = alignment.extended(data)
+            data = align(data, alignment)
         self.ctx, self.full_data = ctx, data
         self._gathered: dict[tuple[str, Optional[frozenset]], np.ndarray] = {}
         super().__init__(model, ctx.shard(data), ablation=ablation, **kwargs)
@@ -404,10 +412,11 @@ class ShardedAblator(Ablator):
         """Per-position means over the patch prompts of every rank: this shard's means times its
         counts, zero-padded to the dataset's longest prompt, summed over ranks, divided by the counts."""
         local = super()._mean_values()
-        T = self.full_data.max_len
+        T = self.full_data.max_len if self.alignment is None else self.alignment.n_slots
         count = torch.zeros(T)
         for b in self.data.batches:
-            count[:b.clean.shape[1]] += b.clean.shape[0]
+            index = self._index(b)
+            count[torch.arange(b.clean.shape[1]) if index is None else index] += b.clean.shape[0]
 
         def padded_sum(mean: torch.Tensor) -> torch.Tensor:
             t = mean.shape[0]

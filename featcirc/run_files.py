@@ -127,7 +127,15 @@ def _field_checks(known_task: bool = True) -> dict:
         max_memory=lambda v, o: (text(v, o), check_memory_size(v, o)),
         device=lambda v, o: (text(v, o, allow_none=False), check_device_name(v)),
         dtype=lambda v, o: (text(v, o, allow_none=False), check_dtype_name(v)),
+        align=lambda v, o: _check_align(v),
     )
+
+
+def _check_align(v) -> None:
+    from featcirc.data.align import ALIGN_CHOICES
+
+    if v not in ALIGN_CHOICES:
+        raise ValueError(f"choose one of {', '.join(ALIGN_CHOICES)}")
 
 
 def check_run_values(raw: dict, path: "str | os.PathLike[str]" = "run.json", *, known_task: bool = True) -> dict:
@@ -156,7 +164,7 @@ def check_run_values(raw: dict, path: "str | os.PathLike[str]" = "run.json", *, 
                          f"{_short(values['task'])}); a run has one; {by}; {RERUN}")
     if values.get("level") == "feature" and "saes" in values and not values["saes"]:
         raise ValueError(f"{path}: field 'saes' is empty but 'level' is 'feature'; {by}; {RERUN}")
-    for key in ("split", "environment"):
+    for key in ("split", "environment", "alignment"):
         if raw.get(key) is not None and not isinstance(raw[key], dict):
             raise ValueError(f"{path}: field {key!r} is {_json_type(raw[key])}, not a JSON object; {by}; {RERUN}")
     return values

@@ -170,7 +170,16 @@ def _run(ctx: Context) -> dict:
     ragged = load_pairs(model, task="ioi", n=8, seed=0, batch_size=4)
     comp, comp_edges = ctx.attribute(model, ragged, "relp", None, settings=AttributionSettings(
         level="component", max_nodes=40, pair_effects=True, progress=False))
-    return dict(nodes=nodes.to_dict(), edges=edges.to_dict(), circuit=sorted(circuit),
+    from featcirc.data.align import make_alignment  # by role (docs/design.md §14): slots from the FULL data
+
+    al = make_alignment(ragged, "role")
+    role, role_edges = ctx.attribute(model, ragged, "relp", None, alignment=al, settings=AttributionSettings(
+        level="component", max_nodes=40, progress=False))
+    rab = ctx.ablator(model, ragged, level="component", ablation="mean", progress=False, alignment=al)
+    s2, end = al.slots.index("S2"), al.slots.index("END")
+    role_m = rab.metric_values({f"resid.1@{s2}", f"resid.2@{s2}", f"resid.3@{end}", f"attn.3@{end}"})
+    return dict(role=role.to_dict(), role_edges=role_edges.to_dict(), role_m=role_m,
+                role_pairs=[p.clean_prefix for p in rab.pairs],nodes=nodes.to_dict(), edges=edges.to_dict(), circuit=sorted(circuit),
                 m_full=ab.m_full_values, m_empty=ab.m_empty_values, F=ab.faithfulness(circuit),
                 completeness=ab.completeness(circuit), holds_final=ab.holds_final_site(circuit),
                 comp=comp.to_dict(), comp_edges=comp_edges.to_dict(),
@@ -247,6 +256,11 @@ def test_two_processes_match_one(tmp_path):
     _compare_edges(got["comp_edges"], want["comp_edges"], "component edges")
     for s, (_, vec) in want["comp"]["pair_effects"].items():
         _close(got["comp"]["pair_effects"][s][1], vec, f"pair effects {s}")
+    # aligned by role: node sums, edges and the ablated metric (mean values per slot) match too
+    _compare_nodes(got["role"], want["role"], "role-aligned nodes")
+    _compare_edges(got["role_edges"], want["role_edges"], "role-aligned edges")
+    assert got["role_pairs"] == want["role_pairs"]
+    _close(got["role_m"], want["role_m"], "role-aligned ablated metric")
     # costs add the ranks' passes
     assert got["nodes"]["cost"]["forward_passes"] == want["nodes"]["cost"]["forward_passes"]  # 2 batches either way
 

@@ -227,7 +227,8 @@ def test_same_shape_as_marks_files(tmp_path, name, task):
     real = [json.loads(x) for x in real_lines]
     ours = write_pairs(tmp_path / f"{name}.json", make_task(task, 40, seed=0)).read_text().splitlines()
     ours_d = [json.loads(x) for x in ours]
-    assert list(ours_d[0]) == list(real[0])  # same keys, same order
+    # same keys, same order, plus the optional named positions (docs/design.md §2)
+    assert [k for k in ours_d[0] if k != "positions"] == list(real[0])
     assert {d["case"] for d in ours_d} == {d["case"] for d in real}
     assert {len(d["clean_prefix"].split()) for d in ours_d} == {len(d["clean_prefix"].split()) for d in real}
     # the real files follow the same convention: the case names the clean prompt's numbers

@@ -231,29 +231,39 @@ class NodeAccumulator:
     def __init__(self, sites: list[Site], n_positions: int, aggregation: str, keep_pairs: bool) -> None:
         self.sites, self.T, self.aggregation, self.keep_pairs = sites, n_positions, aggregation, keep_pairs
         self.sums: dict[str, torch.Tensor] = {}
-        self.pairs: list[BatchRecord] = []
+        self.pairs: list[tuple[BatchRecord, Optional[torch.Tensor]]] = []
 
-    def add(self, record: BatchRecord) -> None:
+    def add(self, record: BatchRecord, index: Optional[torch.Tensor] = None) -> None:
+        """Add a batch's effects; ``index`` (``[T_batch]``) is the slot of each token position
+        (:class:`featcirc.data.align.Alignment`; default: the position itself)."""
         for s in self.sites:
             eff, cl = record.effects[s], record.clean[s]
-            self._add(f"effect.v.{s}", eff.vector, self.aggregation)
-            self._add(f"act.v.{s}", cl.vector.norm(dim=-1), "none")
+            self._add(f"effect.v.{s}", eff.vector, self.aggregation, index)
+            self._add(f"act.v.{s}", cl.vector.norm(dim=-1), "none", index)
             if eff.features is not None:
-                self._add(f"effect.f.{s}", eff.features, self.aggregation)
-                self._add(f"act.f.{s}", cl.features, "none")
+                self._add(f"effect.f.{s}", eff.features, self.aggregation, index)
+                self._add(f"act.f.{s}", cl.features, "none", index)
         self._add_scalar("metric.clean", record.m_clean.sum())
         self._add_scalar("metric.patch", record.m_patch.sum())
         self._add_scalar("pairs", torch.tensor(float(record.m_clean.numel())))
         if self.keep_pairs:
-            self.pairs.append(record)
+            self.pairs.append((record, index))
 
-    def _add(self, key: str, per_pair: torch.Tensor, aggregation: str) -> None:
+    def _slots(self, per_pair: torch.Tensor, index: Optional[torch.Tensor]) -> torch.Tensor:
+        """``[B, T_batch, ...]`` -> ``[B, T, ...]``: each position moved to its slot, others zero."""
+        full = per_pair.new_zeros((per_pair.shape[0], self.T) + per_pair.shape[2:])
+        if index is None:
+            full[:, : per_pair.shape[1]] = per_pair
+        else:
+            full[:, index.to(per_pair.device)] = per_pair
+        return full
+
+    def _add(self, key: str, per_pair: torch.Tensor, aggregation: str, index: Optional[torch.Tensor] = None) -> None:
         per_pair = per_pair.detach().float()
         if aggregation == "sum":
             summed = per_pair.sum(dim=(0, 1))
         else:
-            summed = per_pair.new_zeros((self.T,) + per_pair.shape[2:])
-            summed[: per_pair.shape[1]] = per_pair.sum(0)
+            summed = self._slots(per_pair, index).sum(0)
         self.sums[key] = self.sums[key] + summed if key in self.sums else summed
 
     def _add_scalar(self, key: str, value: torch.Tensor) -> None:
@@ -264,18 +274,13 @@ class NodeAccumulator:
         return self.sums
 
     def pair_effects(self) -> dict[str, tuple[Optional[torch.Tensor], torch.Tensor]]:
-        """Every pair's per-position effects, zero-padded to ``T`` positions, pairs in batch order."""
+        """Every pair's per-position effects, zero-padded to ``T`` positions (slots), pairs in batch order."""
         out = {}
         for s in self.sites:
-            def pad(t: torch.Tensor) -> torch.Tensor:
-                full = t.new_zeros((t.shape[0], self.T) + t.shape[2:])
-                full[:, : t.shape[1]] = t
-                return full
-
-            vec = torch.cat([pad(r.effects[s].vector) for r in self.pairs])
+            vec = torch.cat([self._slots(r.effects[s].vector, i) for r, i in self.pairs])
             feats = None
-            if self.pairs and self.pairs[0].effects[s].features is not None:
-                feats = torch.cat([pad(r.effects[s].features) for r in self.pairs])
+            if self.pairs and self.pairs[0][0].effects[s].features is not None:
+                feats = torch.cat([self._slots(r.effects[s].features, i) for r, i in self.pairs])
             out[s.name] = (feats, vec)
         return out
 

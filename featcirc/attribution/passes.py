@@ -13,6 +13,7 @@ Scores are sums over pairs divided by the number of pairs, so data can be split 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Callable, Iterator, Mapping, Optional
 
 import torch
@@ -25,6 +26,7 @@ from featcirc.attribution.nodes import BatchRecord, NodeAccumulator, record_batc
 from featcirc.attribution.scores import Cost, EdgeScores, NodeScores
 from featcirc.attribution.settings import AttributionSettings
 from featcirc.attribution.splice import Splice, make_splice
+from featcirc.data.align import Alignment, align
 from featcirc.sites import METRIC, Site
 
 Reduce = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
@@ -39,12 +41,16 @@ def attribute(
     settings: Optional[AttributionSettings] = None,
     reduce: Optional[Reduce] = None,
     n_positions: Optional[int] = None,
+    alignment=None,
 ) -> tuple[NodeScores, Optional[EdgeScores]]:
     """Score every node (and, for methods with gradients, the edges among the top candidates).
 
     ``data`` is a :class:`featcirc.data.PairDataset`; ``saes`` maps sites to SAELens SAEs (needed at
     feature level). ``reduce`` combines the sums of several processes (identity by default);
     ``n_positions`` pads per-position scores to that many positions (default: the longest prompt).
+    ``alignment`` (:class:`featcirc.data.align.Alignment`, from ``make_alignment(data, mode)`` over the
+    whole dataset) lines positions up by start, end or role (docs/design.md §14); default: from the
+    start (or summed, with ``aggregation="sum"``). Its slot labels go to ``NodeScores.info["align"]``.
     """
     check_arguments("attribute", model, data, saes)
     if settings is not None and not isinstance(settings, AttributionSettings):
@@ -55,12 +61,30 @@ def attribute(
     if data.n_pairs == 0:
         raise ValueError("no pairs to score: the dataset is empty")
     splice = make_splice(model, settings.level, saes, settings.sites)
-    T = n_positions if n_positions is not None else data.max_len
-    nodes, records = _node_pass(splice, data, method, settings, T, reduce)
+    alignment = _alignment(data, settings, alignment, n_positions)
+    data = align(data, alignment)
+    T = alignment.n_slots if not alignment.summed else (n_positions if n_positions is not None else data.max_len)
+    nodes, records = _node_pass(splice, data, method, settings, T, reduce, alignment)
     check_finite_nodes(nodes)
     if not (edges and method.has_edges):
         return nodes, None
-    return nodes, _edge_pass(splice, data, method, settings, nodes, records, reduce)
+    return nodes, _edge_pass(splice, data, method, settings, nodes, records, reduce, alignment)
+
+
+def _alignment(data, settings: AttributionSettings, alignment: Optional[Alignment],
+               n_positions: Optional[int]) -> Alignment:
+    if alignment is None:
+        if settings.aggregation == "sum":
+            return Alignment("sum")
+        T = n_positions if n_positions is not None else data.max_len
+        return Alignment.of("start", [str(t) for t in range(T)])
+    if not isinstance(alignment, Alignment):
+        raise TypeError(f"attribute(): alignment must be a featcirc.data.align.Alignment (make_alignment(data, mode)), "
+                        f"got {type(alignment).__name__}")
+    if (alignment.mode == "sum") != (settings.aggregation == "sum"):
+        raise ValueError(f"alignment {alignment.mode!r} does not go with aggregation {settings.aggregation!r}: "
+                         "positions are summed exactly when the alignment is 'sum'")
+    return alignment
 
 
 def _non_finite(t: Optional[torch.Tensor]) -> int:
@@ -127,7 +151,7 @@ def check_arguments(caller: str, model, data, saes=None) -> None:
 
 
 def _node_pass(splice: Splice, data, method: Method, settings: AttributionSettings, T: int,
-               reduce: Optional[Reduce]) -> tuple[NodeScores, Optional[list[BatchRecord]]]:
+               reduce: Optional[Reduce], alignment: Alignment) -> tuple[NodeScores, Optional[list[BatchRecord]]]:
     cost = Cost()
     acc = NodeAccumulator(splice.sites, T, settings.aggregation, settings.pair_effects)
     records: Optional[list[BatchRecord]] = [] if method.has_edges else None
@@ -135,7 +159,7 @@ def _node_pass(splice: Splice, data, method: Method, settings: AttributionSettin
     t0 = time.perf_counter()
     for batch in tqdm(data.batches, desc=f"{method.name} nodes", disable=not settings.progress, leave=False):
         rec = record_batch(splice, batch, method, settings.ig_steps, settings.max_rows, cost)
-        acc.add(rec)
+        acc.add(rec, None if alignment.summed or alignment.mode == "start" else alignment.index(batch))
         if records is not None:
             kept += rec.nbytes()
             if kept <= settings.record_bytes:
@@ -152,13 +176,14 @@ def _node_pass(splice: Splice, data, method: Method, settings: AttributionSettin
         sites=[s.name for s in splice.sites], cost=cost,
         info=dict(ig_steps=settings.ig_steps if method.estimator == "integrated" else None,
                   rules=vars(method.rules) if method.rules.any else None, n_layers=splice.model.cfg.n_layers,
-                  estimator=method.estimator),
+                  estimator=method.estimator, align=alignment.to_json()),
         pair_effects=acc.pair_effects() if settings.pair_effects else None, **means)
     return nodes, records
 
 
 def _edge_pass(splice: Splice, data, method: Method, settings: AttributionSettings, nodes: NodeScores,
-               records: Optional[list[BatchRecord]], reduce: Optional[Reduce]) -> EdgeScores:
+               records: Optional[list[BatchRecord]], reduce: Optional[Reduce],
+               alignment: Optional[Alignment] = None) -> EdgeScores:
     """Edges among the candidates, from the node pass's records (or recomputed batch by batch)."""
     cost = Cost()
     t0 = time.perf_counter()
@@ -175,10 +200,12 @@ def _edge_pass(splice: Splice, data, method: Method, settings: AttributionSettin
         for batch in data.batches:  # memory stays flat: recompute this batch's node pass
             yield record_batch(splice, batch, method, settings.ig_steps, settings.max_rows, cost)
 
-    for rec in tqdm(batches(), total=len(data.batches), desc=f"{method.name} edges",
-                    disable=not settings.progress, leave=False):
+    shifted = not summed and alignment is not None and alignment.mode != "start"
+    for rec, batch in tqdm(zip(batches(), data.batches), total=len(data.batches), desc=f"{method.name} edges",
+                           disable=not settings.progress, leave=False):
+        here = _at_positions(cands, alignment.index(batch)) if shifted else cands
         for g in groups:
-            batch_edges(splice, g, rec, cands, method, settings.ig_steps, summed, settings.max_rows, cost, sums)
+            batch_edges(splice, g, rec, here, method, settings.ig_steps, summed, settings.max_rows, cost, sums)
     if reduce is not None:
         flat = reduce({f"{d.name}<{u.name}": w for (d, u), w in sums.items()})
         sums = {(d, u): flat[f"{d.name}<{u.name}"] for (d, u) in sums}
@@ -189,6 +216,16 @@ def _edge_pass(splice: Splice, data, method: Method, settings: AttributionSettin
                              f"{u.name} and {d.name}, or use --dtype float32")
     cost.seconds = time.perf_counter() - t0
     return _compact(method, settings, nodes, cands, sums, cost, recomputed=records is None)
+
+
+def _at_positions(cands: dict[Site, SiteCandidates], index: torch.Tensor) -> dict[Site, SiteCandidates]:
+    """The candidates with slots turned into this batch's token positions (``index``: the slot of each
+    position); a slot the batch lacks becomes position ``T`` (out of range: no edges there)."""
+    T = int(index.numel())
+    n = max([T] + [int(c.positions.max()) + 1 for c in cands.values() if len(c)])
+    where = torch.full((n,), T, dtype=torch.long)
+    where[index.cpu()] = torch.arange(T)
+    return {s: replace(c, feat_pos=where[c.feat_pos], vec_pos=where[c.vec_pos]) for s, c in cands.items()}
 
 
 def _compact(method: Method, settings: AttributionSettings, nodes: NodeScores, cands: dict[Site, SiteCandidates],

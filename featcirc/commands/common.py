@@ -79,6 +79,7 @@ class RunConfig:
     max_memory: Optional[str] = None
     device: str = "auto"
     dtype: str = "float32"
+    align: str = "auto"
 
     @property
     def source(self) -> dict:
@@ -102,6 +103,12 @@ class RunConfig:
             raise InputError(f"unknown --level {self.level!r}; choose feature or component")
         if self.aggregation not in AGGREGATIONS:
             raise InputError(f"unknown --aggregation {self.aggregation!r}; choose none or sum")
+        from featcirc.data.align import ALIGN_CHOICES
+
+        if self.align not in ALIGN_CHOICES:
+            raise InputError(f"unknown --align {self.align!r}; choose one of {', '.join(ALIGN_CHOICES)}")
+        if self.aggregation == "sum" and self.align not in ("auto", "sum"):
+            raise InputError(f"--aggregation sum sums positions; it does not go with --align {self.align}")
         if self.level == "feature" and not self.saes:
             raise InputError("feature-level circuits need SAEs: pass --saes (e.g. --saes tiny), or use --level component")
         check_saes_level(self.saes, self.level)
@@ -269,11 +276,18 @@ def load_data(model, cfg: "RunConfig | dict"):
                       seed=src.get("seed", 0), batch_size=src.get("batch_size", 16))
 
 
-def example_prompt(model, data) -> tuple[str, list[str]]:
-    """The longest prompt's first pair (node positions fit it) and its tokens as strings."""
+def example_prompt(model, data, alignment=None) -> tuple[str, list[str]]:
+    """The longest prompt's first pair (node positions fit it) and its tokens as strings. With an
+    alignment by role or from the end (docs/design.md §14), one entry per slot instead: the slot's
+    label and the example's token there (``"[S2] John"``; ``"[S1+3]"`` where the example has none)."""
     batch = max(data.batches, key=lambda b: b.clean.shape[1])
-    toks = batch.clean[0]
-    return batch.pairs[0].clean_prefix, [model.tokenizer.decode([int(t)]) for t in toks]
+    toks = [model.tokenizer.decode([int(t)]) for t in batch.clean[0]]
+    if alignment is None or alignment.mode in ("start", "sum"):
+        return batch.pairs[0].clean_prefix, toks
+    from featcirc.data.align import token_labels
+
+    at = dict(zip(token_labels(alignment.mode, len(toks), batch.positions[0]), toks))
+    return batch.pairs[0].clean_prefix, [f"[{s}]{at.get(s, '')}" for s in alignment.slots]
 
 
 def example_metrics(model, data) -> dict:

@@ -61,21 +61,32 @@ def correlations(ref: dict, cells: dict, method: str, level: str, *, n_resamples
 
 def compare(model, saes, dataset, out: Path, *, model_name: str, level: str, methods: Sequence[str], ctx,
             eval_data=None, eval_split: str = "held-out", ig_steps: int = 10, max_nodes: int = 1000,
-            ablation: str = "mean", n_resamples: int = 1000, progress: bool = True) -> dict:
+            ablation: str = "mean", n_resamples: int = 1000, progress: bool = True, align: str = "auto") -> dict:
     """Run every method on ``dataset``, write the comparison into ``out`` (main process only) and
     return ``compare.json``'s content. ``eval_data``: the pairs of the faithfulness curves (feature
     level; default ``dataset``, then labelled in-sample)."""
     from featcirc.attribution import AttributionSettings, get_method
     from featcirc.io import jsonable, write_json
 
+    from featcirc.commands.checks import InputError
+    from featcirc.data.align import make_alignment, resolve_alignment
+
     methods = list(dict.fromkeys(["exact", *methods]))
+    try:
+        choice = resolve_alignment(dataset, align)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if choice.warning:
+        logger.warning("%s", choice.warning)
+    alignment = make_alignment(dataset, choice.mode)
     settings = AttributionSettings(level=level, ig_steps=ig_steps, max_nodes=max_nodes, pair_effects=True,
-                                   progress=progress)
+                                   progress=progress, aggregation="sum" if alignment.summed else "none")
     cells, costs, edge_costs, graphs = {}, {}, {}, {}
     for method in methods:
         logger.info("compare: %s", method)
         with_edges = level == "feature" and get_method(method).has_edges
-        nodes, edges = ctx.attribute(model, dataset, method, saes, edges=with_edges, settings=settings)
+        nodes, edges = ctx.attribute(model, dataset, method, saes, edges=with_edges, settings=settings,
+                                     alignment=alignment)
         cells[method] = nodes.cell_groups()
         costs[method] = nodes.cost
         if edges is not None:
@@ -98,7 +109,8 @@ def compare(model, saes, dataset, out: Path, *, model_name: str, level: str, met
 
         if eval_data is None:
             eval_data, eval_split = dataset, "in-sample"
-        ab = ctx.ablator(model, eval_data, level=level, saes=saes, ablation=ablation, progress=progress)
+        ab = ctx.ablator(model, eval_data, level=level, saes=saes, ablation=ablation, progress=progress,
+                         alignment=alignment)
         for method, (nodes, edges) in graphs.items():
             G = full_graph(nodes, edges, n_layers=model.cfg.n_layers)
             curves[method] = evaluate_curves(ab, G, n_resamples=n_resamples, area_n_max=max_nodes, progress=progress)
@@ -122,7 +134,8 @@ def compare(model, saes, dataset, out: Path, *, model_name: str, level: str, met
                                                             getattr(rep, iv).hi]
         cost_rows.append(row)
 
-    result = dict(model=model_name, level=level, data=dataset.source, pairs=dataset.n_pairs,
+    result = dict(model=model_name, level=level, alignment=choice.to_json(alignment), data=dataset.source,
+                  pairs=dataset.n_pairs,
                   pairs_dropped=dataset.dropped, methods=methods,
                   correlations=[dict(zip(CORR_HEADER, r)) for r in corr_rows],
                   correlation_intervals=f"95% percentile bootstrap over {n_resamples} pair resamples; cells "
@@ -175,6 +188,8 @@ def add_arguments(p) -> None:
                         "split at both levels, so component and feature level score the same pairs; 0: none")
     p.add_argument("--eval-pairs", type=int, default=None, metavar="N",
                    help="feature level: held-out pairs the faithfulness curves use (default: all of them)")
+    p.add_argument("--align", choices=("auto", "start", "end", "sum", "role"), default="auto",
+                   help="how positions of pairs of different lengths or templates line up (as in discover)")
     p.add_argument("--ablation", choices=ABLATION_NAMES, default="mean",
                    help="value of the nodes outside a circuit in the faithfulness curves")
     p.add_argument("--bootstrap", type=int, default=1000, help="pair resamples for the intervals")
@@ -226,7 +241,8 @@ def run(args, progress: bool) -> int:
         with stage as out:
             res = compare(model, saes, dataset, Path(out), model_name=args.model, level=args.level, methods=methods,
                           ctx=ctx, eval_data=eval_data, ig_steps=args.ig_steps, max_nodes=args.max_nodes,
-                          ablation=args.ablation, n_resamples=args.bootstrap, progress=progress and ctx.is_main)
+                          ablation=args.ablation, n_resamples=args.bootstrap, progress=progress and ctx.is_main,
+                          align=args.align)
             phase("written")
     if not ctx.is_main:
         return 0

@@ -44,9 +44,13 @@ class ExportOptions:
     feature_url: Optional[str] = None
 
 
-def run_title(cfg: RunConfig) -> str:
-    """``model · method level circuit · task or data file name`` (no directories)."""
-    return f"{cfg.model} \u00b7 {cfg.method} {cfg.level} circuit \u00b7 {cfg.task or Path(cfg.data).name}"
+def run_title(cfg: RunConfig, align: Optional[str] = None) -> str:
+    """``model · method level circuit · task or data file name`` (no directories), and how positions are
+    aligned when not from the start (docs/design.md §14)."""
+    from featcirc.data.align import title_note
+
+    return (f"{cfg.model} \u00b7 {cfg.method} {cfg.level} circuit \u00b7 {cfg.task or Path(cfg.data).name}"
+            + title_note(align))
 
 
 def exported_faithfulness(ab, G, C, *, split: str, source: str, n_resamples: int = 1000) -> dict:
@@ -122,18 +126,21 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
         logger.warning("in-sample: no held-out pairs (--eval-fraction 0), so the exported circuit's faithfulness "
                        "is measured on the discovery pairs")
     seconds["data"] = time.perf_counter() - t0
+    choice, alignment = choose_alignment(data, cfg)
     env = environment(ctx.device, model.cfg.dtype)
     from featcirc.saes.identity import run_identity  # what evaluate / features check (docs/design.md §11)
 
-    write_json(out / "run.json", jsonable(dict(asdict(cfg), split=split, environment=env,
+    write_json(out / "run.json", jsonable(dict(asdict(cfg), split=split, alignment=choice.to_json(alignment),
+                                               environment=env,
                                                identity=run_identity(cfg.model, cfg.saes, saes))))
 
     budget = {}
     if cfg.max_memory is not None:
-        data, budget = _fit_memory(cfg, model, saes, data, pairs.discovery, world=getattr(ctx, "world_size", 1))
-    settings = AttributionSettings(level=cfg.level, aggregation=cfg.aggregation, ig_steps=cfg.ig_steps,
-                                   max_nodes=cfg.max_nodes, progress=progress, **budget)
-    nodes, edges = ctx.attribute(model, data, cfg.method, saes, settings=settings)
+        data, budget = _fit_memory(cfg, model, saes, data, pairs.discovery, world=getattr(ctx, "world_size", 1),
+                                   n_slots=alignment.n_slots)
+    settings = AttributionSettings(level=cfg.level, aggregation="sum" if alignment.summed else "none",
+                                   ig_steps=cfg.ig_steps, max_nodes=cfg.max_nodes, progress=progress, **budget)
+    nodes, edges = ctx.attribute(model, data, cfg.method, saes, settings=settings, alignment=alignment)
     seconds["nodes"], seconds["edges"] = nodes.cost.seconds, edges.cost.seconds
     nodes.info["model"] = cfg.model
     nodes.save(out / "nodes.pt")
@@ -143,9 +150,9 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
     t0 = time.perf_counter()
     G = full_graph(nodes, edges, n_layers=model.cfg.n_layers)
     C = prune(G, PruneSettings(cfg.node_threshold, cfg.top_k, cfg.edge_threshold))
-    prompt, tokens = example_prompt(model, data)
+    prompt, tokens = example_prompt(model, data, alignment)
     example = example_metrics(model, data)
-    title = run_title(cfg)
+    title = run_title(cfg, choice.mode)
     write_graph_json(C, out / "circuit.json")
     write_graphml(C, out / "circuit.graphml")
     write_dot(C, out / "circuit.dot", title=title)
@@ -153,7 +160,7 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
 
     t0 = time.perf_counter()
     ab = ctx.ablator(model, eval_data, level=cfg.level, saes=saes, sites=nodes.sites,
-                     ablation=FAITHFULNESS_ABLATION, progress=progress)
+                     ablation=FAITHFULNESS_ABLATION, progress=progress, alignment=alignment)
     faith = exported_faithfulness(ab, G, C, split=eval_split, source=eval_data.source)
     seconds["faithfulness"] = time.perf_counter() - t0
     if ctx.is_main:
@@ -164,7 +171,7 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
     s = summary(C)
     summ = dict(
         model=cfg.model, model_info=model_info(model), saes=cfg.saes, method=cfg.method, level=cfg.level,
-        aggregation=cfg.aggregation, data=data.source, pairs_used=data.n_pairs, pairs_dropped=data.dropped,
+        aggregation=settings.aggregation, alignment=choice.to_json(alignment), data=data.source, pairs_used=data.n_pairs, pairs_dropped=data.dropped,
         eval_pairs=eval_data.n_pairs, eval_split=eval_split,
         batching=dict(batch_size=max(b.clean.shape[0] for b in data.batches), max_rows=settings.max_rows,
                       record_bytes=settings.record_bytes, max_memory=cfg.max_memory),
@@ -202,13 +209,28 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
     return summ
 
 
-def _fit_memory(cfg: RunConfig, model, saes, data, discovery, *, world: int):
+def choose_alignment(data, cfg):
+    """``--align`` resolved for the discovery pairs (docs/design.md §14), its warning logged in one line."""
+    from featcirc.commands.checks import InputError
+    from featcirc.data.align import make_alignment, resolve_alignment
+
+    try:
+        choice = resolve_alignment(data, cfg.align, cfg.aggregation)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if choice.warning:
+        logger.warning("%s", choice.warning)
+    return choice, make_alignment(data, choice.mode)
+
+
+def _fit_memory(cfg: RunConfig, model, saes, data, discovery, *, world: int, n_slots: int = 0):
     """Batch size, rows per backward and kept records that fit ``--max-memory`` per process
     (:func:`featcirc.memory.fit_to_budget`); the pairs re-batched when the batch size shrinks."""
     from featcirc.data import tokenize_pairs
     from featcirc.memory import fit_to_budget
 
-    fit = fit_to_budget(cfg.max_memory, model.cfg, saes, batch_size=cfg.batch_size, n_positions=data.max_len,
+    fit = fit_to_budget(cfg.max_memory, model.cfg, saes, batch_size=cfg.batch_size,
+                        n_positions=max(data.max_len, n_slots),  # scores live on the alignment's slots (§14)
                         max_nodes=cfg.max_nodes, method=cfg.method, level=cfg.level, ig_steps=cfg.ig_steps,
                         aggregation=cfg.aggregation, n_pairs=-(-data.n_pairs // world))
     logger.info("--max-memory %s: batch size %d, %d rows per backward, records kept up to %d MiB; estimated peak %s",
@@ -251,6 +273,10 @@ def add_arguments(p) -> None:
     p.add_argument("--level", choices=("feature", "component"), default=None,
                    help="(default: feature with --saes, component without)")
     p.add_argument("--aggregation", choices=("none", "sum"), default="none", help="sum scores over positions")
+    p.add_argument("--align", choices=("auto", "start", "end", "sum", "role"), default="auto",
+                   help="how positions of pairs of different lengths or templates line up: by named role, from "
+                        "the end (answer position), from the start, or summed; auto: role when every pair names "
+                        "its positions, else start for one length, else end (with a warning)")
     p.add_argument("--ig-steps", type=int, default=10, help="interpolation steps of --method ig")
     p.add_argument("--max-nodes", type=int, default=1000, help="edges are scored among the top N nodes")
     p.add_argument("--node-threshold", type=float, default=None, help="keep nodes with |score| >= this (default: none; then --top-k 100)")
@@ -284,7 +310,7 @@ def config_from_args(args) -> RunConfig:
         ig_steps=args.ig_steps, max_nodes=args.max_nodes, node_threshold=args.node_threshold, top_k=top_k,
         edge_threshold=args.edge_threshold, eval_fraction=None if args.eval_data else args.eval_fraction,
         eval_data=args.eval_data, eval_pairs=args.eval_pairs, max_memory=args.max_memory, device=args.device,
-        dtype=args.dtype)
+        dtype=args.dtype, align=args.align)
 
 
 def run(args, progress: bool) -> int:

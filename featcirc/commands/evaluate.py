@@ -198,7 +198,10 @@ def _evaluate(plan: dict, *, ablation: str, thresholds, sizes, n_resamples: int,
     edges = EdgeScores.load(run_dir / "edges.pt")
     G = full_graph(nodes, edges, n_layers=model.cfg.n_layers)
     exported = read_circuit(run_dir / "circuit.json") if (run_dir / "circuit.json").exists() else None
-    kwargs = dict(level=cfg.level, saes=saes, sites=nodes.sites, ablation=ablation, progress=progress)
+    from featcirc.data.align import alignment_of  # node positions are the run's slots (docs/design.md §14)
+
+    kwargs = dict(level=cfg.level, saes=saes, sites=nodes.sites, ablation=ablation, progress=progress,
+                  alignment=alignment_of(nodes.info))
     ab = ctx.ablator(model, dataset, **kwargs) if ctx is not None else Ablator(model, dataset, **kwargs)
     report = evaluate_curves(ab, G, thresholds=thresholds, sizes=sizes, fractions=plan["fractions"], exported=exported,
                              edge_threshold=cfg.edge_threshold, n_resamples=n_resamples, seed=bootstrap_seed,

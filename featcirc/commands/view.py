@@ -34,7 +34,11 @@ def run_title(summary: dict, run: Optional[dict] = None) -> str:
         data = Path(data).name
     head = f"{summary.get('model', run.get('model', '?'))} \u00b7 {summary.get('method', run.get('method', '?'))} "
     head += f"{summary.get('level', run.get('level', ''))} circuit".replace("  ", " ")
-    return f"{head} \u00b7 {data}" if data else head
+    from featcirc.data.align import title_note
+
+    al = summary.get("alignment")
+    note = title_note(al.get("mode") if isinstance(al, dict) else None)
+    return (f"{head} \u00b7 {data}" if data else head) + note
 
 
 def check_inputs(run_dir: "str | Path", out: "str | Path | None" = None, *, max_nodes: Optional[int] = None) -> Path:

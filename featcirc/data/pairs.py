@@ -35,6 +35,15 @@ DROP_IDENTICAL = "identical clean/patch tokens"
 DROP_UNEQUAL = "unequal clean/patch length"
 DROP_TOO_LONG = "longer than n_ctx"
 DROP_LIMIT = "over max_pairs (--pairs)"
+END = "END"
+"""The role of a pair's last prompt token (where the metric is read): always present, never named in a file."""
+SPAN_BAD = "span not [start, end) inside clean_prefix"
+SPAN_RESERVED = "role named END (reserved: the last token)"
+SPAN_OVERLAP = "span overlaps another role's"
+SPAN_BOUNDARY = "span does not end on a token boundary"
+SPAN_SAME_TOKEN = "two roles in one token"
+SPAN_AT_END = "span in the last token (END)"
+"""Reasons a named position is dropped at tokenization (counted in :attr:`PairDataset.dropped_positions`)."""
 """The drop reason of pairs beyond ``max_pairs`` (``limit_option`` names the option: ``--pairs`` by default)."""
 
 
@@ -52,13 +61,45 @@ class PromptPair:
     clean_answer: str
     patch_answer: str
     case: str | None = None
+    positions: tuple[tuple[str, int, int], ...] | None = None
+    """Named positions (docs/design.md §2): ``(role, start, end)`` character spans ``[start, end)`` of
+    ``clean_prefix``, in the order given; each names the token that holds the span's last character.
+    The patch prompt has the same token positions. ``END`` (the last token) is implicit."""
 
     def to_json(self) -> dict[str, Any]:
-        """The feature-circuits JSON object (``case`` left out when None)."""
+        """The feature-circuits JSON object (``case`` and ``positions`` left out when None)."""
         d: dict[str, Any] = {k: getattr(self, k) for k in KEYS}
         if self.case is not None:
             d["case"] = self.case
+        if self.positions is not None:
+            d["positions"] = {r: [a, b] for r, a, b in self.positions}
         return d
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The named roles, in the order given (``()`` when none)."""
+        return tuple(r for r, _, _ in self.positions or ())
+
+
+def parse_positions(value: Any, where: str) -> tuple[tuple[str, int, int], ...] | None:
+    """The ``positions`` field of a JSONL line: ``{"IO": [start, end], ...}`` (character offsets into
+    ``clean_prefix``). A value of the wrong shape is a :class:`DataError`; spans that are out of range,
+    overlapping or reserved are kept here and dropped, counted, at tokenization."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise DataError(f"{where}: 'positions' must be an object {{role: [start, end]}} of character offsets "
+                        f"into clean_prefix, got {type(value).__name__}")
+    out = []
+    for role, span in value.items():
+        if not role or not isinstance(role, str) or any(c in role for c in "@/ \t\n"):
+            raise DataError(f"{where}: 'positions' role {role!r} must be a non-empty name without '@', '/' or spaces")
+        if (not isinstance(span, (list, tuple)) or len(span) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in span)):
+            raise DataError(f"{where}: positions[{role!r}] must be [start, end], two integer character offsets "
+                            f"into clean_prefix, got {span!r}")
+        out.append((role, int(span[0]), int(span[1])))
+    return tuple(out)
 
 
 def _parse_line(obj: Any, where: str) -> PromptPair:
@@ -76,7 +117,8 @@ def _parse_line(obj: Any, where: str) -> PromptPair:
     case = obj.get("case")
     if case is not None and not isinstance(case, str):
         raise DataError(f"{where}: 'case' must be a string or null, got {type(case).__name__} {case!r}")
-    return PromptPair(obj["clean_prefix"], obj["patch_prefix"], obj["clean_answer"], obj["patch_answer"], case)
+    return PromptPair(obj["clean_prefix"], obj["patch_prefix"], obj["clean_answer"], obj["patch_answer"], case,
+                      parse_positions(obj.get("positions"), where))
 
 
 def read_pairs(path: "str | os.PathLike[str]") -> list[PromptPair]:
@@ -127,6 +169,12 @@ class PairBatch:
     clean_answer: torch.Tensor  # [B] long
     patch_answer: torch.Tensor  # [B] long
     pairs: list[PromptPair]
+    positions: list[dict[str, int]] = field(default_factory=list)
+    """Per pair, the token index of each named role that survived (always ``END`` = ``T - 1``)."""
+
+    def __post_init__(self) -> None:
+        if not self.positions:  # batches built by hand: END only
+            self.positions = [{END: int(self.clean.shape[1]) - 1} for _ in range(int(self.clean.shape[0]))]
 
 
 @dataclass
@@ -139,6 +187,30 @@ class PairDataset:
     source: str = ""
     unknown_words: list[str] = field(default_factory=list)
     """Words of dropped prompts that the tokenizer maps to its unknown token (first few, sorted)."""
+    dropped_positions: dict[str, int] = field(default_factory=dict)
+    """Named positions (not pairs) dropped at tokenization, by reason."""
+
+    @property
+    def lengths(self) -> list[int]:
+        """The distinct prompt lengths, ascending."""
+        return sorted({int(b.clean.shape[1]) for b in self.batches})
+
+    @property
+    def named(self) -> bool:
+        """Every pair names at least one position besides ``END``."""
+        return bool(self.batches) and all(len(p) > 1 for b in self.batches for p in b.positions)
+
+    @property
+    def roles(self) -> list[str]:
+        """Every role named by some pair, in the order of their mean token position (``END`` last)."""
+        where: dict[str, list[float]] = {}
+        for b in self.batches:
+            T = int(b.clean.shape[1])
+            for p in b.positions:
+                for r, i in p.items():
+                    where.setdefault(r, []).append(i / max(1, T - 1))
+        where.pop(END, None)
+        return sorted(where, key=lambda r: (sum(where[r]) / len(where[r]), r)) + ([END] if self.batches else [])
 
     @property
     def max_len(self) -> int:
@@ -151,7 +223,9 @@ class PairDataset:
         drops = ", ".join(f"{v} {k}" for k, v in self.dropped.items() if v) or "none"
         src = self.source or "input"
         unknown = f"; unknown words: {_quoted(self.unknown_words)}" if self.unknown_words else ""
-        return f"kept {self.n_pairs} of {total} pairs from {src}; dropped: {drops}{unknown}"
+        spans = ", ".join(f"{v} {k}" for k, v in self.dropped_positions.items() if v)
+        spans = f"; named positions dropped: {spans}" if spans else ""
+        return f"kept {self.n_pairs} of {total} pairs from {src}; dropped: {drops}{unknown}{spans}"
 
 
 def _quoted(words: Sequence[str], limit: int = 8) -> str:
@@ -223,6 +297,40 @@ class _Tok:
         return self.cache[key]
 
 
+def _token_positions(tok: _Tok, p: PromptPair, ids: list[int], dropped: Counter) -> dict[str, int]:
+    """The token index of each of ``p``'s named spans in its tokenized clean prompt ``ids`` (the token
+    holding the span's last character: the prompt cut after the span must tokenize to a prefix of
+    ``ids``), plus ``END``; bad spans are counted in ``dropped`` by reason."""
+    out: dict[str, int] = {}
+    last = len(ids) - 1
+    spans = list(p.positions or ())
+    n = len(p.clean_prefix)
+    for k, (role, a, b) in enumerate(spans):
+        if role == END:
+            dropped[SPAN_RESERVED] += 1
+            continue
+        if not (0 <= a < b <= n):
+            dropped[SPAN_BAD] += 1
+            continue
+        if any(r != role and a < b2 and a2 < b for r, a2, b2 in spans if 0 <= a2 < b2 <= n):
+            dropped[SPAN_OVERLAP] += 1
+            continue
+        head = tok(p.clean_prefix[:b], tok.prepend_bos)
+        if len(head) == 0 or head != ids[:len(head)]:
+            dropped[SPAN_BOUNDARY] += 1
+            continue
+        i = len(head) - 1
+        if i == last:
+            dropped[SPAN_AT_END] += 1
+            continue
+        if i in out.values():
+            dropped[SPAN_SAME_TOKEN] += 1
+            continue
+        out[role] = i
+    out[END] = last
+    return out
+
+
 def tokenize_pairs(model_or_tokenizer: Any, pairs: Sequence[PromptPair], *, batch_size: int = 16,
                    prepend_bos: bool = True, source: str = "", max_pairs: int | None = None,
                    limit_option: str = "--pairs") -> PairDataset:
@@ -256,6 +364,7 @@ def tokenize_pairs(model_or_tokenizer: Any, pairs: Sequence[PromptPair], *, batc
         raise DataError(f"no prompt pairs to tokenize{f' in {source}' if source else ''}")
     tok = _Tok(model_or_tokenizer, prepend_bos)
     dropped: Counter[str] = Counter()
+    span_drops: Counter[str] = Counter()
     unknown: set[str] = set()
     by_len: dict[int, list[tuple[PromptPair, list[int], list[int], int, int]]] = {}
     kept = 0
@@ -288,7 +397,7 @@ def tokenize_pairs(model_or_tokenizer: Any, pairs: Sequence[PromptPair], *, batc
         if max_pairs is not None and kept >= max_pairs:
             dropped[limit_reason] += 1
             continue
-        by_len.setdefault(len(c), []).append((p, c, q, ca[0], pa[0]))
+        by_len.setdefault(len(c), []).append((p, c, q, ca[0], pa[0], _token_positions(tok, p, c, span_drops)))
         kept += 1
     dropped_d = dict(dropped)
     if kept == 0:
@@ -311,10 +420,10 @@ def tokenize_pairs(model_or_tokenizer: Any, pairs: Sequence[PromptPair], *, batc
                 patch=torch.tensor([r[2] for r in chunk], dtype=torch.long, device=tok.device),
                 clean_answer=torch.tensor([r[3] for r in chunk], dtype=torch.long, device=tok.device),
                 patch_answer=torch.tensor([r[4] for r in chunk], dtype=torch.long, device=tok.device),
-                pairs=[r[0] for r in chunk]))
+                pairs=[r[0] for r in chunk], positions=[r[5] for r in chunk]))
     ds = PairDataset(batches=batches, n_pairs=kept, dropped=dropped_d, source=source,
-                     unknown_words=sorted(unknown))
+                     unknown_words=sorted(unknown), dropped_positions=dict(span_drops))
     quality = {k: v for k, v in dropped_d.items() if k != limit_reason}
-    if quality:
+    if quality or span_drops:
         logger.warning("%s", ds.summary())
     return ds

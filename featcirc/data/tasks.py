@@ -37,6 +37,7 @@ singular agreeing noun.
 from __future__ import annotations
 
 import random
+import string
 from typing import Any, Callable, Sequence
 
 from featcirc.data.pairs import PromptPair
@@ -138,6 +139,23 @@ pure Python, about 10 microseconds a pair (100 once a task's distinct pairs run 
 440), so this many take seconds and some 100 MB."""
 
 
+def _fill(template: str, values: dict[str, str], roles: dict[str, list[str]]) -> tuple[str, list[tuple[str, int, int]]]:
+    """``template.format(**values)`` and the character span of each field occurrence named in ``roles``
+    (``{field: [role of 1st occurrence, role of 2nd, ...]}``)."""
+    out, spans, seen = "", [], {}
+    for literal, name, _, _ in string.Formatter().parse(template):
+        out += literal
+        if name is None:
+            continue
+        k = seen.get(name, 0)
+        seen[name] = k + 1
+        start = len(out)
+        out += values[name]
+        if name in roles and k < len(roles[name]):
+            spans.append((roles[name][k], start, len(out)))
+    return out, sorted(spans, key=lambda x: x[1])
+
+
 def _check_n(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative integer number of pairs, got {n!r}")
@@ -211,8 +229,10 @@ def ioi_pairs(n: int, seed: int = 0, *, names: Sequence[str] = NAMES, places: Se
         s2 = template.rfind("{B}")
         head = template[:s2].format(A=a, B=b, PLACE=place, OBJECT=obj)
         tail = template[s2 + 3:].format(A=a, B=b, PLACE=place, OBJECT=obj)
-        return PromptPair(clean_prefix=head + b + tail, patch_prefix=head + a + tail,
-                          clean_answer=" " + a, patch_answer=" " + b, case=kind)
+        clean, spans = _fill(template, dict(A=a, B=b, PLACE=place, OBJECT=obj), {"A": ["IO"], "B": ["S1", "S2"]})
+        assert clean == head + b + tail
+        return PromptPair(clean_prefix=clean, patch_prefix=head + a + tail,
+                          clean_answer=" " + a, patch_answer=" " + b, case=kind, positions=tuple(spans))
 
     return _draw(n, random.Random(seed), list(kinds), make)
 
@@ -275,9 +295,32 @@ def sva_pairs(structure: str, n: int, seed: int = 0, *, nouns: Sequence[tuple[st
                 clean, patch = head + sub[r], head + sub[1 - r]
                 agree = r
         return PromptPair(clean_prefix=clean, patch_prefix=patch, clean_answer=" " + verb[agree],
-                          patch_answer=" " + verb[1 - agree], case=case)
+                          patch_answer=" " + verb[1 - agree], case=case, positions=_sva_spans(clean, structure))
 
     return _draw(n, random.Random(seed), cases, make)
+
+
+def _sva_spans(clean: str, structure: str) -> tuple[tuple[str, int, int], ...] | None:
+    """Named positions of an SVA clean prompt: ``subject`` (the noun the answer agrees with) and, but
+    for ``simple``, ``attractor`` (the other noun: the PP noun, the RC subject, or for ``within_rc`` the
+    main subject). A noun that ends the prompt is the ``END`` token and not named (the subject of
+``simple``, the PP noun of ``nounpp``, the RC subject of ``within_rc``). Words are found by their place in the prompt ("The N ...", "... the N ...")."""
+    words, spans, at = clean.split(" "), [], 0
+    starts = []
+    for w in words:
+        starts.append((at, at + len(w)))
+        at += len(w) + 1
+    first = starts[1]  # "The {noun}"
+    the = [i for i, w in enumerate(words) if w == "the" and i > 1]
+    second = starts[the[0] + 1] if the else None
+    if structure == "simple":
+        spans = [("subject", *first)]
+    elif structure == "within_rc":  # the agreeing RC subject is the last token: END
+        spans = [("attractor", *first)]
+    else:
+        spans = [("subject", *first), ("attractor", *second)]
+    kept = tuple(x for x in spans if x[2] < len(clean))  # a word ending the prompt is END
+    return kept or None
 
 
 def make_task(task: str, n: int, seed: int = 0, **vocab: Any) -> list[PromptPair]:

@@ -84,14 +84,22 @@ class Ablator:
 
     def __init__(self, model: HookedTransformer, data: PairDataset, *, level: str = "feature",
                  saes: Optional[Mapping[str, object]] = None, sites: Optional[Iterable[str]] = None,
-                 ablation: str = "mean", progress: bool = True) -> None:
+                 ablation: str = "mean", progress: bool = True, alignment=None) -> None:
         from featcirc.attribution.passes import check_arguments
+        from featcirc.data.align import Alignment, align
 
         check_arguments("Ablator", model, data, saes)  # TypeError naming what each argument must be
         if ablation not in ABLATIONS:
             raise ValueError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
         if data.n_pairs == 0:
             raise ValueError("no pairs to evaluate on: the dataset is empty")
+        if alignment is not None and not isinstance(alignment, Alignment):
+            raise TypeError(f"Ablator(): alignment must be a featcirc.data.align.Alignment, got {type(alignment).__name__}")
+        # node positions are slots of the alignment the circuit was scored with (docs/design.md §14)
+        self.alignment = alignment if alignment is not None and alignment.mode not in ("start", "sum") else None
+        if self.alignment is not None:
+            self.alignment = self.alignment.extended(data)
+            data = align(data, self.alignment)
         self.model, self.data, self.ablation, self.progress = model, data, ablation, progress
         self.splice: Splice = make_splice(model, level, saes, sites)
         self.level = level
@@ -136,18 +144,20 @@ class Ablator:
 
     def _mean_values(self) -> dict[str, SiteState]:
         """Per-position means over all patch prompts that reach that position (one batch in memory)."""
-        T = self.data.max_len
+        T = self.data.max_len if self.alignment is None else self.alignment.n_slots
         sums: dict[str, list] = {s: [None, None] for s in self.splice.site_names}
         count = torch.zeros(T)
-        for st in self._patch_runs():
+        for st, b in zip(self._patch_runs(), self.data.batches):
             t = next(iter(st.values())).vector.shape[1]
-            count[:t] += next(iter(st.values())).vector.shape[0]
+            index = self._index(b)
+            where = torch.arange(t) if index is None else index
+            count[where] += next(iter(st.values())).vector.shape[0]
             for s in self.splice.site_names:
                 for k, x in enumerate((st[s].features, st[s].vector)):
                     if x is None:
                         continue
                     padded = torch.zeros((T,) + x.shape[2:])
-                    padded[:t] = x.sum(0)
+                    padded[where] = x.sum(0).cpu()
                     sums[s][k] = padded if sums[s][k] is None else sums[s][k] + padded
         c = count.clamp(min=1)
         return {s: SiteState(None if f is None else f / c[:, None], v / c[:, None]) for s, (f, v) in sums.items()}
@@ -158,8 +168,10 @@ class Ablator:
             return None
         if self.ablation == "mean":
             m = self._means[site]
-            f = None if m.features is None else m.features[:t].expand(B, -1, -1)
-            return SiteState(f, m.vector[:t].expand(B, -1, -1))
+            index = self._index(self.data.batches[batch_idx])
+            where = slice(None, t) if index is None else index
+            f = None if m.features is None else m.features[where].expand(B, -1, -1)
+            return SiteState(f, m.vector[where].expand(B, -1, -1))
         st = self._patch_states[batch_idx][site]
         if self.ablation == "patch":
             return st
@@ -167,10 +179,20 @@ class Ablator:
         return SiteState(roll(st.features), roll(st.vector))
 
     # ---- masks -----------------------------------------------------------------------------
-    def masks(self, keep: Optional[set[str]], T: int) -> Optional[dict[str, SiteState]]:
-        """Boolean keep-masks per site (``features [T, F]``, ``vector [T]``); None keeps all."""
+    def _index(self, batch: PairBatch) -> Optional[torch.Tensor]:
+        """The slot of each token position of ``batch`` (None: the position itself)."""
+        return None if self.alignment is None else self.alignment.index(batch)
+
+    def masks(self, keep: Optional[set[str]], T: int, index: Optional[torch.Tensor] = None
+              ) -> Optional[dict[str, SiteState]]:
+        """Boolean keep-masks per site (``features [T, F]``, ``vector [T]``); None keeps all. With
+        ``index`` (the slot of each of the ``T`` positions), node positions are slots."""
         if keep is None:
             return None
+        if index is not None:
+            slots = self.masks(keep, self.alignment.n_slots)
+            return {s: SiteState(None if m.features is None else m.features[index], m.vector[index])
+                    for s, m in slots.items()}
         out = {}
         for s in self.splice.site_names:
             F = self.splice.n_features(s)
@@ -207,7 +229,8 @@ class Ablator:
         Computed once per distinct node set."""
         key = None if keep is None else self._key(keep)
         if key not in self._keep_cache:
-            vals = [self._run_with_masks(i, b, self.masks(None if key is None else set(key), b.clean.shape[1]))
+            vals = [self._run_with_masks(i, b, self.masks(None if key is None else set(key), b.clean.shape[1],
+                                                          self._index(b)))
                     for i, b in enumerate(self.data.batches)]
             self.n_evaluations += 1
             self._keep_cache[key] = self._finite(torch.cat(vals).double().cpu().numpy(), key)
@@ -219,7 +242,7 @@ class Ablator:
         if key not in self._ablate_cache:
             vals = []
             for i, b in enumerate(self.data.batches):
-                masks = self.masks(set(key), b.clean.shape[1])
+                masks = self.masks(set(key), b.clean.shape[1], self._index(b))
                 inverted = {s: SiteState(None if mk.features is None else ~mk.features, ~mk.vector)
                             for s, mk in masks.items()}
                 vals.append(self._run_with_masks(i, b, inverted))

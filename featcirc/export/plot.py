@@ -243,8 +243,11 @@ def circuit_figure(G: nx.DiGraph, *, title: str = "", tokens: Optional[Sequence[
         ax.set_xticks(centres, [f"{t}\n{c}" if not rotate else f"{t} ({c})" for c, t in enumerate(names)],
                       rotation=35 if rotate else 0, ha="right" if rotate else "center", fontsize=8.5,
                       family="monospace")
-        ax.set_xlabel("token position (the example prompt)" if tokens is not None else "token position",
-                      fontsize=9)
+        info = G.graph.get("info") if isinstance(G.graph.get("info"), dict) else {}
+        aligned = (info.get("align") or {}).get("mode") in ("role", "end")  # docs/design.md §14
+        ax.set_xlabel(("slot: [role or offset] and the example prompt's token there" if aligned else
+                       "token position (the example prompt)") if tokens is not None else
+                      ("slot" if aligned else "token position"), fontsize=9)
     else:
         ax.set_xticks(centres, ["all positions (summed)"], fontsize=8.5)
     ax.tick_params(length=0)
