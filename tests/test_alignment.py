@@ -88,8 +88,8 @@ def test_end_alignment_lines_up_the_last_token(tiny, two):
 def test_ablation_under_role_alignment_matches_each_template(tiny, two):
     mixed, d1, d2 = two
     al = make_alignment(mixed, "role")
-    s2, io = al.slots.index("S2"), al.slots.index("IO")
-    keep = {f"resid.1@{s2}", f"resid.2@{io}", f"mlp.0@{s2}"}
+    s2 = "S2"  # under role alignment a node id names its slot by label (docs/design.md §3)
+    keep = {"resid.1@S2", "resid.2@IO", "mlp.0@S2"}
     ab = Ablator(tiny, mixed, level="component", ablation="patch", progress=False, alignment=al)
     got = dict(zip(ab.pairs, ab.metric_values(keep)))
     for d in (d1, d2):
@@ -99,7 +99,7 @@ def test_ablation_under_role_alignment_matches_each_template(tiny, two):
         for p, v in zip(one.pairs, want):
             assert got[p] == pytest.approx(v, rel=1e-5, abs=1e-5)
     mean = Ablator(tiny, mixed, level="component", ablation="mean", progress=False, alignment=al)
-    every = {f"{site}@{s}" for site in mean.splice.site_names for s in range(al.n_slots)}
+    every = {f"{site}@{s}" for site in mean.splice.site_names for s in al.slots}  # ids carry slot labels
     assert mean.faithfulness(every) == pytest.approx(1.0, abs=1e-5)
     assert mean.faithfulness(every - {f"{site}@{s2}" for site in mean.splice.site_names}) < 0.9
 
@@ -125,8 +125,20 @@ def test_discover_aligns_multi_template_ioi_by_role(tmp_path):
     assert all(t.startswith(f"[{s}]") for s, t in zip(slots, summ["prompt_tokens"]))
     top = sorted((n for n in circ["nodes"] if n["id"] != "metric"), key=lambda n: -abs(n["score"]))[:5]
     assert {slots[n["position"]] for n in top} <= {"S2", "IO", "S1", "END"}
+    # ids carry the slot's label, the slot attribute names it, position stays its index (docs/design.md §3)
+    assert all(n["id"].endswith(f"@{n['slot']}") and slots[n["position"]] == n["slot"] for n in top)
+    assert any(n["id"].endswith(("@S2", "@END")) for n in top)
+    assert all(n["id"] == "metric" or "@" in n["id"] for n in circ["nodes"])
     html = (tmp_path / "role" / "circuit.html").read_text(encoding="utf-8")
     assert "positions aligned by role" in html and "[S2]" in html
+    from featcirc.cli import main
+
+    run_dir = tmp_path / "role"  # evaluate and view read the role ids back through the run's alignment
+    assert main(["-q", "evaluate", str(run_dir), "--fractions", "0.1,0.5,1", "--bootstrap", "200"]) == 0
+    assert main(["-q", "view", str(run_dir), "--out", str(tmp_path / "v.html")]) == 0
+    assert main(["-q", "export", str(run_dir), "--format", "graphml"]) == 0
+    assert "@S2" in (run_dir / "circuit.graphml").read_text(encoding="utf-8") or \
+        "@END" in (run_dir / "circuit.graphml").read_text(encoding="utf-8")
 
 
 def test_several_lengths_without_named_positions_warn_and_align_from_the_end(tmp_path, caplog):
