@@ -98,6 +98,10 @@ def test_ablation_under_role_alignment_matches_each_template(tiny, two):
         want = one.metric_values({f"resid.1@{pos['S2']}", f"resid.2@{pos['IO']}", f"mlp.0@{pos['S2']}"})
         for p, v in zip(one.pairs, want):
             assert got[p] == pytest.approx(v, rel=1e-5, abs=1e-5)
+    with pytest.raises(ValueError, match="no slot 'S9'"):  # a label the run's alignment lacks
+        ab.metric_values({"resid.1@S9"})
+    with pytest.raises(ValueError, match="slot label"):  # labels need the run's alignment
+        one.metric_values({"resid.1@S2"})
     mean = Ablator(tiny, mixed, level="component", ablation="mean", progress=False, alignment=al)
     every = {f"{site}@{s}" for site in mean.splice.site_names for s in al.slots}  # ids carry slot labels
     assert mean.faithfulness(every) == pytest.approx(1.0, abs=1e-5)
@@ -139,6 +143,34 @@ def test_discover_aligns_multi_template_ioi_by_role(tmp_path):
     assert main(["-q", "export", str(run_dir), "--format", "graphml"]) == 0
     assert "@S2" in (run_dir / "circuit.graphml").read_text(encoding="utf-8") or \
         "@END" in (run_dir / "circuit.graphml").read_text(encoding="utf-8")
+
+
+def test_neuronpedia_export_of_a_role_aligned_run_uses_the_example_tokens(tmp_path):
+    import json
+
+    from featcirc.export.neuronpedia import validate_neuronpedia
+
+    run, summ, circ = _run(tmp_path, "role", "--top-k", "200")
+    own = summ["example_tokens"]  # the example prompt's own tokens and the slot of each
+    assert len(own["tokens"]) == len(own["slots"]) and "S2" in own["slots"]
+    s2 = own["slots"].index("S2")
+    d = json.loads((tmp_path / "role" / "neuronpedia.json").read_text(encoding="utf-8"))
+    validate_neuronpedia(d)
+    md = d["metadata"]
+    assert md["prompt_tokens"] == own["tokens"]
+    at_s2 = [n for n in d["nodes"] if n.get("slot") == "S2"]
+    assert at_s2 and all(n["ctx_idx"] == s2 and "[S2]" in n["clerp"] and n["node_id"].endswith("@S2")
+                         for n in at_s2)
+    in_circuit = {n["id"] for n in circ["nodes"]}
+    exported = {n["node_id"] for n in d["nodes"]}
+    missing = {n["id"] for n in circ["nodes"] if n.get("slot") is not None and n["slot"] not in own["slots"]}
+    assert md["info"]["n_nodes_not_in_example"] == len(missing)
+    assert (in_circuit - missing) <= exported and not (missing & exported)
+    for n in d["nodes"]:
+        if n.get("slot") is not None:
+            assert own["slots"][n["ctx_idx"]] == n["slot"]
+    graph = json.loads(next((tmp_path / "role" / "graph_files").glob("*.json")).read_text(encoding="utf-8"))
+    assert [n["ctx_idx"] for n in graph["nodes"] if n.get("slot") == "S2"] == [s2] * len(at_s2)
 
 
 def test_several_lengths_without_named_positions_warn_and_align_from_the_end(tmp_path, caplog):
