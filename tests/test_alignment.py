@@ -191,6 +191,8 @@ def test_several_lengths_without_named_positions_warn_and_align_from_the_end(tmp
     summ = json.loads((tmp_path / "end" / "summary.json").read_text())
     assert summ["alignment"]["mode"] == "end" and summ["alignment"]["slots"][-1] == "END"
     assert summ["alignment"]["warning"] == lines[0]
+    circ = json.loads((tmp_path / "end" / "circuit.json").read_text())  # ids name slots from the end (§3)
+    assert all(n["id"] == "metric" or n["id"].split("@")[1].startswith("END") for n in circ["nodes"])
     assert main(["-q", "discover", "--model", "tiny", "--data", str(f), "--pairs", "12", "--level", "component",
                  "--align", "role", "--out", str(tmp_path / "x")]) == 2
     run, summ, _ = _run(tmp_path, "sum", "--align", "sum")
