@@ -20,7 +20,7 @@ from typing import Iterable, Optional
 import networkx as nx
 
 from featcirc.attribution.scores import Cost, EdgeScores, NodeScores
-from featcirc.sites import METRIC, NodeRef, parse_node_id, sort_sites, stream_index
+from featcirc.sites import METRIC, NodeRef, node_id, parse_node_id, sort_sites, stream_index
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,26 @@ def node_label(nid: str) -> str:
     return " ".join(parts)
 
 
+def slot_labels(info: Optional[dict]) -> Optional[list[str]]:
+    """The slot labels of a role- or end-aligned run (``info["align"]["slots"]``, docs/design.md §14);
+    None for start, summed or older runs, whose node ids keep integer positions."""
+    d = (info or {}).get("align")
+    if not isinstance(d, dict) or d.get("mode") not in ("role", "end"):
+        return None
+    return [str(x) for x in d.get("slots", [])]
+
+
+def _labelled(ref: NodeRef, attrs: dict, labels: Optional[list[str]]) -> tuple[str, dict]:
+    """``(id, attributes)`` of a node whose position is a slot index; in an aligned graph the id
+    carries the slot's label (``resid.3/12@S2``) and the attributes gain ``slot``."""
+    if labels is None or ref.position is None or ref.kind == "metric":
+        return ref.id, attrs
+    pos = int(ref.position)
+    if not 0 <= pos < len(labels):
+        raise ValueError(f"node {ref.id} is at slot {pos} but the alignment has {len(labels)} slots")
+    return node_id(ref.site, ref.kind, ref.feature, labels[pos]), dict(attrs, slot=labels[pos])
+
+
 def _finite_or_none(x: float) -> Optional[float]:
     x = float(x)
     return x if math.isfinite(x) else None
@@ -98,7 +118,9 @@ def full_graph(nodes: NodeScores, edges: Optional[EdgeScores] = None, *,
     An edge endpoint missing from ``nodes`` (a node whose score was exactly zero) is added with
     ``score=0`` and attributes parsed from its id; ``G.graph["n_edge_only_nodes"]`` counts them.
     With ``edges=None``, ``G.graph["has_edges"]`` is False and :func:`prune` keeps nodes by score
-    alone.
+    alone. Scores aligned by role or from the end (``nodes.info["align"]``, docs/design.md §14) give
+    node ids with the slot's label (``resid.3/12@S2``, ``attn.0@END-2``) and a ``slot`` attribute;
+    ``position`` stays the slot index.
     """
     if edges is not None and edges.aggregation != nodes.aggregation:
         raise ValueError(
@@ -113,8 +135,10 @@ def full_graph(nodes: NodeScores, edges: Optional[EdgeScores] = None, *,
         raise ValueError(f"n_layers={n_layers} but the scores have sites up to layer {top}; "
                          "pass the model's n_layers")
 
+    labels = slot_labels(nodes.info)
     G = nx.DiGraph()
-    for nid, attrs in nodes.iter_nodes():
+    for ref, score, act in nodes.iter_refs():
+        nid, attrs = _labelled(ref, ref.attributes(score, act), labels)
         G.add_node(nid, **attrs)
     clean = float(nodes.metric_clean)
     G.add_node(METRIC, **NodeRef(None, "metric").attributes(clean, clean, n_layers))
@@ -129,19 +153,35 @@ def full_graph(nodes: NodeScores, edges: Optional[EdgeScores] = None, *,
 
     if edges is not None:
         summed = nodes.aggregation == "sum"
+        mapped: dict[str, str] = {}  # edge-score id -> graph id
         for u, v, w in edges.items():
             if not math.isfinite(w):
                 raise ValueError(f"edge {u} -> {v} has a non-finite weight {w}")
             if u == METRIC:
                 raise ValueError(f"edge {u} -> {v} leaves the metric node; edges are (upstream, downstream)")
+            ends = []
             for end in (u, v):
-                if end in G:
+                if end in mapped:
+                    ends.append(mapped[end])
                     continue
-                attrs = parse_node_id(end).attributes(0.0, float("nan"))
+                if end in G and (labels is None or end == METRIC):
+                    ends.append(end)
+                    continue
+                raw = end
+                ref = parse_node_id(end)
+                if labels is not None and isinstance(ref.position, str):
+                    raise ValueError(f"edge endpoint {end!r}: edge scores name slots by index")
+                attrs = ref.attributes(0.0, float("nan"))
                 if (attrs["position"] == -1) != summed:
                     raise ValueError(f"edge endpoint {end!r} does not match aggregation={nodes.aggregation!r}")
+                end, attrs = _labelled(ref, attrs, labels)
+                mapped[raw] = end
+                ends.append(end)
+                if end in G:
+                    continue
                 G.add_node(end, **attrs)
                 n_added += 1
+            u, v = ends
             su, sv = order(G.nodes[u]["site"]), order(G.nodes[v]["site"])
             if su >= sv:
                 raise ValueError(
@@ -251,4 +291,4 @@ def summary(G: nx.DiGraph) -> dict:
 
 
 __all__ = ["PruneSettings", "full_graph", "prune", "circuit_nodes", "node_threshold_sweep",
-           "node_label", "magnitude", "is_scored", "stream_index", "graph_n_layers", "summary"]
+           "node_label", "slot_labels", "magnitude", "is_scored", "stream_index", "graph_n_layers", "summary"]

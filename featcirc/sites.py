@@ -28,7 +28,8 @@ METRIC = "metric"
 _HOOK_OF_KIND = {"resid": "hook_resid_post", "attn": "hook_attn_out", "z": "attn.hook_z",
                  "mlp": "hook_mlp_out"}
 _SITE_RE = re.compile(r"^(embed|(resid|attn|z|mlp)\.(\d+))$")
-_NODE_RE = re.compile(r"^(?P<site>embed|(?:resid|attn|z|mlp)\.\d+)(?:/(?P<feat>\d+|err))?(?:@(?P<pos>\d+))?$")
+_NODE_RE = re.compile(r"^(?P<site>embed|(?:resid|attn|z|mlp)\.\d+)(?:/(?P<feat>\d+|err))?(?:@(?P<pos>[A-Za-z0-9_+-]+))?$")
+_LABEL_RE = re.compile(r"^[A-Za-z0-9_+-]+$")
 
 
 @dataclass(frozen=True, order=True)
@@ -150,7 +151,7 @@ class NodeRef:
     site: Optional[Site]
     kind: str  # feature / error / component / metric
     feature: Optional[int] = None
-    position: Optional[int] = None
+    position: "int | str | None" = None  # a slot label (``S2``, ``END-1``) in a role- or end-aligned graph
 
     @property
     def id(self) -> str:
@@ -159,7 +160,8 @@ class NodeRef:
     def attributes(self, score: float, activation: float, n_layers: Optional[int] = None) -> dict:
         """The node's attributes in a circuit graph (docs/design.md §8): ``site``, ``layer``, ``kind``,
         ``feature`` (-1 unless a feature), ``position`` (-1 when summed), ``score``, ``activation``.
-        The metric node has ``site="metric"`` and ``layer=n_layers``."""
+        The metric node has ``site="metric"`` and ``layer=n_layers``. Needs an integer position (a
+        labelled one is mapped to its slot index by the caller, see :func:`featcirc.circuit.full_graph`)."""
         if self.kind == "metric":
             return dict(site=METRIC, layer=n_layers, kind="metric", feature=-1, position=-1,
                         score=float(score), activation=float(activation))
@@ -173,9 +175,11 @@ def node_id(
     site: "Site | str | None",
     kind: str,
     feature: Optional[int] = None,
-    position: Optional[int] = None,
+    position: "int | str | None" = None,
 ) -> str:
-    """Format a node id (docs/design.md §3); ``position=None`` means summed over positions."""
+    """Format a node id (docs/design.md §3); ``position=None`` means summed over positions. A
+    ``str`` position is a slot label of a role- or end-aligned graph (``S2``, ``S1+1``, ``END-2``;
+    docs/design.md §14): letters, digits, ``_``, ``+`` and ``-`` only."""
     if kind == "metric":
         return METRIC
     name = Site.parse(site).name
@@ -189,18 +193,26 @@ def node_id(
         base = name
     else:
         raise ValueError(f"unknown node kind {kind!r}")
-    return base if position is None else f"{base}@{int(position)}"
+    if position is None:
+        return base
+    if isinstance(position, str) and not position.isdigit():
+        if not _LABEL_RE.match(position):
+            raise ValueError(f"not a slot label: {position!r} (letters, digits, _, + and - only)")
+        return f"{base}@{position}"
+    return f"{base}@{int(position)}"
 
 
 def parse_node_id(nid: str) -> NodeRef:
-    """Inverse of :func:`node_id`."""
+    """Inverse of :func:`node_id`: the position is an ``int`` when all digits, else the slot label."""
     if nid == METRIC:
         return NodeRef(None, "metric")
     m = _NODE_RE.match(nid)
     if not m:
         raise ValueError(f"not a node id: {nid!r}")
     site = Site.parse(m.group("site"))
-    pos = None if m.group("pos") is None else int(m.group("pos"))
+    pos = m.group("pos")
+    if pos is not None and pos.isdigit():
+        pos = int(pos)
     feat = m.group("feat")
     if feat is None:
         return NodeRef(site, "component", None, pos)

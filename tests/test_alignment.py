@@ -88,8 +88,8 @@ def test_end_alignment_lines_up_the_last_token(tiny, two):
 def test_ablation_under_role_alignment_matches_each_template(tiny, two):
     mixed, d1, d2 = two
     al = make_alignment(mixed, "role")
-    s2, io = al.slots.index("S2"), al.slots.index("IO")
-    keep = {f"resid.1@{s2}", f"resid.2@{io}", f"mlp.0@{s2}"}
+    s2 = "S2"  # under role alignment a node id names its slot by label (docs/design.md §3)
+    keep = {"resid.1@S2", "resid.2@IO", "mlp.0@S2"}
     ab = Ablator(tiny, mixed, level="component", ablation="patch", progress=False, alignment=al)
     got = dict(zip(ab.pairs, ab.metric_values(keep)))
     for d in (d1, d2):
@@ -98,8 +98,12 @@ def test_ablation_under_role_alignment_matches_each_template(tiny, two):
         want = one.metric_values({f"resid.1@{pos['S2']}", f"resid.2@{pos['IO']}", f"mlp.0@{pos['S2']}"})
         for p, v in zip(one.pairs, want):
             assert got[p] == pytest.approx(v, rel=1e-5, abs=1e-5)
+    with pytest.raises(ValueError, match="no slot 'S9'"):  # a label the run's alignment lacks
+        ab.metric_values({"resid.1@S9"})
+    with pytest.raises(ValueError, match="slot label"):  # labels need the run's alignment
+        one.metric_values({"resid.1@S2"})
     mean = Ablator(tiny, mixed, level="component", ablation="mean", progress=False, alignment=al)
-    every = {f"{site}@{s}" for site in mean.splice.site_names for s in range(al.n_slots)}
+    every = {f"{site}@{s}" for site in mean.splice.site_names for s in al.slots}  # ids carry slot labels
     assert mean.faithfulness(every) == pytest.approx(1.0, abs=1e-5)
     assert mean.faithfulness(every - {f"{site}@{s2}" for site in mean.splice.site_names}) < 0.9
 
@@ -125,8 +129,48 @@ def test_discover_aligns_multi_template_ioi_by_role(tmp_path):
     assert all(t.startswith(f"[{s}]") for s, t in zip(slots, summ["prompt_tokens"]))
     top = sorted((n for n in circ["nodes"] if n["id"] != "metric"), key=lambda n: -abs(n["score"]))[:5]
     assert {slots[n["position"]] for n in top} <= {"S2", "IO", "S1", "END"}
+    # ids carry the slot's label, the slot attribute names it, position stays its index (docs/design.md §3)
+    assert all(n["id"].endswith(f"@{n['slot']}") and slots[n["position"]] == n["slot"] for n in top)
+    assert any(n["id"].endswith(("@S2", "@END")) for n in top)
+    assert all(n["id"] == "metric" or "@" in n["id"] for n in circ["nodes"])
     html = (tmp_path / "role" / "circuit.html").read_text(encoding="utf-8")
     assert "positions aligned by role" in html and "[S2]" in html
+    from featcirc.cli import main
+
+    run_dir = tmp_path / "role"  # evaluate and view read the role ids back through the run's alignment
+    assert main(["-q", "evaluate", str(run_dir), "--fractions", "0.1,0.5,1", "--bootstrap", "200"]) == 0
+    assert main(["-q", "view", str(run_dir), "--out", str(tmp_path / "v.html")]) == 0
+    assert main(["-q", "export", str(run_dir), "--format", "graphml"]) == 0
+    assert "@S2" in (run_dir / "circuit.graphml").read_text(encoding="utf-8") or \
+        "@END" in (run_dir / "circuit.graphml").read_text(encoding="utf-8")
+
+
+def test_neuronpedia_export_of_a_role_aligned_run_uses_the_example_tokens(tmp_path):
+    import json
+
+    from featcirc.export.neuronpedia import validate_neuronpedia
+
+    run, summ, circ = _run(tmp_path, "role", "--top-k", "200")
+    own = summ["example_tokens"]  # the example prompt's own tokens and the slot of each
+    assert len(own["tokens"]) == len(own["slots"]) and "S2" in own["slots"]
+    s2 = own["slots"].index("S2")
+    d = json.loads((tmp_path / "role" / "neuronpedia.json").read_text(encoding="utf-8"))
+    validate_neuronpedia(d)
+    md = d["metadata"]
+    assert md["prompt_tokens"] == own["tokens"]
+    at_s2 = [n for n in d["nodes"] if n.get("slot") == "S2"]
+    assert at_s2 and all(n["ctx_idx"] == s2 and "[S2]" in n["clerp"] and n["node_id"].endswith("@S2")
+                         for n in at_s2)
+    in_circuit = {n["id"] for n in circ["nodes"]}
+    exported = {n["node_id"] for n in d["nodes"]}
+    missing = {n["id"] for n in circ["nodes"] if n.get("slot") is not None and n["slot"] not in own["slots"]}
+    assert md["info"]["n_nodes_not_in_example"] == len(missing)
+    assert (in_circuit - missing) <= exported and not (missing & exported)
+    for n in d["nodes"]:
+        if n.get("slot") is not None:
+            assert own["slots"][n["ctx_idx"]] == n["slot"]
+    graph = json.loads(next((tmp_path / "role" / "graph_files").glob("*.json")).read_text(encoding="utf-8"))
+    assert [n["ctx_idx"] for n in graph["nodes"] if n.get("slot") == "S2"] == [s2] * len(at_s2)
 
 
 def test_several_lengths_without_named_positions_warn_and_align_from_the_end(tmp_path, caplog):
@@ -147,6 +191,8 @@ def test_several_lengths_without_named_positions_warn_and_align_from_the_end(tmp
     summ = json.loads((tmp_path / "end" / "summary.json").read_text())
     assert summ["alignment"]["mode"] == "end" and summ["alignment"]["slots"][-1] == "END"
     assert summ["alignment"]["warning"] == lines[0]
+    circ = json.loads((tmp_path / "end" / "circuit.json").read_text())  # ids name slots from the end (§3)
+    assert all(n["id"] == "metric" or n["id"].split("@")[1].startswith("END") for n in circ["nodes"])
     assert main(["-q", "discover", "--model", "tiny", "--data", str(f), "--pairs", "12", "--level", "component",
                  "--align", "role", "--out", str(tmp_path / "x")]) == 2
     run, summ, _ = _run(tmp_path, "sum", "--align", "sum")

@@ -255,3 +255,21 @@ def test_node_label_and_summary():
     s = summary(H)
     assert (s["n_nodes"], s["n_features"], s["n_errors"], s["n_edges"]) == (6, 6, 0, 6)
     assert s["total_abs_score"] == pytest.approx(0.5 + 0.3 + 0.7 + 0.2 + 0.4 + 0.6)
+
+
+def test_node_ids_carry_slot_labels():
+    from featcirc.sites import node_id, parse_node_id
+
+    assert node_id("resid.3", "feature", 12, "S2") == "resid.3/12@S2"
+    assert node_id("mlp.1", "error", None, "S1+1") == "mlp.1/err@S1+1"
+    assert node_id("attn.0", "component", None, "END-2") == "attn.0@END-2"
+    assert node_id("resid.3", "feature", 12, "7") == node_id("resid.3", "feature", 12, 7) == "resid.3/12@7"
+    assert parse_node_id("resid.3/12@S2").position == "S2"
+    assert parse_node_id("mlp.1/err@S1+1").position == "S1+1"
+    assert parse_node_id("attn.0@END-2").position == "END-2"
+    assert parse_node_id("resid.3/12@7").position == 7
+    for bad in ("a@b", "x/y", "", "S 2"):
+        with pytest.raises(ValueError):
+            node_id("resid.3", "feature", 1, bad)
+    with pytest.raises(ValueError):
+        parse_node_id("resid.3/12@S/2")

@@ -176,8 +176,7 @@ def _run(ctx: Context) -> dict:
     role, role_edges = ctx.attribute(model, ragged, "relp", None, alignment=al, settings=AttributionSettings(
         level="component", max_nodes=40, progress=False))
     rab = ctx.ablator(model, ragged, level="component", ablation="mean", progress=False, alignment=al)
-    s2, end = al.slots.index("S2"), al.slots.index("END")
-    role_m = rab.metric_values({f"resid.1@{s2}", f"resid.2@{s2}", f"resid.3@{end}", f"attn.3@{end}"})
+    role_m = rab.metric_values({"resid.1@S2", "resid.2@S2", "resid.3@END", "attn.3@END"})  # ids name slots by label
     return dict(role=role.to_dict(), role_edges=role_edges.to_dict(), role_m=role_m,
                 role_pairs=[p.clean_prefix for p in rab.pairs],nodes=nodes.to_dict(), edges=edges.to_dict(), circuit=sorted(circuit),
                 m_full=ab.m_full_values, m_empty=ab.m_empty_values, F=ab.faithfulness(circuit),

@@ -628,3 +628,32 @@ def test_exports_are_written_with_the_umask(tmp_path):
         os.umask(saved)
     for p in paths.values():
         assert stat.S_IMODE(p.stat().st_mode) == 0o640, p
+
+
+def test_role_aligned_graph_exports_at_the_example_tokens():
+    """Under role alignment (docs/design.md §14) ids carry the slot label; the export places each node on
+    the example prompt's own token at its slot, names the slot in the clerp and leaves out the nodes
+    at slots the example lacks (counted in metadata.info)."""
+    sites = ["embed", "resid.0", "resid.1"]
+    ns = NodeScores(method="relp", level="component", aggregation="none", sites=sites, features={},
+                    vectors={s: torch.tensor([0.1, 0.2, 0.3]) for s in sites}, n_pairs=2, metric_clean=1.0,
+                    info={"n_layers": 2, "align": {"mode": "role", "slots": ["S1", "S2", "END"]}})
+    G = full_graph(ns, EdgeScores(method="relp", aggregation="none", edges={
+        ("resid.0@1", "resid.1@2"): 0.5, ("resid.0@0", "resid.1@2"): 0.2, ("resid.1@2", METRIC): 0.6}))
+    assert {"resid.0@S2", "resid.1@END", "embed@S1"} <= set(G) and "resid.0@1" not in G
+    assert G.nodes["resid.0@S2"]["slot"] == "S2" and G.nodes["resid.0@S2"]["position"] == 1
+    assert G.has_edge("resid.0@S2", "resid.1@END") and G.has_edge("resid.0@S1", "resid.1@END")
+    tokens = ["<bos>", " Mary", " went", " John"]
+    d = to_neuronpedia(G, slug="s", prompt="Mary went John", prompt_tokens=tokens,
+                       token_slots=["0", "S2", "S2+1", "END"])
+    validate_neuronpedia(d)
+    by_id = {n["node_id"]: n for n in d["nodes"]}
+    assert by_id["resid.0@S2"]["ctx_idx"] == 1 and "[S2]" in by_id["resid.0@S2"]["clerp"]
+    assert "“ Mary”" in by_id["resid.0@S2"]["clerp"] and by_id["resid.1@END"]["ctx_idx"] == 3
+    assert not any(n.endswith("@S1") for n in by_id)  # the example has no S1 token
+    assert d["metadata"]["info"]["n_nodes_not_in_example"] == 3
+    assert d["metadata"]["prompt_tokens"] == tokens
+    assert {(x["source"], x["target"]) for x in d["links"]} >= {("token@1", "embed@S2"), ("resid.0@S2", "resid.1@END")}
+    assert not any("@S1" in x["source"] + x["target"] for x in d["links"])
+    with pytest.raises(ValueError, match="token_slots"):
+        to_neuronpedia(G, slug="s", prompt="Mary went John", prompt_tokens=tokens, token_slots=["0"])

@@ -50,6 +50,8 @@ def reference_edges(model, saes: dict, sites: list[str], records: list[BatchReco
     by_site: dict[Site, list] = {}
     for nid in candidate_ids:
         ref = parse_node_id(nid)
+        if isinstance(ref.position, str):  # candidates name slots by index; labels are for graphs (§3)
+            raise ValueError(f"candidate {nid!r}: reference_edges takes slot indices, not slot labels")
         if ref.site is not None:
             by_site.setdefault(ref.site, []).append(ref)
     out: dict[tuple[str, str], float] = {}

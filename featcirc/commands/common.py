@@ -290,6 +290,19 @@ def example_prompt(model, data, alignment=None) -> tuple[str, list[str]]:
     return batch.pairs[0].clean_prefix, [f"[{s}]{at.get(s, '')}" for s in alignment.slots]
 
 
+def example_token_slots(model, data, alignment=None) -> Optional[dict]:
+    """For an alignment by role or from the end (docs/design.md §14): the example prompt's own tokens
+    (the prompt of :func:`example_prompt`) and the slot label of each, ``{"tokens": [...], "slots":
+    [...]}``, which the exports use to place each node on the example's token at its slot; else None."""
+    if alignment is None or alignment.mode not in ("role", "end"):
+        return None
+    from featcirc.data.align import token_labels
+
+    batch = max(data.batches, key=lambda b: b.clean.shape[1])
+    toks = [model.tokenizer.decode([int(t)]) for t in batch.clean[0]]
+    return dict(tokens=toks, slots=token_labels(alignment.mode, len(toks), batch.positions[0]))
+
+
 def example_metrics(model, data) -> dict:
     """The example pair's own numbers (the pair of :func:`example_prompt`), for the viewer, the drawing
     and the exports, which otherwise only know the metric's mean over the pairs:

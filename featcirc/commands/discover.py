@@ -83,7 +83,7 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
 
     from featcirc.attribution import AttributionSettings
     from featcirc.circuit import PruneSettings, full_graph, prune, summary
-    from featcirc.commands.common import example_metrics, example_prompt, load_model_and_saes
+    from featcirc.commands.common import example_metrics, example_prompt, example_token_slots, load_model_and_saes
     from featcirc.data import tokenize_pairs
     from featcirc.data.load import log_summary
     from featcirc.data.split import write_split
@@ -186,7 +186,8 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
         metric_clean=nodes.metric_clean, metric_patch=nodes.metric_patch,
         metric_note=f"metric_clean / metric_patch: the mean of m = logit(clean answer) - logit(patch answer) over "
                     f"the {data.n_pairs} discovery pairs; the example prompt's own values are under 'example'",
-        prompt=prompt, prompt_tokens=tokens, example=example, device=env["device"], dtype=env["dtype"],
+        prompt=prompt, prompt_tokens=tokens, example_tokens=example_token_slots(model, data, alignment),
+        example=example, device=env["device"], dtype=env["dtype"],
         processes=getattr(ctx, "world_size", 1), environment=env,
     )
     if not ctx.is_main:  # the other processes scored and evaluated their shards; rank 0 writes the rest

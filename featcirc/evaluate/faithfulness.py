@@ -28,7 +28,7 @@ for bootstrap intervals over pairs (:mod:`featcirc.evaluate.bootstrap`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Mapping, Optional, Sequence
 
 import networkx as nx
@@ -183,6 +183,21 @@ class Ablator:
         """The slot of each token position of ``batch`` (None: the position itself)."""
         return None if self.alignment is None else self.alignment.index(batch)
 
+    def slot_of(self, nid: str, position: "int | str") -> int:
+        """The slot index of a node's position. Under an alignment by role or from the end the part of
+        an id after ``@`` is the slot's label (``S2``, ``S1+1``, ``END-2``; docs/design.md §14);
+        otherwise it is the position itself."""
+        if self.alignment is None:
+            if isinstance(position, str):
+                raise ValueError(f"node {nid}: position {position!r} is a slot label, but this evaluation "
+                                 "has no alignment by role or from the end (pass the run's alignment)")
+            return position
+        slot = self.alignment._index.get(str(position))
+        if slot is None:
+            raise ValueError(f"node {nid}: no slot {str(position)!r} in the {self.alignment.mode} alignment "
+                             f"(slots: {', '.join(self.alignment.slots)})")
+        return slot
+
     def masks(self, keep: Optional[set[str]], T: int, index: Optional[torch.Tensor] = None
               ) -> Optional[dict[str, SiteState]]:
         """Boolean keep-masks per site (``features [T, F]``, ``vector [T]``); None keeps all. With
@@ -206,6 +221,8 @@ class Ablator:
             if s not in out:
                 raise ValueError(f"node {nid} is at a site without nodes in this evaluation "
                                  f"(sites: {', '.join(self.splice.site_names)})")
+            if ref.position is not None:
+                ref = replace(ref, position=self.slot_of(nid, ref.position))
             pos = slice(None) if ref.position is None else ref.position
             if ref.position is not None and ref.position >= T:
                 continue

@@ -186,7 +186,11 @@ def export_run_graphs(run_dir: "str | os.PathLike[str]", *, slug: Optional[str] 
     info = dict(description=f"featcirc {method} circuit of {model} on {data_name} "
                             f"({summary.get('pairs_used')} prompt pairs)")
     example = summary.get("example")
-    common = dict(prompt=prompt, prompt_tokens=tokens, slug=slug,
+    own = summary.get("example_tokens")  # an aligned run: the example's own tokens and their slots (§14)
+    slots = None
+    if isinstance(own, dict) and isinstance(own.get("tokens"), list) and isinstance(own.get("slots"), list):
+        tokens, slots = own["tokens"], own["slots"]
+    common = dict(prompt=prompt, prompt_tokens=tokens, token_slots=slots, slug=slug,
                   scan=scan or (neuronpedia_model_id(model) if model else None), node_threshold=node_threshold,
                   info=info, example=example if isinstance(example, dict) else None)
     paths = {"neuronpedia": write_neuronpedia(C, run_dir / "neuronpedia.json",

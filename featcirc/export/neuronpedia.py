@@ -300,7 +300,8 @@ def _metric_info(mean: Optional[float], n_pairs: Optional[int], answers: Optiona
 def to_neuronpedia(G: nx.DiGraph, *, prompt: str, prompt_tokens: Iterable[str], slug: Optional[str] = None,
                    scan: Optional[str] = None, data_name: Optional[str] = None, node_threshold: float = 1.0,
                    info: Optional[dict] = None, answers: Optional[tuple[str, str]] = None,
-                   feature_json_base_url: Optional[str] = None, example: Optional[dict] = None) -> dict:
+                   feature_json_base_url: Optional[str] = None, example: Optional[dict] = None,
+                   token_slots: Optional[Iterable[str]] = None) -> dict:
     """A circuit as attribution-graph JSON (mapping in the module docstring).
 
     ``prompt`` / ``prompt_tokens``: one example prompt and its tokens as strings; for per-position
@@ -322,6 +323,11 @@ def to_neuronpedia(G: nx.DiGraph, *, prompt: str, prompt_tokens: Iterable[str], 
     given, must be ``prompt``): the metric node then shows the clean answer with its real
     probability on that prompt; without it the label says the value is the mean over pairs and
     shows no probability (module docstring, "metric").
+    ``token_slots``: for a graph aligned by role or from the end (nodes with a ``slot`` attribute,
+    docs/design.md §14), the slot label of each of ``prompt_tokens`` (the example prompt's own
+    tokens): a node's ``ctx_idx`` is then the example's token at its slot, its ``clerp`` names the
+    slot (``resid.3 f12 [S2] “ Susan”``), and nodes at slots the example lacks are left out (with
+    their edges; ``metadata.info["n_nodes_not_in_example"]`` counts them).
     Neuronpedia's viewer needs a non-metric node above layer 0 to lay a graph out.
     """
     node_threshold = float(node_threshold)
@@ -344,8 +350,17 @@ def to_neuronpedia(G: nx.DiGraph, *, prompt: str, prompt_tokens: Iterable[str], 
             raise ValueError(f"example is for the prompt {example['prompt']!r}, not {prompt!r}: its probability "
                              "and logit difference would label another prompt's graph")
     others = [(n, d) for n, d in G.nodes(data=True) if n != METRIC]
+    at: Optional[dict[str, int]] = None  # slot label -> the example's token index (aligned graphs)
+    dropped: set[str] = set()
+    if token_slots is not None:
+        token_slots = [str(x) for x in token_slots]
+        if len(token_slots) != len(tokens):
+            raise ValueError(f"token_slots has {len(token_slots)} labels for {len(tokens)} prompt tokens")
+        at = {label: i for i, label in enumerate(token_slots)}
+        dropped = {n for n, d in others if d.get("slot") is not None and str(d["slot"]) not in at}
+        others = [(n, d) for n, d in others if n not in dropped]
     per_position = any(int(d.get("position", -1)) >= 0 for _, d in others)
-    if per_position:
+    if per_position and at is None:
         max_pos = max(int(d["position"]) for _, d in others)
         if max_pos >= len(tokens):
             raise ValueError(
@@ -362,9 +377,19 @@ def to_neuronpedia(G: nx.DiGraph, *, prompt: str, prompt_tokens: Iterable[str], 
     for n, d in others:
         kind, site = d["kind"], d["site"]
         pos = int(d.get("position", -1))
+        slot = d.get("slot") if at is not None else None
+        if slot is not None:  # the example's own token at the node's slot
+            pos = at[str(slot)]
         ctx = max(pos, 0)
         layer = "E" if site == "embed" else str(int(d["layer"]))
-        if kind == "feature":
+        if slot is not None:
+            if kind not in ("feature", "error", "component"):
+                raise ValueError(f"node {n!r} has unknown kind {kind!r}")
+            base = node_label(n).rsplit(" @", 1)[0]
+            number, ftype = ((feature_number(site, int(d["feature"])), FEATURE_FEATURE_TYPE) if kind == "feature"
+                             else (vector_feature_number(site), ERROR_FEATURE_TYPE))
+            clerp = f"{'Err: ' + site if kind == 'error' else base} [{slot}] “{tokens[pos]}”"
+        elif kind == "feature":
             number, ftype, clerp = feature_number(site, int(d["feature"])), FEATURE_FEATURE_TYPE, node_label(n)
         elif kind in ("error", "component"):
             number, ftype = vector_feature_number(site), ERROR_FEATURE_TYPE
@@ -376,7 +401,8 @@ def to_neuronpedia(G: nx.DiGraph, *, prompt: str, prompt_tokens: Iterable[str], 
             raise ValueError(f"node {n!r} has unknown kind {kind!r}")
         nodes.append(dict(node_id=n, feature=number, layer=layer, ctx_idx=ctx, feature_type=ftype,
                           jsNodeId=n, clerp=clerp, influence=influence[n], activation=_opt(d.get("activation")),
-                          site=site, kind=kind, score=_opt(d.get("score")), position=pos))
+                          site=site, kind=kind, score=_opt(d.get("score")), position=pos,
+                          **({} if slot is None else {"slot": str(slot)})))
     mean = _opt(G.nodes[METRIC].get("score"))
     n_pairs = G.graph.get("n_pairs")
     if example is not None:
@@ -388,10 +414,16 @@ def to_neuronpedia(G: nx.DiGraph, *, prompt: str, prompt_tokens: Iterable[str], 
                       ctx_idx=(len(tokens) - 1 if tokens else 0), feature_type="logit", jsNodeId=METRIC,
                       clerp=label, influence=None, activation=act, is_target_logit=True, token_prob=prob,
                       site=METRIC, kind="metric", score=mean, position=-1))
-    links = [dict(source=f"token@{int(d['position'])}", target=n, weight=float(d["score"]))
+
+    def token_of(d: dict) -> int:
+        return at[str(d["slot"])] if at is not None and d.get("slot") is not None else int(d.get("position", -1))
+
+    links = [dict(source=f"token@{token_of(d)}", target=n, weight=float(d["score"]))
              for n, d in others
-             if d["site"] == "embed" and int(d.get("position", -1)) >= 0 and _opt(d.get("score")) is not None]
+             if d["site"] == "embed" and token_of(d) >= 0 and _opt(d.get("score")) is not None]
     for u, v, d in G.edges(data=True):
+        if u in dropped or v in dropped:
+            continue
         w = float(d["weight"])
         if not math.isfinite(w):
             raise ValueError(f"edge {u} -> {v} has a non-finite weight {w}")
@@ -399,6 +431,8 @@ def to_neuronpedia(G: nx.DiGraph, *, prompt: str, prompt_tokens: Iterable[str], 
 
     meta_info: dict[str, Any] = {"generator": {"name": "featcirc", "version": _version()}}
     meta_info.update(info or {})
+    if at is not None:
+        meta_info["n_nodes_not_in_example"] = len(dropped)
     metric_info, metric_text = _metric_info(mean, n_pairs, answers, example)
     meta_info["metric"] = metric_info
     desc = meta_info.get("description")
