@@ -92,3 +92,15 @@ def make_dataset(n_batches: int = 2, batch: int = 3, length: int = 7, seed: int 
 @pytest.fixture(params=["gpt2", "pythia", "gemma3"])
 def arch(request) -> str:
     return request.param
+
+
+def set_tripwires(monkeypatch, why: str, *extra: tuple) -> None:
+    """Make a command fail the test if it starts its work: importing torch for it, loading a model, or
+    any ``(module, name)`` of ``extra``; ``why`` says what should have stopped it first."""
+    import featcirc.commands.common as common
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError(why)
+
+    for module, name in ((common, "start_torch"), (common, "load_model_and_saes"), *extra):
+        monkeypatch.setattr(module, name, tripwire)

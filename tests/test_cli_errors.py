@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from featcirc.cli import main
+from conftest import set_tripwires
 from featcirc.data import PromptPair, write_pairs
 from featcirc.data.tasks import make_task
 
@@ -24,13 +25,7 @@ TINY_SAES = Path(__file__).resolve().parents[1] / "saes" / "tiny"
 @pytest.fixture
 def no_model(monkeypatch):
     """Fail the test if a command gets as far as importing torch for its work or loading a model."""
-    import featcirc.commands.common as common
-
-    def tripwire(*args, **kwargs):
-        raise AssertionError("the command started loading although its input was bad")
-
-    monkeypatch.setattr(common, "start_torch", tripwire)
-    monkeypatch.setattr(common, "load_model_and_saes", tripwire)
+    set_tripwires(monkeypatch, "the command started loading although its input was bad")
 
 
 def _error(capsys) -> str:

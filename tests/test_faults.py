@@ -18,6 +18,7 @@ import subprocess
 
 import pytest
 
+from conftest import set_tripwires
 from featcirc.cli import main
 from tests.test_io import read_only_dir
 
@@ -141,15 +142,10 @@ def test_train_saes_disk_full_leaves_nothing(tmp_path, capsys, monkeypatch):
 @pytest.fixture
 def no_work(monkeypatch):
     """Fail the test if a command starts its work (a model load, a viewer written)."""
-    import featcirc.commands.common as common
     import featcirc.view as view
 
-    def tripwire(*args, **kwargs):
-        raise AssertionError("the command started its work although its --out cannot be written")
-
-    monkeypatch.setattr(common, "start_torch", tripwire)
-    monkeypatch.setattr(common, "load_model_and_saes", tripwire)
-    monkeypatch.setattr(view, "write_viewer", tripwire)
+    set_tripwires(monkeypatch, "the command started its work although its --out cannot be written",
+                  (view, "write_viewer"))
 
 
 @pytest.mark.parametrize("command, name", [("evaluate", "results"), ("view", "circuit.html"),
