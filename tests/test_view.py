@@ -581,3 +581,32 @@ def test_star_label_fits_beside_the_star_in_a_narrow_graph(tmp_path):
     for kind, b in m["items"]:
         if kind in ("star", "band-label", "node-label"):
             assert not _overlap(label, b), (kind, b)
+
+
+@needs_chromium
+def test_many_empty_columns_fit_across_a_laptop_window(tmp_path):
+    """A role-aligned IOI run has ~26 columns, most without a node: empty columns are narrow, so the
+    nodes at S2 and END, the star and every column label fit across a 1280x800 window (no sideways
+    scrolling), the tokens of the empty columns kept in their tooltips."""
+    T, F = 26, 50
+    sites = ["embed"] + [f"{k}.{layer}" for layer in range(4) for k in ("attn", "mlp", "resid")]
+    feats = {s: torch.zeros(T, F) for s in sites}
+    for i, s in enumerate(sites):
+        feats[s][21, i % F] = 0.5 + 0.01 * i
+        feats[s][25, (i + 7) % F] = 0.4 + 0.01 * i
+    ns = NodeScores(method="relp", level="feature", aggregation="none", sites=sites, features=feats,
+                    vectors={s: torch.zeros(T) for s in sites}, n_pairs=8, metric_clean=3.0, metric_patch=-3.0,
+                    info={"n_layers": 4})
+    G0 = full_graph(ns)
+    G = full_graph(ns, EdgeScores(method="relp", aggregation="none",
+                                  edges={(n, METRIC): 1.0 for n in G0 if n != METRIC and G0.nodes[n]["score"] != 0}))
+    tokens = [f"[{'S2' if t == 21 else 'END' if t == 25 else t}] tok{t}" for t in range(T)]
+    path = write_viewer(G, tmp_path / "c.html", circuit=prune(G, PruneSettings(top_k=100)), tokens=tokens)
+    m, _ = measure(path, viewport=(1280, 800), profile=tmp_path / "profile")
+    px0 = m["pane"][0]
+    cw = m["client"][0]
+    assert m["scroll"][0] <= cw  # no sideways scrolling
+    kinds = [k for k, _ in m["items"]]
+    assert kinds.count("node") == 2 * len(sites) and kinds.count("token-label") == 2 * T
+    for kind, (x0, _, x1, _) in m["items"]:
+        assert x0 >= max(px0, 0) - 0.5 and x1 <= min(px0 + cw, 1280) + 0.5, (kind, x0, x1)

@@ -29,6 +29,7 @@
   var MAX_PER_LINE = 12;       // nodes side by side in one (site, position) cell before wrapping
   var MIN_PER_LINE = 3;        // wrap down to this many per line before dropping labels
   var MIN_COL_W = 30;          // px, a token column's least width
+  var EMPTY_COL_W = 18;        // px, a column without drawn nodes (its token stays in its tooltip)
   var R_MIN = 3.5, R_MAX = 10; // node radius range (area grows with |score|)
   var LABEL_CHAR_W = 5.9;      // px per character of a 9.5px node label
   var TOKEN_CHAR_W = 7.4;      // px per character of a 12px monospace token label
@@ -194,7 +195,9 @@
     var tokW = [];
     for (c = 0; c < nCols; c++) tokW.push(Math.min(150, textWidth(tokenText(c), TOKEN_CHAR_W) + 12));
     function columnWidths(perLine, slot, fullTokens) {
-      return perLine.map(function (m, c) { return Math.max(MIN_COL_W, m * slot + 12, fullTokens ? tokW[c] : 0); });
+      return perLine.map(function (m, c) {
+        return colMax[c] === 0 ? EMPTY_COL_W : Math.max(MIN_COL_W, m * slot + 12, fullTokens ? tokW[c] : 0);
+      });
     }
     function totalWidth(w) { return w.reduce(function (a, b) { return a + b; }, 0) + margin.left + margin.right; }
     /* nodes per line in each column: the longest lines whose columns fit availW, shortening the
@@ -513,7 +516,8 @@
       var cx = L.colX[c] + L.colW[c] / 2;
       [L.height - L.margin.bottom + 16, L.margin.top - 10].forEach(function (ty, which) {
         var tl = el("text", { x: cx, y: ty, "text-anchor": "middle", "class": "token-label" }, bg);
-        tl.textContent = L.fullTokens ? tokenText(c) : truncate(tokenText(c), L.colW[c] - 4, TOKEN_CHAR_W);
+        var full = L.fullTokens && L.colW[c] > EMPTY_COL_W;  // an empty column is narrow: its token is cut
+        tl.textContent = full ? tokenText(c) : truncate(tokenText(c), L.colW[c] - 4, TOKEN_CHAR_W);
         var title = el("title", {}, tl);
         title.textContent = perPosition ? "position " + c + ": " + JSON.stringify(D.tokens ? D.tokens[c] : null)
                                         : "scores summed over positions";
