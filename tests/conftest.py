@@ -104,3 +104,10 @@ def set_tripwires(monkeypatch, why: str, *extra: tuple) -> None:
 
     for module, name in ((common, "start_torch"), (common, "load_model_and_saes"), *extra):
         monkeypatch.setattr(module, name, tripwire)
+
+
+def one_line_error(capsys) -> str:
+    """The captured stderr, asserted to be exactly one line and no traceback (a CLI error)."""
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err

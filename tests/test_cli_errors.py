@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from featcirc.cli import main
-from conftest import set_tripwires
+from conftest import one_line_error, set_tripwires
 from featcirc.data import PromptPair, write_pairs
 from featcirc.data.tasks import make_task
 
@@ -26,12 +26,6 @@ TINY_SAES = Path(__file__).resolve().parents[1] / "saes" / "tiny"
 def no_model(monkeypatch):
     """Fail the test if a command gets as far as importing torch for its work or loading a model."""
     set_tripwires(monkeypatch, "the command started loading although its input was bad")
-
-
-def _error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 def _discover(*extra: str, out: Path) -> int:
@@ -52,7 +46,7 @@ def _discover(*extra: str, out: Path) -> int:
 def test_options_out_of_range(tmp_path, capsys, no_model, extra, fragment):
     out = tmp_path / "o"
     assert _discover(*extra, out=out) == 2
-    assert fragment in _error(capsys)
+    assert fragment in one_line_error(capsys)
     assert not out.exists()  # --ig-steps 0 used to write run.json before failing
 
 
@@ -63,28 +57,28 @@ def test_pair_counts_below_one_name_the_option(tmp_path, capsys, no_model, pairs
         rc = main(["-q", "discover", "--model", "tiny", "--saes", "tiny", *source, "--pairs", pairs,
                    "--out", str(tmp_path / "o")])
         assert rc == 2
-        err = _error(capsys)
+        err = one_line_error(capsys)
         assert f"--pairs must be a whole number >= 1 (the prompt pairs to discover the circuit on), got {pairs}" in err
 
 
 def test_threads_and_output_errors(tmp_path, capsys, no_model):
     assert main(["--threads", "-1", "-q", "discover", "--model", "tiny", "--task", "ioi", "--out",
                  str(tmp_path / "o")]) == 2
-    assert "--threads must be" in _error(capsys)
+    assert "--threads must be" in one_line_error(capsys)
     f = tmp_path / "file"
     f.write_text("x")
     assert _discover(out=f) == 2
-    assert "is a file" in _error(capsys)
+    assert "is a file" in one_line_error(capsys)
     assert main(["-q", "discover", "--model", "tiny", "--data", str(tmp_path / "nope.jsonl"),
                  "--out", str(tmp_path / "o")]) == 2
-    assert "nope.jsonl: no such file" in _error(capsys)
+    assert "nope.jsonl: no such file" in one_line_error(capsys)
 
 
 def test_compare_unknown_method_fails_before_any_work(tmp_path, capsys, no_model):
     out = tmp_path / "cmp"
     assert main(["-q", "compare", "--model", "tiny", "--task", "ioi", "--methods", "exact,foo",
                  "--out", str(out)]) == 2
-    err = _error(capsys)
+    err = one_line_error(capsys)
     assert "unknown method 'foo'" in err and "relp" in err
     assert not out.exists()
 
@@ -133,7 +127,7 @@ def test_bad_sae_directories_are_named_before_loading(tmp_path, capsys, no_model
     damage(root)
     assert main(["-q", "discover", "--model", "tiny", "--saes", str(root), "--task", "ioi",
                  "--out", str(tmp_path / "o")]) == 2
-    assert fragment in _error(capsys)
+    assert fragment in one_line_error(capsys)
 
 
 def test_a_good_sae_directory_passes_the_checks(tmp_path):
@@ -154,7 +148,7 @@ def test_cuda_without_a_gpu_is_a_clear_error_before_the_model_loads(tmp_path, ca
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
     out = tmp_path / "o"
     assert _discover("--device", "cuda", out=out) == 2
-    assert "CUDA is not available" in _error(capsys) and not out.exists()
+    assert "CUDA is not available" in one_line_error(capsys) and not out.exists()
 
 
 def test_unknown_words_are_named_and_leave_no_output(tmp_path, capsys):
@@ -164,7 +158,7 @@ def test_unknown_words_are_named_and_leave_no_output(tmp_path, capsys):
     data = write_pairs(tmp_path / "unknown.jsonl", pairs)
     out = tmp_path / "runs" / "o"
     assert main(["-q", "discover", "--model", "tiny", "--saes", "tiny", "--data", str(data), "--out", str(out)]) == 2
-    err = _error(capsys)
+    err = one_line_error(capsys)
     assert "not in the vocabulary of featcirc-tiny" in err and "'zorblax', 'zorblaxes'" in err
     assert "identical" not in err
     assert not (tmp_path / "runs").exists()  # no empty --out, no staging directory, no parents made for it

@@ -18,18 +18,13 @@ import subprocess
 
 import pytest
 
-from conftest import set_tripwires
+from conftest import one_line_error, set_tripwires
 from featcirc.cli import main
 from tests.test_io import read_only_dir
 
 DISCOVER = ["-q", "discover", "--model", "tiny", "--saes", "tiny", "--task", "sva-nounpp", "--pairs", "4",
             "--max-nodes", "40", "--top-k", "10"]
 
-
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +57,7 @@ def test_an_argparse_error_is_one_line(capsys, argv, fragment):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
-    err = _one_line(capsys)
+    err = one_line_error(capsys)
     assert err.startswith(fragment) and err.endswith("--help)"), err
 
 
@@ -74,7 +69,7 @@ def test_discover_onto_a_full_disk(tmp_path, capsys, small_disk, force):
         out.mkdir()
         (out / "summary.json").write_text('{"previous": true}')
     rc = main([*DISCOVER, "--out", str(out)] + (["--force"] if force else []))
-    err = _one_line(capsys)
+    err = one_line_error(capsys)
     assert rc == 2 and err.startswith(f"featcirc discover: error: cannot write {out}: no space left on device"), err
     if force:
         assert sorted(p.name for p in small_disk.iterdir()) == ["run"]
@@ -99,7 +94,7 @@ def test_discover_disk_full_simulated(tmp_path, capsys, monkeypatch, fault):
     monkeypatch.setattr(fio, "free_bytes", lambda path: 0)  # what the disk says when torch's write fails
     out = tmp_path / "runs" / "run"
     rc = main([*DISCOVER, "--out", str(out)])
-    err = _one_line(capsys)
+    err = one_line_error(capsys)
     assert rc == 2 and f"cannot write {out}: no space left on device" in err, err
     assert list(tmp_path.iterdir()) == []
 
@@ -116,7 +111,7 @@ def test_evaluate_disk_full_leaves_no_half_written_results(run_dir, tmp_path, ca
 
     monkeypatch.setattr(figure, "plot_report", full)
     rc = main(["-q", "evaluate", str(run), "--bootstrap", "10", "--sizes", "5,10"])
-    err = _one_line(capsys)
+    err = one_line_error(capsys)
     assert rc == 2 and "no space left on device" in err and str(run) in err, err
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # summary.json untouched
     assert not [p for p in run.iterdir() if p.name.startswith(".")]
@@ -133,7 +128,7 @@ def test_train_saes_disk_full_leaves_nothing(tmp_path, capsys, monkeypatch):
     rc = main(["-q", "train-saes", "--model", "tiny", "--sites", "resid.0", "--corpus", "tiny", "--width", "64",
                "--k", "4", "--tokens", "1024", "--batch-tokens", "256", "--context-size", "32", "--eval-tokens", "256",
                "--ce-eval-tokens", "64", "--out", str(out)])
-    err = _one_line(capsys)
+    err = one_line_error(capsys)
     assert rc == 2 and err.startswith(f"featcirc train-saes: error: cannot write {out}: no space left"), err
     assert list(tmp_path.iterdir()) == []  # no --out, no partial directory, no parents made for it
 
@@ -158,7 +153,7 @@ def test_a_read_only_out_is_refused_before_any_work(run_dir, tmp_path, capsys, n
                 "discover": DISCOVER[1:] + ["--out", str(out)],
                 "train-saes": ["train-saes", "--model", "tiny", "--sites", "resid.0", "--out", str(out)]}[command]
         rc = main(["-q", *argv])
-        err = _one_line(capsys)
+        err = one_line_error(capsys)
         assert rc == 2 and err.startswith(f"featcirc {command}: error: cannot write --out {out}: {ro} is "), err
         assert list(ro.iterdir()) == []
     assert json.loads((run_dir / "summary.json").read_text())  # the run read from is untouched

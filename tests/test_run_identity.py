@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error
 
 from featcirc.cli import main
 
@@ -36,11 +37,6 @@ def _edit_weights(sae_dir: Path, name: str = "W_dec", *, nan: bool = False, scal
         w[name] = w[name] * scale
     save_file(w, str(path))
 
-
-def _error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -114,10 +110,10 @@ def test_other_saes_are_refused_naming_the_expected_set(world, tmp_path, monkeyp
     summary = (run / "summary.json").read_bytes()
     monkeypatch.chdir(world["b"])
     assert main(["-q", "evaluate", str(run), *FAST]) == 2
-    err = _error(capsys)
+    err = one_line_error(capsys)
     assert gone in err and want in err and "is not there" in err and "--saes" in err
     assert main(["-q", "evaluate", str(run), "--saes", "mysaes", *FAST]) == 2  # b/mysaes: other weights
-    err = _error(capsys)
+    err = one_line_error(capsys)
     assert want in err and str(world["b"] / "mysaes") in err and "resid.0, mlp.1" in err
     assert (run / "summary.json").read_bytes() == summary and not (run / "faithfulness-mean.json").exists()
     copy = _sae_copy(tmp_path / "copy")
@@ -133,7 +129,7 @@ def test_a_changed_sae_directory_is_refused(world, tmp_path, capsys):
     summary = (run / "summary.json").read_bytes()
     t0 = time.perf_counter()
     assert main(["-q", "evaluate", str(run), *FAST]) == 2
-    err = _error(capsys)
+    err = one_line_error(capsys)
     assert str(saes) in err and "SAEs that differ: mlp.1" in err and "rediscover" in err
     assert time.perf_counter() - t0 < 5  # refused before the model loads
     assert (run / "summary.json").read_bytes() == summary
@@ -144,7 +140,7 @@ def test_features_refuses_other_saes(world, tmp_path, capsys):
     run = _run_copy(world, tmp_path, saes=str(saes))
     _edit_weights(saes / "resid.0", "W_enc", scale=2.0)
     assert main(["-q", "features", str(run), "--max-tokens", "256"]) == 2
-    err = _error(capsys)
+    err = one_line_error(capsys)
     assert "SAEs that differ: resid.0" in err and not (run / "cards.json").exists()
 
 
@@ -176,7 +172,7 @@ def test_discover_with_nan_weights_exits_2_naming_the_site(tmp_path, capsys):
     t0 = time.perf_counter()
     assert main(["-q", "discover", "--model", "tiny", "--saes", str(saes), "--task", "sva-nounpp", "--pairs", "8",
                  "--out", str(out)]) == 2
-    err = _error(capsys)
+    err = one_line_error(capsys)
     assert "site resid.0" in err and "non-finite" in err
     assert time.perf_counter() - t0 < 8  # at load, not after the node pass
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".o")]
@@ -191,7 +187,7 @@ def test_evaluate_of_a_run_whose_saes_got_nan_is_refused(world, tmp_path, capsys
         run = _run_copy(world, d, **changes)
         summary = (run / "summary.json").read_bytes()
         assert main(["-q", "evaluate", str(run), *FAST]) == 2
-        err = _error(capsys)
+        err = one_line_error(capsys)
         assert "mlp.1" in err
         assert (run / "summary.json").read_bytes() == summary and not (run / "faithfulness-mean.json").exists()
 
