@@ -5,7 +5,7 @@
 #   bash experiments/tiny_saes_faithfulness.sh [OUT]     # about 12 minutes on one thread
 #
 # Every discover uses the same pairs (sva-nounpp, seed 0, 64 discovery + 64 held-out pairs), a
-# 100-node circuit and mean ablation; the sizes-200 evaluation is `featcirc evaluate --sizes 100,200`.
+# 100-node circuit; F at 100 and 200 nodes under mean and patch ablation (`featcirc evaluate --sizes 100,200`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/tiny-saes-faithfulness}
@@ -22,14 +22,15 @@ for saes in tiny "$OUT/saes-all-resid" "$OUT/saes-all" "$OUT/saes-all-long"; do
   name=$(basename "$saes")
   $FC discover --model tiny --saes "$saes" --task sva-nounpp --out "$OUT/sva-$name" --force > /dev/null
   $FC evaluate "$OUT/sva-$name" --sizes 100,200 > /dev/null
+  $FC evaluate "$OUT/sva-$name" --sizes 100,200 --ablation patch > /dev/null
   python - "$OUT/sva-$name" "$name" <<'PY'
 import json, sys
-s = json.load(open(f"{sys.argv[1]}/summary.json"))
-f = s["faithfulness"]["faithfulness"]
-sized = json.load(open(f"{sys.argv[1]}/faithfulness-mean-sizes.json"))
-at = {r["k"]: sized["circuits"][r["circuit"]]["faithfulness"] for r in sized["requests"] if r["selector"] == "size"}
 iv = lambda d: f"{d['value']:.2f} [{d['lo']:.2f}, {d['hi']:.2f}]"
-print(f"{sys.argv[2]:>16}: F(100 nodes) = {iv(f)}, F(200) = {iv(at[200])} "
-      f"({s['faithfulness']['ablation']} ablation, {s['faithfulness']['pairs']} {s['faithfulness']['split']} pairs)")
+for ablation in ("mean", "patch"):
+    sized = json.load(open(f"{sys.argv[1]}/faithfulness-{ablation}-sizes.json"))
+    at = {r["k"]: sized["circuits"][r["circuit"]]["faithfulness"] for r in sized["requests"] if r["selector"] == "size"}
+    best = sized.get("smallest_faithful")
+    print(f"{sys.argv[2]:>16}, {ablation:5s} ablation: F(100 nodes) = {iv(at[100])}, F(200) = {iv(at[200])}, "
+          f"smallest with F >= 0.8: {best['n_nodes'] if best else 'none'} ({sized['n_pairs']} {sized['split']} pairs)")
 PY
 done
