@@ -247,17 +247,28 @@ def prune(G: nx.DiGraph, settings: PruneSettings) -> nx.DiGraph:
         cands = [(n, d) for n, d in cands if magnitude(d["score"]) >= settings.node_threshold]
     if settings.top_k is not None:
         cands = sorted(cands, key=lambda nd: (-magnitude(nd[1]["score"]), nd[0]))[: settings.top_k]
-    keep = {n for n, _ in cands} | {METRIC}
+    H = circuit_from_nodes(G, {n for n, _ in cands}, edge_threshold=settings.edge_threshold)
+    H.graph.update(node_threshold=settings.node_threshold, top_k=settings.top_k)
+    return H
 
+
+def circuit_from_nodes(G: nx.DiGraph, nodes: Iterable[str], *, edge_threshold: float = 0.0) -> nx.DiGraph:
+    """The circuit of ``G`` on a chosen node set (:func:`prune`'s steps 2 and 3, for any pruner, e.g. the
+    learned mask, :mod:`featcirc.pruning`): ``nodes`` and ``metric``, the edges among them with
+    ``|weight| >= edge_threshold``, dead ends dropped when ``G`` has edge scores."""
+    _check_graph(G)
+    nodes = list(nodes)
+    keep = set(nodes) | {METRIC}
+    missing = [n for n in nodes if n not in G]
+    if missing:
+        raise ValueError(f"{len(missing)} nodes are not in the scored graph, e.g. {missing[0]}")
     H = nx.DiGraph()
     H.graph.update(G.graph)
-    H.graph.update(node_threshold=settings.node_threshold, top_k=settings.top_k,
-                   edge_threshold=float(settings.edge_threshold),
-                   n_nodes_unpruned=G.number_of_nodes() - 1)
+    H.graph.update(edge_threshold=float(edge_threshold), n_nodes_unpruned=G.number_of_nodes() - 1)
     H.add_nodes_from((n, dict(d)) for n, d in G.nodes(data=True) if n in keep)
     H.add_edges_from(
         (u, v, dict(d)) for u in list(H) for v, d in G.adj[u].items()
-        if v in keep and abs(float(d.get("weight", 0.0))) >= settings.edge_threshold
+        if v in keep and abs(float(d.get("weight", 0.0))) >= edge_threshold
     )
     if _has_edges(G):
         alive = nx.ancestors(H, METRIC) | {METRIC}
@@ -290,5 +301,5 @@ def summary(G: nx.DiGraph) -> dict:
                 n_components=counts["component"], n_edges=G.number_of_edges(), total_abs_score=total)
 
 
-__all__ = ["PruneSettings", "full_graph", "prune", "circuit_nodes", "node_threshold_sweep",
+__all__ = ["PruneSettings", "full_graph", "prune", "circuit_from_nodes", "circuit_nodes", "node_threshold_sweep",
            "node_label", "slot_labels", "magnitude", "is_scored", "stream_index", "graph_n_layers", "summary"]

@@ -204,18 +204,22 @@ class Ablator:
         ``index`` (the slot of each of the ``T`` positions), node positions are slots."""
         if keep is None:
             return None
+        where = self.node_index(sorted(n for n in keep if n != METRIC), T, index)
+        return {s: SiteState(None if w.features is None else w.features > 0, w.vector > 0) for s, w in where.items()}
+
+    def node_index(self, nodes: Sequence[str], T: int, index: Optional[torch.Tensor] = None) -> dict[str, SiteState]:
+        """Where each node sits: per site, ``features [T, F]`` and ``vector [T]`` long tensors holding
+        ``i + 1`` where ``nodes[i]`` is and 0 elsewhere (a node summed over positions fills every position).
+        With ``index`` (the slot of each of the ``T`` positions), node positions are slots."""
         if index is not None:
-            slots = self.masks(keep, self.alignment.n_slots)
+            slots = self.node_index(nodes, self.alignment.n_slots)
             return {s: SiteState(None if m.features is None else m.features[index], m.vector[index])
                     for s, m in slots.items()}
         out = {}
         for s in self.splice.site_names:
             F = self.splice.n_features(s)
-            out[s] = SiteState(torch.zeros(T, F, dtype=torch.bool) if F else None,
-                               torch.zeros(T, dtype=torch.bool))
-        for nid in keep:
-            if nid == METRIC:
-                continue
+            out[s] = SiteState(torch.zeros(T, F, dtype=torch.long) if F else None, torch.zeros(T, dtype=torch.long))
+        for i, nid in enumerate(nodes):
             ref = parse_node_id(nid)
             s = ref.site.name
             if s not in out:
@@ -231,9 +235,9 @@ class Ablator:
                     raise ValueError(f"node {nid} is a feature but {s} has no SAE here")
                 if ref.feature >= out[s].features.shape[1]:
                     raise ValueError(f"node {nid}: {s}'s SAE has only {out[s].features.shape[1]} features")
-                out[s].features[pos, ref.feature] = True
+                out[s].features[pos, ref.feature] = i + 1
             else:
-                out[s].vector[pos] = True
+                out[s].vector[pos] = i + 1
         return out
 
     # ---- per-pair metric values --------------------------------------------------------------
@@ -346,23 +350,37 @@ class Ablator:
     def _run_with_masks(self, i: int, batch: PairBatch,
                         masks: Optional[dict[str, SiteState]]) -> torch.Tensor:
         """The ``[B]`` metric with nodes where ``masks`` is False ablated (None: no hooks)."""
+        with torch.no_grad():
+            return self.mixed_metric(i, batch, masks)
+
+    def mixed_metric(self, i: int, batch: PairBatch, masks: Optional[dict[str, SiteState]]) -> torch.Tensor:
+        """The ``[B]`` metric of batch ``i`` with every node mixed between its own value (weight 1) and
+        its ablation value (weight 0): ``m * x + (1 - m) * a``. Boolean masks select (True keeps);
+        float masks in [0, 1] mix, differentiably (the learned mask, :mod:`featcirc.pruning.mask`).
+        Masks are ``[T, ...]`` or ``[B, T, ...]``; None: no hooks."""
         model = self.model
         B, t = batch.clean.shape
         hooks = {}
+
+        def mix(mk: torch.Tensor, x: torch.Tensor, a: Optional[torch.Tensor]) -> torch.Tensor:
+            if mk.dtype == torch.bool:
+                return torch.where(mk, x, 0.0 if a is None else a)
+            return mk * x if a is None else a + mk * (x - a)
+
         for s in (self.splice.site_names if masks is not None else []):
             abl = self._ablation_for(i, s, B, t)
             mk = masks[s]
 
             def fn(x: torch.Tensor, s=s, abl=abl, mk=mk) -> torch.Tensor:
                 st = self.splice.split(s, x)
-                v = torch.where(mk.vector[:, None], st.vector, 0.0 if abl is None else abl.vector)
+                v = mix(mk.vector[..., None], st.vector, None if abl is None else abl.vector)
                 if st.features is None:
                     return v
-                f = torch.where(mk.features, st.features, 0.0 if abl is None else abl.features)
+                f = mix(mk.features, st.features, None if abl is None else abl.features)
                 return self.splice.decode(s, f) + v
 
             hooks[s] = fn
-        with torch.no_grad(), self.splice.hooks(hooks):
+        with self.splice.hooks(hooks):
             resid = model(batch.clean, stop_at_layer=model.cfg.n_layers)
             return logit_diff_from_resid(model, resid, batch.clean_answer, batch.patch_answer)
 
