@@ -5,7 +5,8 @@
 #   bash experiments/tiny_saes_faithfulness.sh [OUT]     # about 12 minutes on one thread
 #
 # Every discover uses the same pairs (sva-nounpp, seed 0, 64 discovery + 64 held-out pairs), a
-# 100-node circuit; F at 100 and 200 nodes under mean and patch ablation (`featcirc evaluate --sizes 100,200`).
+# 100-node circuit; F at 100 and 200 nodes under mean and patch ablation (`featcirc evaluate --sizes 100,200
+# --ablation mean,patch`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/tiny-saes-faithfulness}
@@ -21,8 +22,7 @@ time_it $FC train-saes --model tiny --sites all --tokens 512000 --out "$OUT/saes
 for saes in tiny "$OUT/saes-all-resid" "$OUT/saes-all" "$OUT/saes-all-long"; do
   name=$(basename "$saes")
   $FC discover --model tiny --saes "$saes" --task sva-nounpp --out "$OUT/sva-$name" --force > /dev/null
-  $FC evaluate "$OUT/sva-$name" --sizes 100,200 > /dev/null
-  $FC evaluate "$OUT/sva-$name" --sizes 100,200 --ablation patch > /dev/null
+  $FC evaluate "$OUT/sva-$name" --sizes 100,200 --ablation mean,patch > /dev/null
   python - "$OUT/sva-$name" "$name" <<'PY'
 import json, sys
 iv = lambda d: f"{d['value']:.2f} [{d['lo']:.2f}, {d['hi']:.2f}]"

@@ -1,4 +1,5 @@
-"""Reading a run directory's JSON files back (docs/design.md §11-§12): ``run.json``, ``summary.json``,
+"""Reading a run directory's JSON files back (docs/design.md §11-§12): ``run.json``, ``summary.json``
+(and its ``faithfulness``, in the shape of any featcirc version: :func:`faithfulness_by_ablation`),
 ``circuit.json``, ``cards.json``. A run directory may come from someone else or from another featcirc
 version, so every file is checked as it is read: a missing, truncated, foreign or out-of-range file
 is a ``ValueError`` / ``FileNotFoundError`` whose one-line message names the file (and, for
@@ -15,7 +16,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 RERUN = "rerun `featcirc discover ... --out DIR` to recreate it"
 """What to do about a damaged run file, unless the caller says otherwise."""
@@ -204,4 +205,34 @@ def read_run_json(run_dir: "str | os.PathLike[str]"):
     return check_run_config(raw, path), raw
 
 
-__all__ = ["RERUN", "check_run_config", "check_run_values", "read_json_file", "read_run_json", "run_version", "written_by"]
+# ------------------------------------------------------------------------------ summary.json's faithfulness
+FAITHFULNESS_RECORD_KEYS = ("ablation", "faithfulness", "completeness", "split", "pairs", "n_nodes")
+"""Fields of one ablation's record in ``summary.json``'s ``faithfulness``; a mapping with any of them at
+its top level is a single record (the shape runs written before both ablations were reported have)."""
+
+
+def faithfulness_by_ablation(value: Any, where: str = "summary.json") -> Optional[dict]:
+    """``summary.json``'s ``faithfulness`` as ``{ablation: record}``, whichever featcirc wrote it: now a
+    mapping ablation -> record (``commands.discover.exported_faithfulness``'s dict, which names its own
+    ``ablation``), in the order measured; older runs hold one record, with ``ablation`` at the top
+    level, which becomes ``{record["ablation"]: record}`` (``"unknown"`` when it names none). None for
+    None (runs from before faithfulness was recorded). Anything else, or a record that is not a JSON
+    object, is a ``ValueError`` naming ``where`` (what holds the value)."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"faithfulness must be a dict ({where}'s 'faithfulness'), got {type(value).__name__}")
+    if any(k in value for k in FAITHFULNESS_RECORD_KEYS):  # one record: a run from before
+        name = value.get("ablation")
+        return {name if isinstance(name, str) and name else "unknown": dict(value)}
+    out = {}
+    for name, record in value.items():
+        if not isinstance(record, Mapping):
+            raise ValueError(f"{where}: 'faithfulness' -> {name!r} is {_json_type(record)}, not a JSON object "
+                             f"(one ablation's record); {RERUN}")
+        out[str(name)] = dict(record)
+    return out
+
+
+__all__ = ["RERUN", "FAITHFULNESS_RECORD_KEYS", "check_run_config", "check_run_values", "faithfulness_by_ablation",
+           "read_json_file", "read_run_json", "run_version", "written_by"]

@@ -140,8 +140,9 @@ def test_run_records_versions_and_the_example_pair(run_dir):
     ids = [model.to_single_token(a) for a in (ex["clean_answer"], ex["patch_answer"])]
     want = float(logit_diff_full(model, toks, torch.tensor([ids[0]]), torch.tensor([ids[1]]))[0])
     assert abs(ex["metric_clean"] - want) < 1e-4, (ex["metric_clean"], want)
-    f = summ["faithfulness"]
-    assert "higher is better" in f["definitions"]["faithfulness"] and "lower is better" in f["definitions"]["completeness"]
+    for f in summ["faithfulness"].values():
+        assert "higher is better" in f["definitions"]["faithfulness"]
+        assert "lower is better" in f["definitions"]["completeness"]
 
 
 def test_discover_splits_the_pairs_and_measures_the_exported_circuit_held_out(run_dir):
@@ -151,12 +152,18 @@ def test_discover_splits_the_pairs_and_measures_the_exported_circuit_held_out(ru
     assert split["n_discovery"] == 8 and split["n_eval"] == 8 and split["eval_pairs"] == "eval_pairs.jsonl"
     held_out = read_pairs(run_dir / "eval_pairs.jsonl")
     assert len(held_out) == 8
-    f = json.loads((run_dir / "summary.json").read_text())["faithfulness"]
-    assert f["split"] == "held-out" and f["pairs"] == 8 and f["ablation"] == "mean"
-    for key in ("faithfulness", "completeness"):
-        assert f[key]["lo"] <= f[key]["value"] <= f[key]["hi"]
-    assert f["n_nodes"] == json.loads((run_dir / "summary.json").read_text())["n_nodes"]
-    assert "featcirc evaluate" in f["curves"]  # where the curves are
+    summ = json.loads((run_dir / "summary.json").read_text())
+    faith = summ["faithfulness"]
+    assert list(faith) == ["mean", "patch"]  # the exported circuit under both ablations, on the same pairs
+    for ablation, f in faith.items():
+        assert f["split"] == "held-out" and f["pairs"] == 8 and f["ablation"] == ablation
+        for key in ("faithfulness", "completeness"):
+            assert f[key]["lo"] <= f[key]["value"] <= f[key]["hi"]
+        assert f["n_nodes"] == summ["n_nodes"]
+        assert "featcirc evaluate" in f["curves"]  # where the curves are
+    assert faith["mean"]["m_full"] == pytest.approx(faith["patch"]["m_full"])  # nothing ablated: the same
+    assert faith["patch"]["m_empty"] < faith["mean"]["m_empty"] - 1  # everything patched: the other answer wins
+    assert list(summ["seconds"]).count("faithfulness") == 1 and summ["seconds"]["faithfulness"] > 0
 
 
 def test_rerun_needs_force_and_leaves_the_run_alone(run_dir, capsys):
@@ -240,5 +247,7 @@ def test_demo_writes_a_complete_evaluated_run(tmp_path, capsys):
     for name in ("circuit.html", "cards.json", "faithfulness-mean.csv", "faithfulness-mean.json", "neuronpedia.json"):
         assert (out / name).is_file(), name
     summ = json.loads((out / "summary.json").read_text())
-    assert summ["faithfulness"]["split"] == "held-out" and summ["evaluations"]["mean"]["pairs"] == 4
+    assert list(summ["faithfulness"]) == ["mean", "patch"] and summ["evaluations"]["mean"]["pairs"] == 4
+    assert all(f["split"] == "held-out" for f in summ["faithfulness"].values())
+    assert " under mean ablation, " in printed and " under patch ablation " in printed
     assert str(out / "eval_pairs.jsonl") in summ["evaluations"]["mean"]["data"]  # not the staging name

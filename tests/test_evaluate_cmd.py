@@ -87,6 +87,57 @@ def test_ablations_do_not_overwrite_each_other(held_out):
     assert _json(held_out / "faithfulness-zero.json")["ablation"] == "zero"
 
 
+def test_several_ablations_in_one_run(held_out, tmp_path, capsys, monkeypatch):
+    """``--ablation mean,patch``: the model loads once, each ablation's files and summary entry are those
+    of a run with that ablation alone, and the output ends with the smallest circuit with F >= 0.8
+    under each ablation, named (or that none reached it)."""
+    import featcirc.commands.common as common
+
+    d = tmp_path / "sva"
+    shutil.copytree(held_out, d)
+    for name in ("faithfulness-mean.json", "faithfulness-patch.json"):
+        (d / name).unlink(missing_ok=True)
+    loads = []
+    load = common.load_model_and_saes
+    monkeypatch.setattr(common, "load_model_and_saes", lambda *a, **k: loads.append(a) or load(*a, **k))
+    assert main(["-q", "evaluate", str(d), "--ablation", "mean,patch", "--sizes", "1,5,20,1000", *FAST]) == 0
+    assert len(loads) == 1
+    out = [ln for ln in capsys.readouterr().out.splitlines() if not ln.startswith("Moving model")]
+    ev = _json(d / "summary.json")["evaluations"]
+    tail = []
+    for ablation in ("mean", "patch"):
+        res = _json(d / f"faithfulness-{ablation}-sizes.json")
+        assert res["ablation"] == ablation and ev[f"{ablation}-sizes"]["ablation"] == ablation
+        best = res["smallest_faithful"]
+        tail.append(f"smallest circuit with F >= 0.8 under {ablation} ablation: {best['n_nodes']} nodes (F = "
+                    if best else f"no circuit evaluated reaches F >= 0.8 under {ablation} ablation")
+        for ext in ("csv", "png"):
+            assert (d / f"faithfulness-{ablation}-sizes.{ext}").is_file()
+    assert len(out) > 4 and [ln[:len(t)] for ln, t in zip(out[-2:], tail)] == tail, out[-2:]
+    # as if run alone: the patch evaluation by itself gives the same numbers
+    both = _json(d / "faithfulness-patch-sizes.json")
+    assert main(["-q", "evaluate", str(d), "--ablation", "patch", "--sizes", "1,5,20,1000", *FAST]) == 0
+    alone = _json(d / "faithfulness-patch-sizes.json")
+    assert [c["faithfulness"] for c in alone["circuits"]] == [c["faithfulness"] for c in both["circuits"]]
+    assert alone["exported"] == both["exported"]
+    lines = capsys.readouterr().out.splitlines()
+    assert sum("F >= 0.8" in ln for ln in lines) == 1  # one ablation: its line once, no summary block
+
+
+def test_smallest_faithful_line_names_the_ablation_or_says_none_reached_it():
+    from types import SimpleNamespace
+
+    from featcirc.commands.evaluate import smallest_faithful_line
+    from featcirc.evaluate.bootstrap import Interval
+
+    best = SimpleNamespace(n_nodes=120, faithfulness=Interval(0.83, 0.8, 0.86))
+    found = SimpleNamespace(ablation="patch", smallest_faithful=lambda: best)
+    assert smallest_faithful_line(found) == ("smallest circuit with F >= 0.8 under patch ablation: 120 nodes "
+                                             "(F = 0.830 [0.800, 0.860])")
+    none = SimpleNamespace(ablation="mean", smallest_faithful=lambda: None)
+    assert smallest_faithful_line(none) == "no circuit evaluated reaches F >= 0.8 under mean ablation"
+
+
 def test_sizes_do_not_overwrite_the_threshold_curve(held_out):
     """An evaluation by --sizes is kept beside the one by thresholds: its own files and summary entry."""
     assert main(["-q", "evaluate", str(held_out), "--ablation", "mean", *FAST]) == 0

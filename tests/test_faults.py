@@ -50,7 +50,7 @@ def small_disk(tmp_path):
 # ----------------------------------------------------------------------------------------- argparse
 @pytest.mark.parametrize("argv, fragment", [
     (["discover", "--model", "tiny"], "featcirc discover: error: the following arguments are required: --out"),
-    (["evaluate", "x", "--ablation", "nope"], "featcirc evaluate: error: argument --ablation: invalid choice"),
+    (["evaluate", "x", "--sizes", "ten"], "featcirc evaluate: error: argument --sizes: expected comma-separated"),
     (["nope"], "featcirc: error: argument COMMAND: invalid choice"),
 ])
 def test_an_argparse_error_is_one_line(capsys, argv, fragment):

@@ -30,12 +30,21 @@ EXAMPLE = {"prompt": "The uncle above the benches", "patch_prompt": "The uncles 
 
 
 def faithfulness(n_nodes: int, split: str = "held-out") -> dict:
-    """summary.json's ``faithfulness`` for an exported circuit of ``n_nodes`` nodes."""
+    """One ablation's record of summary.json's ``faithfulness`` for an exported circuit of ``n_nodes``
+    nodes: alone, the shape runs written before both ablations were reported have."""
     return {"ablation": "mean", "split": split, "pairs": 32, "n_nodes": n_nodes,
             "data": "/home/someone/pairs/heldout_sva.jsonl, held-out pairs (eval_pairs.jsonl)",
             "faithfulness": {"value": 0.35667, "lo": 0.31254, "hi": 0.40388},
             "completeness": {"value": 0.01216, "lo": -0.00269, "hi": 0.02747}, "m_full": 5.88, "m_empty": -0.27,
             "intervals": "95% percentile bootstrap over 1000 pair resamples"}
+
+
+def faithfulness_both(n_nodes: int, split: str = "held-out") -> dict:
+    """summary.json's ``faithfulness`` as ``discover`` writes it: ablation -> record, mean and patch."""
+    patch = dict(faithfulness(n_nodes, split), ablation="patch", m_empty=-5.9,
+                 faithfulness={"value": 0.00045, "lo": 0.00014, "hi": 0.0009},
+                 completeness={"value": -0.0009, "lo": -0.0051, "hi": 0.0025})
+    return {"mean": faithfulness(n_nodes, split), "patch": patch}
 
 
 def random_scores(aggregation: str = "none", T: int = 5, F: int = 12, density: float = 0.28,
@@ -210,22 +219,31 @@ def test_star_label_stays_inside_a_narrow_drawing():
 def test_title_gives_the_exported_circuits_faithfulness(tmp_path):
     C = prune(random_graph(), PruneSettings(top_k=30))
     n = len(C) - 1
-    title = circuit_figure(C, title="tiny", faithfulness=faithfulness(n)).axes[0].get_title(loc="left")
-    assert title.startswith("tiny\nF = 0.357 [0.313, 0.404] (95% interval; mean ablation; held-out, 32 pairs) "
-                            f"for these {n} nodes\n{n} nodes, ")
+    flat = lambda fig: " ".join(fig.axes[0].get_title(loc="left").split())  # noqa: E731  (the F line wraps)
+    # as discover writes it: F under each ablation, each value with its ablation named
+    title = circuit_figure(C, title="tiny", faithfulness=faithfulness_both(n)).axes[0].get_title(loc="left")
+    assert title.startswith("tiny\nF = ") and f"nodes\n{n} nodes, " in title
+    assert " ".join(title.split()).startswith(
+        "tiny F = 0.357 [0.313, 0.404] under mean ablation, 0.000 [0.000, 0.001] under patch ablation "
+        f"(95% intervals; held-out, 32 pairs) for these {n} nodes {n} nodes, ")
     assert "/home/someone" not in title  # the data file's path stays out
-    other = circuit_figure(C, faithfulness=faithfulness(n + 20, "in-sample")).axes[0].get_title(loc="left")
-    assert (f"(95% interval; mean ablation; in-sample, 32 pairs), measured for the exported circuit ({n + 20} nodes), "
-            f"not the {n} nodes drawn") in other
-    unknown = faithfulness(n)
-    unknown["faithfulness"] = {"value": None, "lo": None, "hi": None}
-    assert "F = n/a (mean ablation; held-out, 32 pairs)" in circuit_figure(
-        C, faithfulness=unknown).axes[0].get_title(loc="left")
+    # an older run's single record: the same line with one F
+    assert flat(circuit_figure(C, title="tiny", faithfulness=faithfulness(n))).startswith(
+        f"tiny F = 0.357 [0.313, 0.404] under mean ablation (95% interval; held-out, 32 pairs) for these {n} nodes")
+    other = flat(circuit_figure(C, faithfulness=faithfulness_both(n + 20, "in-sample")))
+    assert (f"under patch ablation (95% intervals; in-sample, 32 pairs), measured for the exported circuit "
+            f"({n + 20} nodes), not the {n} nodes drawn") in other
+    unknown = faithfulness_both(n)
+    unknown["patch"]["faithfulness"] = {"value": None, "lo": None, "hi": None}
+    assert ("F = 0.357 [0.313, 0.404] under mean ablation, n/a under patch ablation (95% interval; held-out, "
+            "32 pairs)") in flat(circuit_figure(C, faithfulness=unknown))
     assert "F =" not in circuit_figure(C, title="tiny").axes[0].get_title(loc="left")  # older runs: no F
     assert_png(draw_circuit(C, tmp_path / "c.png", title="tiny", tokens=TOKENS, example=EXAMPLE,
-                            faithfulness=faithfulness(n)))
+                            faithfulness=faithfulness_both(n)))
     with pytest.raises(ValueError, match="faithfulness must be a dict"):
         circuit_figure(C, faithfulness=0.36)
+    with pytest.raises(ValueError, match="'patch' is a number, not a JSON object"):
+        circuit_figure(C, faithfulness={"mean": faithfulness(n), "patch": 0.0})
 
 
 @pytest.mark.parametrize("aggregation", ["none", "sum"])

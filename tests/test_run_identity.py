@@ -97,7 +97,7 @@ def test_evaluate_from_another_directory_uses_the_runs_saes(world, tmp_path, mon
     run = _run_copy(world, tmp_path)
     monkeypatch.chdir(world["b"])
     assert main(["-q", "evaluate", str(run), *FAST]) == 0
-    discovered = json.loads((run / "summary.json").read_text())["faithfulness"]["faithfulness"]["value"]
+    discovered = json.loads((run / "summary.json").read_text())["faithfulness"]["mean"]["faithfulness"]["value"]
     assert _exported_f(run) == pytest.approx(discovered, abs=1e-6)
 
 
@@ -119,7 +119,7 @@ def test_other_saes_are_refused_naming_the_expected_set(world, tmp_path, monkeyp
     copy = _sae_copy(tmp_path / "copy")
     assert main(["-q", "evaluate", str(run), "--saes", str(copy), *FAST]) == 0
     assert _exported_f(run) == pytest.approx(
-        json.loads(summary)["faithfulness"]["faithfulness"]["value"], abs=1e-6)
+        json.loads(summary)["faithfulness"]["mean"]["faithfulness"]["value"], abs=1e-6)
 
 
 def test_a_changed_sae_directory_is_refused(world, tmp_path, capsys):

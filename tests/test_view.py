@@ -31,7 +31,7 @@ from featcirc.export.formats import write_json as write_graph_json
 from featcirc.io import write_json
 from featcirc.sites import METRIC
 from featcirc.view import render_html, viewer_data, write_viewer
-from test_plot import EXAMPLE, TOKENS, faithfulness, random_graph, random_scores
+from test_plot import EXAMPLE, TOKENS, faithfulness, faithfulness_both, random_graph, random_scores
 
 CARDS = json.loads((Path(__file__).parent / "fixtures" / "view_cards.json").read_text())
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -154,13 +154,17 @@ def test_cards_only_for_embedded_features_and_bad_input_errors():
 def test_embeds_the_examples_own_metric_and_the_exported_circuits_faithfulness():
     G = demo_like_graph()
     C = prune(G, PruneSettings(top_k=102))
-    data = viewer_data(G, circuit=C, tokens=DEMO_TOKENS, example=EXAMPLE, faithfulness=faithfulness(102))
+    data = viewer_data(G, circuit=C, tokens=DEMO_TOKENS, example=EXAMPLE, faithfulness=faithfulness_both(102))
     assert data["example"] == EXAMPLE
-    assert data["faithfulness"] == {"ablation": "mean", "split": "held-out", "pairs": 32, "n_nodes": 102,
-                                    "faithfulness": {"value": 0.35667, "lo": 0.31254, "hi": 0.40388},
-                                    "completeness": {"value": 0.01216, "lo": -0.00269, "hi": 0.02747},
-                                    "confidence": "95%",
-                                    "intervals": "95% percentile bootstrap over 1000 pair resamples"}
+    mean = {"ablation": "mean", "split": "held-out", "pairs": 32, "n_nodes": 102,
+            "faithfulness": {"value": 0.35667, "lo": 0.31254, "hi": 0.40388},
+            "completeness": {"value": 0.01216, "lo": -0.00269, "hi": 0.02747},
+            "confidence": "95%", "intervals": "95% percentile bootstrap over 1000 pair resamples"}
+    patch = dict(mean, ablation="patch", faithfulness={"value": 0.00045, "lo": 0.00014, "hi": 0.0009},
+                 completeness={"value": -0.0009, "lo": -0.0051, "hi": 0.0025})
+    assert data["faithfulness"] == [mean, patch]  # one entry per ablation, in the order measured
+    # an older run's single record: one entry
+    assert viewer_data(G, circuit=C, tokens=DEMO_TOKENS, faithfulness=faithfulness(102))["faithfulness"] == [mean]
     assert "/home/someone" not in json.dumps(data)  # the data file's path stays out of the page
     assert data["metric"]["n_pairs"] == 32  # the mean's pair count, for "mean over 32 pairs"
     assert "mean metric over 32 pairs: clean 6.49, patch -6.15" in data["subtitle"]
@@ -173,8 +177,9 @@ def test_embeds_the_examples_own_metric_and_the_exported_circuits_faithfulness()
     part = viewer_data(G, example={"metric_clean": float("nan"), "clean_answer": " has"},
                        faithfulness={"faithfulness": {"value": float("inf")}, "pairs": "many"})
     assert part["example"]["metric_clean"] is None and part["example"]["patch_answer"] is None
-    assert part["faithfulness"]["faithfulness"] == {"value": None, "lo": None, "hi": None}
-    assert part["faithfulness"]["pairs"] is None and part["faithfulness"]["confidence"] is None
+    (info,) = part["faithfulness"]
+    assert info["faithfulness"] == {"value": None, "lo": None, "hi": None} and info["ablation"] is None
+    assert info["pairs"] is None and info["confidence"] is None
     with pytest.raises(ValueError, match="example must be a dict"):
         viewer_data(G, example=["The keys"])
     with pytest.raises(ValueError, match="faithfulness must be a dict"):
@@ -305,15 +310,22 @@ def test_page_shows_the_examples_metric_and_the_exported_circuits_faithfulness(t
     C = prune(G, PruneSettings(top_k=102))
     n = len(C) - 1
     path = write_viewer(G, tmp_path / "c.html", circuit=C, tokens=DEMO_TOKENS, example=EXAMPLE,
-                        faithfulness=faithfulness(n))
+                        faithfulness=faithfulness_both(n))
     profile = tmp_path / "profile"
     dom = browse(path, profile=profile)
     # the star: the example prompt's own m and answers, then the mean, called a mean
     assert dom.part("star") == ('m = 7.71 on this prompt: " has" vs " have" (patch prompt: -3.73)'
                                 "mean m over 32 pairs: 6.49")
     assert "metric = " not in "".join(dom.text)
-    # the header: F with its interval, ablation, split, pairs and the circuit it belongs to
-    assert dom.part("faith") == ("F = 0.357 [0.313, 0.404] (95% interval; mean ablation; held-out, 32 pairs) "
+    # the header: F under each ablation with its interval and the ablation named, split, pairs and the
+    # circuit it belongs to
+    assert dom.part("faith") == ("F = 0.357 [0.313, 0.404] under mean ablation, 0.000 [0.000, 0.001] under patch "
+                                 "ablation (95% intervals; held-out, 32 pairs) for the circuit shown, the run's "
+                                 f"exported circuit ({n} nodes)")
+    # an older run's single record
+    old = browse(write_viewer(G, tmp_path / "one.html", circuit=C, tokens=DEMO_TOKENS, faithfulness=faithfulness(n)),
+                 profile=profile)
+    assert old.part("faith") == ("F = 0.357 [0.313, 0.404] under mean ablation (95% interval; held-out, 32 pairs) "
                                  f"for the circuit shown, the run's exported circuit ({n} nodes)")
     assert dom.root["data-f-applies"] == "1"
     # re-pruned away from the exported circuit: F is said to be the exported circuit's, not this one's
@@ -398,9 +410,10 @@ def test_a_demo_sized_circuit_fits_a_laptop_window_with_its_labels(tmp_path, win
     C = prune(G, PruneSettings(top_k=102))
     n = len(C) - 1
     path = write_viewer(G, tmp_path / "c.html", circuit=C, tokens=DEMO_TOKENS, example=EXAMPLE,
-                        faithfulness=faithfulness(n))
+                        faithfulness=faithfulness_both(n))  # the header's F line names both ablations
     m, dom = measure(path, viewport=window, profile=tmp_path / "profile")
     W, H = window
+    assert "under patch ablation" in dom.part("faith")  # the header's F line names both ablations
     assert m["window"] == [W, H]
     kinds = {k for k, _ in m["items"]}
     assert {"node", "star", "metric-label", "token-label", "node-label", "band-label"} <= kinds
@@ -476,7 +489,8 @@ def run_dir(tmp_path) -> Path:
     write_graph_json(prune(G, PruneSettings(top_k=30)), out / "circuit.json")
     write_json(out / "run.json", {"model": "tiny", "method": "relp", "level": "feature", "task": None,
                                   "data": str(tmp_path / "pairs" / "heldout_sva.jsonl")})
-    faith = dict(faithfulness(30), data=str(tmp_path / "pairs" / "heldout_sva.jsonl") + ", held-out pairs")
+    faith = {k: dict(r, data=str(tmp_path / "pairs" / "heldout_sva.jsonl") + ", held-out pairs")
+             for k, r in faithfulness_both(30).items()}
     write_json(out / "summary.json", {"model": "tiny", "model_info": {"n_layers": 2}, "method": "relp",
                                       "level": "feature", "data": str(tmp_path / "pairs" / "heldout_sva.jsonl"),
                                       "prompt": "The keys to the", "prompt_tokens": TOKENS,
@@ -499,7 +513,8 @@ def test_view_command_writes_the_page(run_dir, tmp_path, capsys):
     # summary.json's example and faithfulness reach the page (the data file's path does not)
     assert data["example"]["prompt"] == "The keys to the" and data["example"]["patch_answer"] == " have"
     assert data["metric"]["n_pairs"] == 3
-    assert data["faithfulness"]["n_nodes"] == 30 and data["faithfulness"]["faithfulness"]["value"] == 0.35667
+    assert [(f["ablation"], f["n_nodes"], f["faithfulness"]["value"]) for f in data["faithfulness"]] == [
+        ("mean", 30, 0.35667), ("patch", 30, 0.00045)]
     (run_dir / "cards.json").write_text(json.dumps(CARDS))
     assert main(["-q", "view", str(run_dir), "--out", str(tmp_path / "v.html"), "--max-nodes", "40"]) == 0
     data = page_data((tmp_path / "v.html").read_text(encoding="utf-8"))
@@ -507,8 +522,15 @@ def test_view_command_writes_the_page(run_dir, tmp_path, capsys):
     (run_dir / "circuit.json").unlink()  # without it the page starts at the summary's pruning
     assert main(["-q", "view", str(run_dir)]) == 0
     assert page_data(page.read_text(encoding="utf-8"))["circuit"]["reproduced"]
-    # a run directory from before summary.json had an example: neither shown, nothing made up
+    # a run directory from before both ablations were reported: its single record is read as such
     summary = json.loads((run_dir / "summary.json").read_text())
+    write_json(run_dir / "summary.json", dict(summary, faithfulness=summary["faithfulness"]["mean"]))
+    assert "ablation" in summary["faithfulness"]["mean"]  # the old shape: 'ablation' at the top level
+    assert main(["-q", "view", str(run_dir)]) == 0
+    data = page_data(page.read_text(encoding="utf-8"))
+    assert [(f["ablation"], f["n_nodes"], f["faithfulness"]["value"]) for f in data["faithfulness"]] == [
+        ("mean", 30, 0.35667)]
+    # a run directory from before summary.json had an example: neither shown, nothing made up
     del summary["example"], summary["faithfulness"]
     write_json(run_dir / "summary.json", summary)
     assert main(["-q", "view", str(run_dir)]) == 0
@@ -531,6 +553,12 @@ def test_view_command_errors_name_the_fix(run_dir, tmp_path, capsys):
     assert main(["-q", "view", str(run_dir)]) == 2
     assert "cards.json is not valid JSON" in capsys.readouterr().err
     (run_dir / "cards.json").unlink()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    write_json(run_dir / "summary.json", dict(summary, faithfulness=dict(summary["faithfulness"], patch=0.0)))
+    assert main(["-q", "view", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "summary.json: 'faithfulness' -> 'patch' is a number, not a JSON object" in err
+    write_json(run_dir / "summary.json", summary)
     assert main(["-q", "view", str(run_dir), "--max-nodes", "0"]) == 2
     assert "--max-nodes" in capsys.readouterr().err
     assert main(["-q", "view", str(run_dir), "--out", str(tmp_path)]) == 2

@@ -148,6 +148,28 @@ def check_memory_size(text: Optional[str], option: str = "--max-memory") -> None
         raise InputError(f"{option} {text!r} is not a memory size; write e.g. 20GB, 1.5GiB, 800MB or a number of bytes")
 
 
+# ---------------------------------------------------------------------------------------- ablations
+def parse_ablations(text: Any, option: str = "--ablations") -> tuple[str, ...]:
+    """Ablation names (docs/design.md §9) from a comma-separated ``text`` (``"mean,patch"``) or a
+    sequence of names: each one of :data:`ABLATION_NAMES`, none twice, at least one; in the order given."""
+    items = text.split(",") if isinstance(text, str) else list(text) if isinstance(text, (list, tuple)) else None
+    if items is None or not all(isinstance(x, str) for x in items):
+        raise InputError(f"{option} must be ablation names separated by commas, e.g. mean,patch; got {text!r}")
+    names = [x.strip() for x in items]
+    known = ", ".join(ABLATION_NAMES)
+    if not names or not all(names):
+        raise InputError(f"{option} {text!r} has an empty name; give ablations separated by commas, e.g. mean,patch "
+                         f"(known: {known})")
+    for name in names:
+        if name not in ABLATION_NAMES:
+            raise InputError(f"unknown ablation {name!r} in {option} {text!r}; choose from {known} (comma-separated, "
+                             "e.g. mean,patch)")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError(f"{option} {text!r} names {', '.join(twice)} more than once; give each ablation once")
+    return tuple(names)
+
+
 # ------------------------------------------------------------------------------------- device, dtype
 def check_export_names(slug: Optional[str], scan: Optional[str]) -> None:
     """``--slug`` and ``--scan`` as Neuronpedia's upload accepts them (:mod:`featcirc.export.names`)."""
@@ -349,4 +371,5 @@ __all__ = ["ABLATION_NAMES", "DTYPE_NAMES", "InputError", "check_device_name", "
            "check_memory_size",
            "check_model_name", "check_sae_config", "check_sae_spec", "named_sae_sets", "safetensors_shapes",
            "tiny_model_config", "TruncatedFileError", "MAX_BOOTSTRAP", "MAX_IG_STEPS", "MAX_SAE_WIDTH",
-           "check_saes_level", "check_train_size", "max_threads", "physical_memory_bytes", "sae_training_bytes"]
+           "check_saes_level", "check_train_size", "max_threads", "parse_ablations", "physical_memory_bytes",
+           "sae_training_bytes"]

@@ -1,6 +1,7 @@
 """``featcirc discover``: score nodes and edges, prune, and write a complete run directory: scores,
 the circuit in every export format, drawing, viewer, optional feature cards, the exported circuit's
-faithfulness on held-out pairs, and ``summary.json`` (docs/design.md §11).
+faithfulness on held-out pairs under mean and patch ablation (``--ablations``), and ``summary.json``
+(docs/design.md §9, §11).
 
 Everything that needs no model is checked first; the run is built in a temporary directory beside
 ``--out`` and moved into place when complete (a failure or Ctrl-C leaves ``--out`` as it was). Under
@@ -14,7 +15,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from featcirc.commands.common import RunConfig, phase
 
@@ -22,8 +23,11 @@ logger = logging.getLogger("featcirc")
 
 HELP = "score nodes and edges, prune, export, draw and view a circuit"
 
-FAITHFULNESS_ABLATION = "mean"
-"""The ablation of the exported circuit's faithfulness in ``summary.json`` (``evaluate`` does the others)."""
+FAITHFULNESS_ABLATIONS: tuple[str, ...] = ("mean", "patch")
+"""The ablations the exported circuit's faithfulness is measured under (``summary.json``'s
+``faithfulness``, one record each; ``--ablations``): mean ablation is the gentlest test (a circuit
+can look faithful when the mean activation lies between the two answers' values), patch ablation
+(each pair's own counterfactual) the one MIB and most papers use; ``evaluate`` does curves and the others."""
 
 
 @dataclass
@@ -73,16 +77,19 @@ def exported_faithfulness(ab, G, C, *, split: str, source: str, n_resamples: int
 
 def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=None, dtype: Any = None,
              cards: Optional[CardOptions] = None, export: Optional[ExportOptions] = None,
-             progress: bool = True) -> dict:
+             ablations: "Sequence[str] | str" = FAITHFULNESS_ABLATIONS, progress: bool = True) -> dict:
     """Score nodes and edges, build and prune the circuit, and write the run into the existing
     directory ``out`` (staged by the caller). ``pairs``: :func:`featcirc.data.load.run_pairs`'s split;
     ``ctx``: the process context (:func:`featcirc.distributed.context`); only its main process
     writes cards, exports and the viewer. ``model`` / ``saes``: already loaded (else loaded here on
-    ``ctx.device`` in ``dtype``). Returns the summary."""
+    ``ctx.device`` in ``dtype``). ``ablations``: those the exported circuit's faithfulness is measured
+    under, on the same held-out pairs (``summary.json``'s ``faithfulness``: ablation -> record).
+    Returns the summary."""
     import torch
 
     from featcirc.attribution import AttributionSettings
     from featcirc.circuit import PruneSettings, full_graph, prune, summary
+    from featcirc.commands.checks import parse_ablations
     from featcirc.commands.common import example_metrics, example_prompt, example_token_slots, load_model_and_saes
     from featcirc.data import tokenize_pairs
     from featcirc.data.load import log_summary
@@ -94,6 +101,7 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
     from featcirc.models.loading import model_info
 
     out = Path(out)
+    ablations = parse_ablations(ablations, "ablations")  # before any work (the command line checked --ablations)
     from dataclasses import replace
 
     from featcirc.saes.identity import resolve_sae_spec
@@ -159,10 +167,13 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
     seconds["circuit"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    ab = ctx.ablator(model, eval_data, level=cfg.level, saes=saes, sites=nodes.sites,
-                     ablation=FAITHFULNESS_ABLATION, progress=progress, alignment=alignment)
-    faith = exported_faithfulness(ab, G, C, split=eval_split, source=eval_data.source)
-    seconds["faithfulness"] = time.perf_counter() - t0
+    faith = {}  # ablation -> record, on the same held-out pairs; one Ablator at a time (patch keeps its runs)
+    for ablation in ablations:
+        ab = ctx.ablator(model, eval_data, level=cfg.level, saes=saes, sites=nodes.sites,
+                         ablation=ablation, progress=progress, alignment=alignment)
+        faith[ablation] = exported_faithfulness(ab, G, C, split=eval_split, source=eval_data.source)
+        del ab
+    seconds["faithfulness"] = time.perf_counter() - t0  # all ablations together
     if ctx.is_main:
         t0 = time.perf_counter()
         draw_circuit(C, out / "circuit.png", title=title, tokens=tokens, example=example, faithfulness=faith)
@@ -283,6 +294,10 @@ def add_arguments(p) -> None:
     p.add_argument("--node-threshold", type=float, default=None, help="keep nodes with |score| >= this (default: none; then --top-k 100)")
     p.add_argument("--top-k", type=int, default=None, help="keep the top k nodes (default 100 without a threshold)")
     p.add_argument("--edge-threshold", type=float, default=0.0, help="keep edges with |weight| >= this")
+    p.add_argument("--ablations", default=",".join(FAITHFULNESS_ABLATIONS), metavar="LIST",
+                   help="ablations the exported circuit's faithfulness is measured under, comma-separated, from "
+                        "mean, zero, resample, patch: mean is the gentlest test, patch (each pair's own "
+                        "counterfactual) the one MIB and most papers use")
     p.add_argument("--max-memory", default=None, metavar="SIZE",
                    help="memory budget of the attribution per process, e.g. 8GB: picks the batch size and "
                         "rows that fit, and keeps the node pass's records for the edge pass only within it "
@@ -315,12 +330,13 @@ def config_from_args(args) -> RunConfig:
 
 
 def run(args, progress: bool) -> int:
-    from featcirc.commands.checks import check_export_names, check_int
+    from featcirc.commands.checks import check_export_names, check_int, parse_ablations
     from featcirc.commands.common import process_context, start_torch
     from featcirc.data.load import run_pairs
     from featcirc.io import check_out_dir, staged_dir
 
     cfg = config_from_args(args)
+    ablations = parse_ablations(args.ablations, "--ablations")
     cfg.check()
     check_int(args.cards_tokens, "--cards-tokens", what="corpus tokens the feature cards scan")
     check_export_names(args.slug, args.scan)
@@ -335,7 +351,7 @@ def run(args, progress: bool) -> int:
         stage = staged_dir(args.out, force=args.force) if ctx.is_main else tempfile.TemporaryDirectory()
         with stage as out:
             summ = discover(cfg, out, pairs=pairs, ctx=ctx, dtype=dtype, cards=cards, export=export,
-                            progress=progress and ctx.is_main)
+                            ablations=ablations, progress=progress and ctx.is_main)
             phase("written")
     if ctx.is_main:
         print(result_line(summ, args.out))
@@ -343,14 +359,28 @@ def run(args, progress: bool) -> int:
 
 
 def result_line(summ: dict, out: "str | Path") -> str:
-    """The line ``discover`` prints: the circuit, the pairs and the exported circuit's faithfulness."""
-    f = summ["faithfulness"]
+    """The line ``discover`` prints: the circuit, the pairs and the exported circuit's faithfulness
+    under each ablation measured, every value with its ablation named, and its completeness under the
+    first (the others are in ``summary.json``)."""
+    from featcirc.run_files import faithfulness_by_ablation
 
-    def value(iv: dict) -> str:
-        ci = f" [{iv['lo']:.2f}, {iv['hi']:.2f}]" if iv.get("lo") is not None and iv.get("hi") is not None else ""
-        return "n/a" if iv.get("value") is None else f"{iv['value']:.3f}{ci}"
+    def fixed(x: float, digits: int) -> str:
+        return f"{round(x, digits) + 0.0:.{digits}f}"  # + 0.0: -0.0001 is 0.00, not -0.00
 
-    return (f"circuit: {summ['n_nodes']} nodes, {summ['n_edges']} edges from {summ['pairs_used']} pairs; "
-            f"on {f['pairs']} {f['split']} pairs ({f['ablation']} ablation): faithfulness {value(f['faithfulness'])} "
-            f"(higher is better), completeness {value(f['completeness'])} (lower is better) -> {out}/ "
-            "(circuit.html, circuit.png, circuit.json, summary.json, ...)")
+    def value(iv) -> str:
+        iv = iv if isinstance(iv, dict) else {}
+        ci = (f" [{fixed(iv['lo'], 2)}, {fixed(iv['hi'], 2)}]" if iv.get("lo") is not None and iv.get("hi") is not None
+              else "")
+        return "n/a" if iv.get("value") is None else f"{fixed(iv['value'], 3)}{ci}"
+
+    head = f"circuit: {summ['n_nodes']} nodes, {summ['n_edges']} edges from {summ['pairs_used']} pairs"
+    tail = f" -> {out}/ (circuit.html, circuit.png, circuit.json, summary.json, ...)"
+    by = faithfulness_by_ablation(summ.get("faithfulness")) or {}
+    if not by:
+        return head + "; faithfulness not measured" + tail
+    records = [(r.get("ablation") or name, r) for name, r in by.items()]
+    first = records[0][1]
+    under = lambda name: f" under {name} ablation"  # noqa: E731
+    faith = ", ".join(value(r.get("faithfulness")) + under(name) for name, r in records)
+    return (f"{head}; on {first.get('pairs')} {first.get('split')} pairs: faithfulness {faith} (higher is better), "
+            f"completeness {value(first.get('completeness'))}{under(records[0][0])} (lower is better){tail}")

@@ -4,7 +4,9 @@ bootstrap intervals, MIB's CPR / CMD and the exported circuit's own faithfulness
 Pairs: ``--data`` / ``--task`` when given; else the run's held-out pairs (``DIR/eval_pairs.jsonl``,
 written by ``discover``); else, with a warning and ``"in-sample"`` in every output, the pairs the
 circuit was discovered on. Results are named by ablation (``faithfulness-<ablation>.csv / .json /
-.png``), so evaluating another ablation never overwrites earlier results.
+.png``), so evaluating another ablation never overwrites earlier results; ``--ablation mean,patch``
+evaluates several in one run (one model load), each written as if run alone, and ends with the
+smallest circuit with F >= 0.8 under each.
 """
 
 from __future__ import annotations
@@ -162,7 +164,7 @@ def _evaluate(plan: dict, *, ablation: str, thresholds, sizes, n_resamples: int,
               ctx, device, dtype, progress: bool, run_name: "str | Path | None" = None):
     from featcirc.attribution.scores import EdgeScores, NodeScores
     from featcirc.circuit import full_graph
-    from featcirc.commands.common import load_data, load_model_and_saes, phase
+    from featcirc.commands.common import load_data, phase
     from featcirc.data import read_pairs, tokenize_pairs
     from featcirc.data.load import log_summary
     from featcirc.data.split import EVAL_PAIRS_FILE
@@ -174,15 +176,7 @@ def _evaluate(plan: dict, *, ablation: str, thresholds, sizes, n_resamples: int,
 
     run_dir, cfg, raw, src, split, paths = (plan[k] for k in ("run_dir", "cfg", "raw", "src", "split", "paths"))
     if model is None:
-        if dtype is None:
-            from featcirc.models.device import resolve_dtype
-
-            dtype = resolve_dtype(raw.get("dtype") or "float32")
-        model, saes = load_model_and_saes(cfg.model, cfg.saes, cfg.level, device=device, dtype=dtype)
-        from featcirc.saes.identity import check_run_identity  # named sets: their files are known now
-
-        check_run_identity(raw, model_name=cfg.model, saes_spec=cfg.saes, saes=saes, run_dir=run_dir)
-        phase("loaded")
+        model, saes = _load_run_model(plan, device=device, dtype=dtype)
     if split == SPLIT_HELD_OUT:  # named by the run, not by a staging directory's temporary name
         dataset = tokenize_pairs(model, read_pairs(src["data"]), batch_size=src.get("batch_size", 16),
                                  max_pairs=src.get("n"),
@@ -232,6 +226,23 @@ def _evaluate(plan: dict, *, ablation: str, thresholds, sizes, n_resamples: int,
     return report, paths
 
 
+def _load_run_model(plan: dict, *, device, dtype):
+    """The run's model and SAEs (:func:`plan_evaluation`'s ``plan``) on ``device`` in ``dtype`` (default
+    the run's), checked against the identity ``run.json`` records."""
+    from featcirc.commands.common import load_model_and_saes, phase
+    from featcirc.saes.identity import check_run_identity  # named sets: their files are known now
+
+    cfg, raw = plan["cfg"], plan["raw"]
+    if dtype is None:
+        from featcirc.models.device import resolve_dtype
+
+        dtype = resolve_dtype(raw.get("dtype") or "float32")
+    model, saes = load_model_and_saes(cfg.model, cfg.saes, cfg.level, device=device, dtype=dtype)
+    check_run_identity(raw, model_name=cfg.model, saes_spec=cfg.saes, saes=saes, run_dir=plan["run_dir"])
+    phase("loaded")
+    return model, saes
+
+
 def evaluation_entry(report, file_name: str) -> dict:
     """What ``summary.json`` records of an evaluation: where it is, on which pairs, the exported
     circuit's faithfulness and completeness, CPR / CMD and the smallest faithful circuit."""
@@ -262,10 +273,20 @@ def _interval(iv) -> str:
     return f"{iv.value:.3f}{ci}"
 
 
-def format_report(report, paths: dict[str, Path]) -> str:
-    """The lines ``featcirc evaluate`` prints."""
+def smallest_faithful_line(report) -> str:
+    """``smallest circuit with F >= 0.8 under patch ablation: 120 nodes (F = ...)``, or that none of
+    the circuits evaluated reaches it (:meth:`~featcirc.evaluate.curves.FaithfulnessReport.smallest_faithful`)."""
     from featcirc.evaluate.curves import FAITHFUL
 
+    best = report.smallest_faithful()
+    if best is None:
+        return f"no circuit evaluated reaches F >= {FAITHFUL} under {report.ablation} ablation"
+    return (f"smallest circuit with F >= {FAITHFUL} under {report.ablation} ablation: {best.n_nodes} nodes "
+            f"(F = {_interval(best.faithfulness)})")
+
+
+def format_report(report, paths: dict[str, Path]) -> str:
+    """The lines ``featcirc evaluate`` prints for one ablation."""
     info = report.info
     lines = [f"{info.get('split', '?')}: {report.n_pairs} pairs from {info.get('data', '?')}, "
              f"{report.ablation} ablation, {report.confidence:.0%} intervals from {report.n_resamples} "
@@ -286,9 +307,7 @@ def format_report(report, paths: dict[str, Path]) -> str:
     if exp is not None:
         lines.append(f"exported circuit (circuit.json): {exp.n_nodes} nodes, faithfulness "
                      f"{_interval(exp.faithfulness)}, completeness {_interval(exp.completeness)}")
-    best = report.smallest_faithful()
-    lines.append(f"smallest circuit with F >= {FAITHFUL}: " + (
-        f"{best.n_nodes} nodes (F = {_interval(best.faithfulness)})" if best else "none"))
+    lines.append(smallest_faithful_line(report))
     if report.completeness_note:
         lines.append(f"note: {report.completeness_note}")
     lines.append(f"-> {paths['csv']}, {paths['json'].name}, {paths['png'].name}")
@@ -330,9 +349,10 @@ def add_arguments(p) -> None:
     add_data_arguments(p, required=False, default_pairs=None,
                        pairs_help="evaluation pairs to use (default: all of the run's held-out pairs; 64 with "
                                   "--task; --n is an alias, not usable under torchrun)")
-    p.add_argument("--ablation", choices=EVAL_ABLATIONS, default="mean",
+    p.add_argument("--ablation", default="mean", metavar="LIST",
                    help="value of the nodes outside the circuit: mean / zero / resample over the patch "
-                        "prompts, or patch (each pair's own patch prompt)")
+                        "prompts, or patch (each pair's own patch prompt); several, comma-separated "
+                        "(mean,patch), are evaluated in one run, each into its own files")
     p.add_argument("--sizes", type=_int_list, default=None,
                    help="circuit sizes (top-k nodes), e.g. 10,20,50,100, instead of node thresholds (default: none, "
                         "a log-spaced grid of node thresholds)")
@@ -350,30 +370,44 @@ def add_arguments(p) -> None:
 
 
 def run(args, progress: bool) -> int:
-    from featcirc.commands.checks import BOOTSTRAP_WHY, MAX_BOOTSTRAP, check_device_name, check_dtype_name, check_int
+    from featcirc.commands.checks import (BOOTSTRAP_WHY, MAX_BOOTSTRAP, InputError, check_device_name,
+                                          check_dtype_name, check_int, parse_ablations)
     from featcirc.commands.common import phase, process_context, start_torch
 
+    ablations = parse_ablations(args.ablation, "--ablation")
     check_int(args.batch_size, "--batch-size", allow_none=False)
     check_int(args.seed, "--seed", minimum=0, allow_none=False)
     check_int(args.bootstrap_seed, "--bootstrap-seed", minimum=0, allow_none=False)
     check_int(args.bootstrap, "--bootstrap", allow_none=False, maximum=MAX_BOOTSTRAP, why=BOOTSTRAP_WHY)
     check_device_name(args.device)
     check_dtype_name(args.dtype)
+    if len(ablations) > 1 and args.out is not None and Path(args.out).suffix and not Path(args.out).is_dir():
+        raise InputError(f"--out {args.out} names one set of files, but --ablation {args.ablation} asks for "
+                         f"{len(ablations)} evaluations; give a directory (each writes faithfulness-<ablation>.*)")
     options = dict(data=args.data, task=args.task, n=args.pairs, seed=args.seed if (args.data or args.task) else None,
-                   ablation=args.ablation, sizes=args.sizes, fractions=args.fractions, out=args.out,
-                   n_resamples=args.bootstrap, saes=getattr(args, "saes", None))
-    plan = plan_evaluation(args.dir, **options)
-    plan["src"]["batch_size"] = args.batch_size
+                   sizes=args.sizes, fractions=args.fractions, out=args.out, n_resamples=args.bootstrap,
+                   saes=getattr(args, "saes", None))
+    plans = []  # every ablation's checks before the model loads
+    for ablation in ablations:
+        plan = plan_evaluation(args.dir, ablation=ablation, **options)
+        plan["src"]["batch_size"] = args.batch_size
+        plans.append(plan)
     phase("checked")
     start_torch(args)
     from featcirc.models.device import resolve_dtype
 
-    dtype = resolve_dtype(args.dtype or plan["raw"].get("dtype") or "float32")  # default: the run's dtype
+    dtype = resolve_dtype(args.dtype or plans[0]["raw"].get("dtype") or "float32")  # default: the run's dtype
+    reports = []
     with process_context(args.device) as ctx:
-        report, paths = _evaluate(plan, ablation=args.ablation, thresholds=None, sizes=args.sizes,
-                                  n_resamples=args.bootstrap, bootstrap_seed=args.bootstrap_seed, model=None,
-                                  saes=None, ctx=ctx, device=ctx.device, dtype=dtype,
-                                  progress=progress and ctx.is_main)
-    if ctx.is_main:
-        print(format_report(report, paths))
+        model, saes = _load_run_model(plans[0], device=ctx.device, dtype=dtype)
+        for ablation, plan in zip(ablations, plans):
+            report, paths = _evaluate(plan, ablation=ablation, thresholds=None, sizes=args.sizes,
+                                      n_resamples=args.bootstrap, bootstrap_seed=args.bootstrap_seed, model=model,
+                                      saes=saes, ctx=ctx, device=ctx.device, dtype=dtype,
+                                      progress=progress and ctx.is_main)
+            reports.append(report)
+            if ctx.is_main:
+                print(format_report(report, paths), flush=True)
+    if ctx.is_main and len(reports) > 1:
+        print("\n".join(smallest_faithful_line(r) for r in reports))
     return 0

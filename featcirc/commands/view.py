@@ -1,7 +1,8 @@
 """``featcirc view DIR``: write ``DIR/circuit.html``, one self-contained offline page to explore
 a discovered circuit (no model needed), with the run's example prompt and the exported circuit's
-faithfulness from ``summary.json`` when it has them. Its inputs (``--max-nodes``, ``--out``, that
-``DIR`` is a run directory, the JSON files) are checked before torch or networkx is imported."""
+faithfulness under each ablation from ``summary.json`` when it has them (an older run's single
+record too). Its inputs (``--max-nodes``, ``--out``, that ``DIR`` is a run directory, the JSON files)
+are checked before torch or networkx is imported."""
 
 from __future__ import annotations
 
@@ -80,6 +81,10 @@ def view_run(run_dir: "str | Path", out: "str | Path | None" = None, *, max_node
         if summary.get(key) is not None and not isinstance(summary[key], dict):
             raise ValueError(f"{run_dir / 'summary.json'}: {key!r} is not a JSON object; rerun the discovery "
                              f"({_MAKE_ONE})")
+    from featcirc.run_files import faithfulness_by_ablation
+
+    # ablation -> record; a run from before both ablations were reported has one record, read as such
+    faithfulness = faithfulness_by_ablation(summary.get("faithfulness"), str(run_dir / "summary.json"))
 
     from featcirc.attribution.scores import EdgeScores, NodeScores
     from featcirc.circuit import full_graph
@@ -104,7 +109,7 @@ def view_run(run_dir: "str | Path", out: "str | Path | None" = None, *, max_node
         circuit = prune(G, PruneSettings(p.get("node_threshold"), p.get("top_k", 100), p.get("edge_threshold", 0.0)))
     return write_viewer(G, out, circuit=circuit, tokens=summary.get("prompt_tokens"), cards=cards,
                         title=run_title(summary, run), max_nodes=max_nodes, example=summary.get("example"),
-                        faithfulness=summary.get("faithfulness"))
+                        faithfulness=faithfulness)
 
 
 HELP = "write DIR/circuit.html: one offline page to explore a discovered circuit"

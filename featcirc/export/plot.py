@@ -1,7 +1,7 @@
 """Plots: circuit drawings, faithfulness curves, exact-vs-estimate scatters (PNG, written atomically).
 
-A circuit drawing's title carries the exported circuit's faithfulness ``F`` (interval, ablation,
-split, pairs, node count) and its star the example prompt's own metric and answers beside the mean
+A circuit drawing's title carries the exported circuit's faithfulness ``F`` under each ablation
+measured (each value with its interval and ablation named; split, pairs, node count) and its star the example prompt's own metric and answers beside the mean
 over the pairs (labelled as a mean).
 
 Uses matplotlib's Agg canvas directly (no pyplot, no global backend switch), so it works headless
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional, Sequence
@@ -303,8 +304,9 @@ def circuit_figure(G: nx.DiGraph, *, title: str = "", tokens: Optional[Sequence[
                            avoid=[metric_label] if METRIC in G else ())
 
     head = f"{title}\n" if title else ""
-    if faith is not None:
-        head += faithfulness_caption(faith, n_drawn=len(others)) + "\n"
+    if faith is not None:  # wrapped to the figure's width (about 5.8 pt a character at 10 pt)
+        head += textwrap.fill(faithfulness_caption(faith, n_drawn=len(others)), break_on_hyphens=False,
+                              width=max(60, int(fig_w * 0.9 * 72 / 5.8))) + "\n"
     what = (f"{len(others)} node{'s' * (len(others) != 1)}, {n_edges} edge{'s' * (n_edges != 1)}" + (f"; drawn: the {len(shown)} strongest edges by |weight|"
                                                        if len(shown) < n_edges else "")
             + (f"; labelled: {len(labels)} of the largest |score|" if 0 < len(labels) < len(others) else "")
@@ -338,8 +340,9 @@ def draw_circuit(G: nx.DiGraph, path: "str | os.PathLike[str]", *, title: str = 
 
     ``example`` (summary.json's ``example``): the star's label gives the example prompt's own
     ``m`` and answers, then the mean over the pairs (called a mean; without ``example`` only the
-    mean). ``faithfulness`` (summary.json's ``faithfulness``): the title gives ``F`` with its
-    interval, ablation, split and pairs, and the node count it was measured for.
+    mean). ``faithfulness`` (summary.json's ``faithfulness``: ablation -> record, or an older run's
+    single record): the title gives ``F`` under each ablation with its interval and the ablation
+    named, the split and pairs, and the node count it was measured for.
     """
     return _save(circuit_figure(G, title=title, tokens=tokens, max_edges=max_edges, max_labels=max_labels,
                                 example=example, faithfulness=faithfulness), path)

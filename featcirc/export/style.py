@@ -69,28 +69,36 @@ def example_info(example: Optional[Mapping]) -> Optional[dict]:
 _CONFIDENCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%")
 
 
-def faithfulness_info(faithfulness: Optional[Mapping]) -> Optional[dict]:
-    """summary.json's ``faithfulness`` (the exported circuit's; ``commands.discover.exported_faithfulness``)
-    reduced to what a drawing shows: ablation, split, pairs, the node count it was measured for,
-    ``faithfulness`` and ``completeness`` as ``{value, lo, hi}`` (None where unknown), the
-    interval's ``confidence`` (``"95%"``, read off ``intervals``). No data path. None without one."""
-    if faithfulness is None:
-        return None
-    if not isinstance(faithfulness, Mapping):
-        raise ValueError(f"faithfulness must be a dict (summary.json's 'faithfulness'), got "
-                         f"{type(faithfulness).__name__}")
+def faithfulness_record_info(record: Mapping, ablation: Optional[str] = None) -> dict:
+    """One ablation's record of summary.json's ``faithfulness`` (``commands.discover.exported_faithfulness``)
+    reduced to what a drawing shows: ablation (the record's own, else ``ablation``), split, pairs, the
+    node count it was measured for, ``faithfulness`` and ``completeness`` as ``{value, lo, hi}`` (None
+    where unknown), the interval's ``confidence`` (``"95%"``, read off ``intervals``). No data path."""
 
     def interval(x: Any) -> dict:
         x = x if isinstance(x, Mapping) else {}
         return {k: number(x.get(k)) for k in ("value", "lo", "hi")}
 
-    intervals = _text(faithfulness.get("intervals"))
+    intervals = _text(record.get("intervals"))
     m = _CONFIDENCE.match(intervals or "")
-    return {"ablation": _text(faithfulness.get("ablation")), "split": _text(faithfulness.get("split")),
-            "pairs": count(faithfulness.get("pairs")), "n_nodes": count(faithfulness.get("n_nodes")),
-            "faithfulness": interval(faithfulness.get("faithfulness")),
-            "completeness": interval(faithfulness.get("completeness")),
+    named = record.get("ablation", ablation if ablation != "unknown" else None)
+    return {"ablation": _text(named), "split": _text(record.get("split")),
+            "pairs": count(record.get("pairs")), "n_nodes": count(record.get("n_nodes")),
+            "faithfulness": interval(record.get("faithfulness")),
+            "completeness": interval(record.get("completeness")),
             "confidence": f"{m.group(1)}%" if m else None, "intervals": intervals}
+
+
+def faithfulness_info(faithfulness: Optional[Mapping]) -> Optional[list[dict]]:
+    """summary.json's ``faithfulness`` (the exported circuit's, one record per ablation; an older run's
+    single record is read too: :func:`featcirc.run_files.faithfulness_by_ablation`) as a list of
+    :func:`faithfulness_record_info` dicts, one per ablation in the order measured. None without one."""
+    from featcirc.run_files import faithfulness_by_ablation
+
+    by = faithfulness_by_ablation(faithfulness)
+    if by is None:
+        return None
+    return [faithfulness_record_info(record, name) for name, record in by.items()]
 
 
 def _g(x: Optional[float]) -> str:
@@ -124,25 +132,46 @@ def metric_caption(example: Optional[dict], mean: Any, n_pairs: Optional[int], *
     return lines or ["metric"]
 
 
-def faithfulness_caption(info: Optional[dict], n_drawn: Optional[int] = None) -> Optional[str]:
-    """One line on the exported circuit's faithfulness (:func:`faithfulness_info`'s dict), e.g.
-    ``F = 0.357 [0.313, 0.404] (95% interval; mean ablation, held-out, 32 pairs) for these 100 nodes``;
-    when ``n_drawn`` differs from the node count F was measured for, it says F is the other
-    circuit's. None without ``info``."""
+def _f3(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{round(x, 3) + 0.0:.3f}"  # + 0.0: -0.0001 is 0.000, not -0.000
+
+
+def _iv_text(f: dict) -> str:
+    """``0.690 [0.633, 0.743]``: F and its interval to 3 decimals (a share of the metric: 0.000449
+    is 0.000, not a long number beside 0.69)."""
+    text = _f3(f["value"])
+    if f["value"] is not None and f["lo"] is not None and f["hi"] is not None:
+        text += f" [{_f3(f['lo'])}, {_f3(f['hi'])}]"
+    return text
+
+
+def faithfulness_caption(info: "Optional[list[dict] | dict]", n_drawn: Optional[int] = None) -> Optional[str]:
+    """One line on the exported circuit's faithfulness (:func:`faithfulness_info`'s list, or one
+    :func:`faithfulness_record_info` dict), each ``F`` with its ablation named, e.g.
+    ``F = 0.690 [0.633, 0.743] under mean ablation, 0.000 [0.000, 0.001] under patch ablation (95%
+    intervals; held-out, 64 pairs) for these 100 nodes``; when ``n_drawn`` differs from the node count F was
+    measured for, it says F is the other circuit's. None without ``info``."""
     if info is None:
         return None
-    f = info["faithfulness"]
-    text = f"F = {_g(f['value'])}"
-    if f["value"] is not None and f["lo"] is not None and f["hi"] is not None:
-        text += f" [{_g(f['lo'])}, {_g(f['hi'])}]"
-    how = [f"{info['confidence']} interval"] if info.get("confidence") and f["lo"] is not None else []
-    how += [f"{info['ablation']} ablation"] if info.get("ablation") else []
-    where = ", ".join(x for x in (info.get("split") or "",
-                                  f"{info['pairs']} pairs" if info.get("pairs") is not None else "") if x)
-    how += [where] if where else []
+    infos = [info] if isinstance(info, Mapping) else list(info)
+    if not infos:
+        return None
+    where = lambda i: ", ".join(x for x in (i.get("split") or "",  # noqa: E731
+                                            f"{i['pairs']} pairs" if i.get("pairs") is not None else "") if x)
+    shared = len({where(i) for i in infos}) == 1  # the same pairs for every ablation (as discover measures)
+    parts = []
+    for i in infos:
+        part = _iv_text(i["faithfulness"]) + (f" under {i['ablation']} ablation" if i.get("ablation") else "")
+        if not shared and where(i):
+            part += f" ({where(i)})"
+        parts.append(part)
+    text = "F = " + ", ".join(parts)
+    with_ci = [i for i in infos if i.get("confidence") and i["faithfulness"]["lo"] is not None]
+    how = [f"{with_ci[0]['confidence']} interval" + ("s" if len(with_ci) > 1 else "")] if with_ci else []
+    how += [where(infos[0])] if shared and where(infos[0]) else []
     if how:
         text += f" ({'; '.join(how)})"
-    n = info.get("n_nodes")
+    n = next((i["n_nodes"] for i in infos if i.get("n_nodes") is not None), None)
     if n is None:
         return text + ", for the run's exported circuit"
     if n_drawn is None:
@@ -153,5 +182,5 @@ def faithfulness_caption(info: Optional[dict], n_drawn: Optional[int] = None) ->
 
 
 __all__ = ["POSITIVE_COLOUR", "NEGATIVE_COLOUR", "NEUTRAL_COLOUR", "METRIC_COLOUR", "SITE_COLOURS", "SIGN_LEGEND",
-           "sign_colour", "number", "count", "example_info", "faithfulness_info", "quoted", "metric_caption",
-           "faithfulness_caption"]
+           "sign_colour", "number", "count", "example_info", "faithfulness_info", "faithfulness_record_info", "quoted",
+           "metric_caption", "faithfulness_caption"]

@@ -15,8 +15,8 @@ the circuit that ``prune`` gives on the full graph, as long as the edge cap drop
 controls start at ``circuit``'s pruning settings (``G.graph["top_k"]``, ``["node_threshold"]``,
 ``["edge_threshold"]``, set by ``prune``).
 
-The header shows the exported circuit's faithfulness ``F`` (value, interval, ablation, split, pairs,
-node count; ``faithfulness``) and says when the controls show another circuit than the one ``F``
+The header shows the exported circuit's faithfulness ``F`` under each ablation measured (value,
+interval and ablation of each; split, pairs, node count; ``faithfulness``, a list) and says when the controls show another circuit than the one ``F``
 was measured for; the metric's star shows the example prompt's own ``m`` and answers (``example``)
 beside the mean over the pairs, labelled as a mean. The graph is laid out to fit the window (cells
 wrap into more lines before labels are dropped); what does not fit scrolls inside the graph's pane.
@@ -288,8 +288,9 @@ def write_viewer(G_full: nx.DiGraph, path: "str | os.PathLike[str]", *, circuit:
     ``tokens``: the example prompt's token strings (node positions index into them); ``cards``:
     the ``featcirc-cards/1`` object of ``DIR/cards.json``, or None; ``title``: shown as is (pass
     no absolute paths); ``max_nodes`` / ``max_edges``: the caps on what is embedded;
-    ``example`` / ``faithfulness``: summary.json's entries of those names, or None (older runs:
-    the page then shows only the mean metric, labelled as such, and no ``F``).
+    ``example`` / ``faithfulness``: summary.json's entries of those names (``faithfulness``: ablation
+    -> record, or an older run's single record), or None (older runs: the page then shows only the
+    mean metric, labelled as such, and no ``F``).
     """
     data = viewer_data(G_full, circuit=circuit, tokens=tokens, cards=cards, title=title,
                        max_nodes=max_nodes, max_edges=max_edges, example=example, faithfulness=faithfulness)

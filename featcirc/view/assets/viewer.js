@@ -4,7 +4,8 @@
  * prunes it in the page with the rule of featcirc.circuit.prune, lays it out by layer (rows, one
  * sub-row per site: attn, mlp, resid in forward order) and token position (columns), fitted to the
  * window (redone on resize), and shows a node's details and feature card on hover / click. The
- * header gives the exported circuit's faithfulness F and whether the circuit shown is that one;
+ * header gives the exported circuit's faithfulness F under each ablation measured (each named) and
+ * whether the circuit shown is that one;
  * the metric's star gives the example prompt's own m and answers, and the mean over the pairs.
  *
  * URL fragment (read on load and on every change, written back when a control moves):
@@ -413,29 +414,45 @@
   var circuitKey = D.circuit && D.circuit.nodes ? D.circuit.nodes.slice().sort(byNumber).join(",") : null;
   function byNumber(a, b) { return a - b; }
 
-  /* The header's line on the exported circuit's faithfulness, and whether it is the circuit shown. */
+  /* The header's line on the exported circuit's faithfulness under each ablation measured (each F
+     with its ablation named), and whether it is the circuit shown. */
   function showFaithfulness(shown) {
     var box = document.getElementById("faithfulness");
     box.textContent = "";
-    var F = D.faithfulness;
-    if (!F) {
+    var Fs = D.faithfulness ? (Array.isArray(D.faithfulness) ? D.faithfulness : [D.faithfulness]) : [];
+    if (!Fs.length) {
       h("span", { "class": "muted" }, "faithfulness: not recorded for this run", box);
       root.setAttribute("data-f-applies", "none");
       return;
     }
-    var f = F.faithfulness;
-    h("b", null, "F = " + fmt(f.value), box);
-    var rest = isScored(f.value) && isScored(f.lo) && isScored(f.hi) ? " [" + fmt(f.lo) + ", " + fmt(f.hi) + "]" : "";
+    function where(F) {
+      return [F.split, F.pairs !== null && F.pairs !== undefined ? F.pairs + " pairs" : null].filter(Boolean).join(", ");
+    }
+    function f3(x) {  // a share of the metric to 3 decimals, as the PNG's title (-0.0001 is 0.000, not -0.000)
+      return isScored(x) ? (Math.round(x * 1000) / 1000 + 0).toFixed(3).replace(/^-(0\.0+)$/, "$1") : "n/a";
+    }
+    function interval(v) {
+      return isScored(v.value) && isScored(v.lo) && isScored(v.hi) ? " [" + f3(v.lo) + ", " + f3(v.hi) + "]" : "";
+    }
+    var shared = Fs.every(function (F) { return where(F) === where(Fs[0]); });
+    Fs.forEach(function (F, i) {
+      var f = F.faithfulness || {};
+      if (i > 0) h("span", null, ", ", box);
+      h("b", null, (i === 0 ? "F = " : "") + f3(f.value), box);
+      var rest = interval(f) + (F.ablation ? " under " + F.ablation + " ablation" : "");
+      if (!shared && where(F)) rest += " (" + where(F) + ")";
+      h("span", { "class": "f-ablation", "data-ablation": F.ablation || "" }, rest, box);
+    });
+    var withCi = Fs.filter(function (F) { return F.confidence && F.faithfulness && isScored(F.faithfulness.lo); });
     var how = [];
-    if (F.confidence && isScored(f.lo)) how.push(F.confidence + " interval");
-    if (F.ablation) how.push(F.ablation + " ablation");
-    var where = [F.split, F.pairs !== null && F.pairs !== undefined ? F.pairs + " pairs" : null].filter(Boolean).join(", ");
-    if (where) how.push(where);
-    if (how.length) rest += " (" + how.join("; ") + ")";
-    h("span", null, rest, box);
-    var exported = "the run's exported circuit" + (F.n_nodes !== null && F.n_nodes !== undefined ? " (" + F.n_nodes + " nodes)" : "");
+    if (withCi.length) how.push(withCi[0].confidence + " interval" + (withCi.length > 1 ? "s" : ""));
+    if (shared && where(Fs[0])) how.push(where(Fs[0]));
+    var n = null;
+    Fs.forEach(function (F) { if (n === null && F.n_nodes !== null && F.n_nodes !== undefined) n = F.n_nodes; });
+    if (how.length) h("span", null, " (" + how.join("; ") + ")", box);
+    var exported = "the run's exported circuit" + (n !== null ? " (" + n + " nodes)" : "");
     var applies = circuitKey === null ? "unknown" : (shown.slice().sort(byNumber).join(",") === circuitKey &&
-      (F.n_nodes === null || F.n_nodes === undefined || F.n_nodes === D.circuit.n_nodes) ? "1" : "0");
+      (n === null || n === D.circuit.n_nodes) ? "1" : "0");
     if (applies === "1") {
       h("span", null, " for the circuit shown, " + exported, box);
     } else if (applies === "0") {
@@ -444,11 +461,15 @@
     } else {
       h("span", null, " for " + exported, box);
     }
-    var c = F.completeness || {};
+    var tips = Fs.map(function (F) {
+      var c = F.completeness || {};
+      return isScored(c.value) ? "completeness F(M \\ C) = " + f3(c.value) + interval(c) +
+        (F.ablation ? " under " + F.ablation + " ablation" : "") : null;
+    }).filter(Boolean);
     box.title = "Faithfulness F = (m(C) \u2212 m(\u2205)) / (m(M) \u2212 m(\u2205)) of the run's exported circuit" +
-      (isScored(c.value) ? "; completeness F(M \\ C) = " + fmt(c.value) + (isScored(c.lo) && isScored(c.hi) ?
-        " [" + fmt(c.lo) + ", " + fmt(c.hi) + "]" : "") : "") + (F.intervals ? "; intervals: " + F.intervals : "") +
-      ". `featcirc evaluate DIR` measures other sizes and ablations.";
+      (tips.length ? "; " + tips.join("; ") : "") + (Fs[0].intervals ? "; intervals: " + Fs[0].intervals : "") +
+      ". Mean ablation is the gentlest test; patch ablation (each pair's own counterfactual) is the one MIB and " +
+      "most papers use. `featcirc evaluate DIR` measures other sizes and ablations.";
     root.setAttribute("data-f-applies", applies);
   }
 
