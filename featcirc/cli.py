@@ -156,7 +156,10 @@ def _run(args) -> int:
     try:
         if args.threads is not None and args.threads < 0:
             raise ValueError(f"--threads must be a whole number >= 0 (0: torch's default), got {args.threads}")
-        return _module(args.command).run(args, progress=not args.quiet)
+        from featcirc.saes.fit import skipping  # --skip-fit-check reaches every load of SAEs (torch-free import)
+
+        with skipping(bool(getattr(args, "skip_fit_check", False))):
+            return _module(args.command).run(args, progress=not args.quiet)
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
         print(f"featcirc {args.command}: interrupted; nothing written to {_target(args)}", file=sys.stderr)

@@ -129,7 +129,17 @@ def _field_checks(known_task: bool = True) -> dict:
         device=lambda v, o: (text(v, o, allow_none=False), check_device_name(v)),
         dtype=lambda v, o: (text(v, o, allow_none=False), check_dtype_name(v)),
         align=lambda v, o: _check_align(v),
+        prune=lambda v, o: _check_choice(v, "featcirc.pruning", "PRUNERS"),
+        mask_ablation=lambda v, o: _check_choice(v, "featcirc.pruning", "MASK_ABLATIONS"),
     )
+
+
+def _check_choice(v, module: str, name: str) -> None:
+    import importlib
+
+    choices = getattr(importlib.import_module(module), name)
+    if v not in choices:
+        raise ValueError(f"choose one of {', '.join(choices)}")
 
 
 def _check_align(v) -> None:
@@ -165,7 +175,7 @@ def check_run_values(raw: dict, path: "str | os.PathLike[str]" = "run.json", *, 
                          f"{_short(values['task'])}); a run has one; {by}; {RERUN}")
     if values.get("level") == "feature" and "saes" in values and not values["saes"]:
         raise ValueError(f"{path}: field 'saes' is empty but 'level' is 'feature'; {by}; {RERUN}")
-    for key in ("split", "environment", "alignment"):
+    for key in ("split", "environment", "alignment", "sae_fit"):
         if raw.get(key) is not None and not isinstance(raw[key], dict):
             raise ValueError(f"{path}: field {key!r} is {_json_type(raw[key])}, not a JSON object; {by}; {RERUN}")
     return values

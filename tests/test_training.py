@@ -110,8 +110,9 @@ def test_ce_recovered_is_one_for_perfect_and_zero_for_zero_reconstruction(tiny):
 
 def test_discover_with_fresh_saes(trained, tmp_path):
     out = tmp_path / "circuit"
+    # 3,072 training tokens leave FVE about 0.2-0.37, below the fit check's 0.3 (docs/design.md §10b): skip it
     rc = main(["-q", "discover", "--model", "tiny", "--saes", str(trained), "--task", "sva-nounpp", "--n", "4",
-               "--max-nodes", "50", "--out", str(out)])
+               "--max-nodes", "50", "--skip-fit-check", "--out", str(out)])
     assert rc == 0
     summ = json.loads((out / "summary.json").read_text())
     assert summ["n_nodes"] > 0 and summ["n_edges"] > 0

@@ -28,7 +28,7 @@ from typing import Any, Optional, Sequence
 
 from featcirc.commands.checks import (DTYPE_NAMES, IG_STEPS_WHY, MAX_IG_STEPS, InputError, check_device_name,
                                       check_dtype_name, check_float, check_int, check_memory_size, check_model_name,
-                                      check_sae_spec, check_saes_level, max_threads)
+                                      check_prune, check_sae_spec, check_saes_level, max_threads)
 from featcirc.data.tasks import MAX_PAIRS
 from featcirc.io import write_text
 
@@ -80,6 +80,8 @@ class RunConfig:
     device: str = "auto"
     dtype: str = "float32"
     align: str = "auto"
+    prune: str = "threshold"
+    mask_ablation: str = "patch"
 
     @property
     def source(self) -> dict:
@@ -122,6 +124,7 @@ class RunConfig:
         check_int(self.top_k, "--top-k", what="nodes kept in the circuit")
         check_float(self.node_threshold, "--node-threshold")
         check_float(self.edge_threshold, "--edge-threshold", allow_none=False)
+        check_prune(self.prune, self.mask_ablation, self.top_k, self.node_threshold)
         check_int(self.eval_pairs, "--eval-pairs", what="held-out pairs to measure the circuit on")
         if self.eval_data is None:
             check_float(self.eval_fraction, "--eval-fraction", below=1.0, what="share of the pairs held out; 0: none")
@@ -152,6 +155,15 @@ def add_model_arguments(p, *, saes_help: str = "SAE set: tiny, a named set, or a
                                                 "(omit for --level component)") -> None:
     p.add_argument("--model", required=True, help="tiny, gemma-3-270m, or a TransformerLens model name")
     p.add_argument("--saes", help=saes_help)
+    add_fit_argument(p)
+
+
+def add_fit_argument(p) -> None:
+    """``--skip-fit-check`` (every command that loads SAEs; :mod:`featcirc.saes.fit`)."""
+    p.add_argument("--skip-fit-check", action="store_true",
+                   help="load SAEs that reconstruct their sites poorly (FVE below 0.3 on a fixed sample: a wrong "
+                        "hook, pre- vs post-norm, or an SAE of another model) instead of refusing them; "
+                        "FEATCIRC_SKIP_FIT_CHECK=1 does the same")
 
 
 def add_device_arguments(p, *, dtype_default: Optional[str] = "float32") -> None:
@@ -244,9 +256,14 @@ def stdout_to_log():
 
 
 def load_model_and_saes(model_name: str, saes_spec: Optional[str], level: str, *, device: Any = "cpu",
-                        dtype: Any = None):
+                        dtype: Any = None, fit_check: Optional[bool] = None):
     """The model (on ``device``, in ``dtype``) and, at feature level, its SAEs (which follow the
-    model's device and dtype). A SAELens failure on a bad SAE file becomes a clear ``ValueError``."""
+    model's device and dtype). A SAELens failure on a bad SAE file becomes a clear ``ValueError``.
+
+    The SAEs are checked to fit their sites (:func:`featcirc.saes.fit.check_fit`: an SAE with FVE below
+    0.3 is a :class:`~featcirc.saes.fit.SAEFitError`, one line); ``fit_check`` None: unless
+    ``--skip-fit-check`` or ``FEATCIRC_SKIP_FIT_CHECK=1`` (:func:`featcirc.saes.fit.skip_requested`).
+    What was measured is :func:`featcirc.saes.fit.fit_record` of the SAEs (``run.json``'s ``sae_fit``)."""
     import torch
 
     from featcirc.models.loading import load_model
@@ -263,6 +280,13 @@ def load_model_and_saes(model_name: str, saes_spec: Optional[str], level: str, *
             except (TypeError, KeyError, AttributeError, RuntimeError) as e:
                 raise InputError(f"could not load the SAEs {saes_spec!r}: {type(e).__name__}: {e}; check their "
                                  "cfg.json and sae_weights.safetensors (SAELens format)") from e
+    if saes:
+        from featcirc.saes.fit import SKIP_ENV, check_fit, skip_requested
+
+        if fit_check if fit_check is not None else not skip_requested():
+            check_fit(model, saes, model_name=model_name, saes_spec=saes_spec)
+        else:
+            logger.info("SAE fit check skipped (--skip-fit-check or %s=1)", SKIP_ENV)
     return model, saes
 
 

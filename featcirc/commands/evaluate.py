@@ -343,7 +343,7 @@ def _fraction_list(text: str) -> list[float]:
 
 
 def add_arguments(p) -> None:
-    from featcirc.commands.common import add_data_arguments, add_device_arguments
+    from featcirc.commands.common import add_data_arguments, add_device_arguments, add_fit_argument
 
     p.add_argument("dir", help="a run directory made by `featcirc discover`")
     add_data_arguments(p, required=False, default_pairs=None,
@@ -361,6 +361,7 @@ def add_arguments(p) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, help="pair resamples for the intervals")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the pair resamples")
     add_device_arguments(p, dtype_default=None)
+    add_fit_argument(p)
     p.add_argument("--saes", default=None, metavar="SET",
                    help="the run's SAE set from another place (a copy of the same SAEs: checked against the "
                         "identity in run.json; default: the set the run recorded)")

@@ -21,9 +21,10 @@ def add_arguments(p) -> None:
     p.add_argument("--saes", default=None, metavar="SET",
                    help="the run's SAE set from another place (a copy of the same SAEs: checked against the "
                         "identity in run.json; default: the set the run recorded)")
-    from featcirc.commands.common import add_device_arguments
+    from featcirc.commands.common import add_device_arguments, add_fit_argument
 
     add_device_arguments(p, dtype_default=None)
+    add_fit_argument(p)
 
 
 def run(args, progress: bool) -> int:
