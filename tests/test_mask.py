@@ -109,8 +109,8 @@ def test_mask_is_deterministic_and_never_worse_than_thresholding(tiny_sva):
     for k, c in a.circuits.items():
         assert len(c.nodes) == k
         assert c.loss <= c.warm_loss + 1e-12
-        assert c.loss == pytest.approx(trainer.hard_loss(c.nodes))
-        assert c.warm_loss == pytest.approx(trainer.hard_loss(a.candidates[:k]))
+        assert c.loss == pytest.approx(trainer.shortfall(c.nodes))
+        assert c.warm_loss == pytest.approx(trainer.shortfall(a.candidates[:k]))
     assert any(c.learned for c in a.circuits.values())
     assert a.forward_passes >= 1 and a.backward_passes >= 1
     C = circuit_from_nodes(G, a.circuits[150].nodes)
@@ -134,3 +134,80 @@ def test_circuit_from_nodes_is_prunes_last_steps(tiny_sva):
 def test_mask_settings_are_checked(kwargs):
     with pytest.raises(ValueError):
         MaskSettings(**kwargs)
+
+
+# ------------------------------------------------------------------------------------ command line
+def test_discover_prune_mask_writes_the_learned_circuit(tmp_path, capsys):
+    """``discover --prune mask``: the exported circuit is the mask's (its nodes are the mask result's, dead
+    ends aside), summary.json records the pruner, its cost and its guard, and faithfulness under both
+    ablations."""
+    from featcirc.cli import main
+    from featcirc.export.formats import read_json as read_circuit
+
+    out = tmp_path / "mask"
+    assert main(["-q", "--threads", "1", "discover", "--model", "tiny", "--saes", "tiny", "--task", "sva-nounpp",
+                 "--pairs", "32", "--max-nodes", "400", "--prune", "mask", "--top-k", "250",
+                 "--out", str(out)]) == 0
+    import json
+
+    summ = json.loads((out / "summary.json").read_text())
+    p = summ["prune"]
+    assert p["method"] == "mask" and p["mask_ablation"] == "patch" and p["top_k"] == 250
+    m = p["mask"]
+    assert m["ablation"] == "patch" and m["n_candidates"] == 400 and m["forward_passes"] >= 1
+    entry = m["sizes"]["250"]
+    assert entry["shortfall"] <= entry["threshold_shortfall"] and isinstance(entry["learned"], bool)
+    assert summ["seconds"]["mask"] > 0
+    C = read_circuit(out / "circuit.json")
+    assert 0 < len(circuit_nodes(C)) <= 250
+    assert list(summ["faithfulness"]) == ["mean", "patch"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["prune"] == "mask" and run["mask_ablation"] == "patch"
+    # the viewer rebuilt from the run directory opens the same circuit
+    assert main(["-q", "view", str(out), "--out", str(tmp_path / "v.html")]) == 0
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--prune", "mask", "--node-threshold", "0.1"], "--top-k"),
+    (["--prune", "mask", "--top-k", "0"], "--top-k"),
+])
+def test_discover_prune_mask_bad_settings_fail_before_loading(tmp_path, capsys, monkeypatch, argv, needle):
+    from conftest import one_line_error, set_tripwires
+    from featcirc.cli import main
+
+    set_tripwires(monkeypatch, "the mask settings should have been refused before the model loads")
+    code = main(["discover", "--model", "tiny", "--saes", "tiny", "--task", "sva-nounpp", *argv,
+                 "--out", str(tmp_path / "x")])
+    assert code == 2 and needle in one_line_error(capsys)
+
+
+def test_compare_mask_adds_size_rows(tmp_path, capsys):
+    """``compare --mask``: sizes.csv has threshold and mask rows under every ablation, measured at the grid."""
+    import csv
+
+    from featcirc.cli import main
+
+    out = tmp_path / "cmp"
+    assert main(["-q", "--threads", "1", "compare", "--model", "tiny", "--saes", "tiny", "--task", "sva-nounpp",
+                 "--pairs", "16", "--level", "feature", "--methods", "relp", "--max-nodes", "200", "--mask",
+                 "--sizes", "50,100,200", "--bootstrap", "100", "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "sizes.csv").open()))
+    assert [(r["pruner"], r["ablation"]) for r in rows] == [
+        ("threshold", "mean"), ("mask (mean)", "mean"), ("threshold", "patch"), ("mask (patch)", "patch")]
+    for r in rows:
+        assert float(r["f50_lo"]) <= float(r["f50"]) <= float(r["f50_hi"])
+        assert float(r["seconds"]) > 0
+    mask_secs = {r["ablation"]: float(r["seconds"]) for r in rows if r["pruner"].startswith("mask")}
+    thr_secs = {r["ablation"]: float(r["seconds"]) for r in rows if r["pruner"] == "threshold"}
+    assert all(mask_secs[a] > thr_secs[a] for a in mask_secs)  # the mask's time is added to RelP's
+    assert "smallest F >= 0.8" in capsys.readouterr().out
+
+
+def test_compare_mask_needs_relp(tmp_path, capsys, monkeypatch):
+    from conftest import one_line_error, set_tripwires
+    from featcirc.cli import main
+
+    set_tripwires(monkeypatch, "--mask without relp should have been refused first")
+    code = main(["compare", "--model", "tiny", "--saes", "tiny", "--task", "sva-nounpp", "--level", "feature",
+                 "--methods", "atp", "--mask", "--out", str(tmp_path / "x")])
+    assert code == 2 and "relp" in one_line_error(capsys)

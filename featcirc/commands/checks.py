@@ -170,6 +170,21 @@ def parse_ablations(text: Any, option: str = "--ablations") -> tuple[str, ...]:
     return tuple(names)
 
 
+def check_prune(prune: Any, mask_ablation: Any, top_k: Any, node_threshold: Any) -> None:
+    """``--prune`` names a pruner (:data:`featcirc.pruning.PRUNERS`); the learned mask trains for a size
+    (``--top-k``, not ``--node-threshold``) under one of :data:`featcirc.pruning.MASK_ABLATIONS`."""
+    from featcirc.pruning import MASK_ABLATIONS, PRUNERS
+
+    if prune not in PRUNERS:
+        raise InputError(f"unknown --prune {prune!r}; choose one of {', '.join(PRUNERS)}")
+    if mask_ablation not in MASK_ABLATIONS:
+        raise InputError(f"unknown --mask-ablation {mask_ablation!r}; choose one of {', '.join(MASK_ABLATIONS)}")
+    if prune == "mask" and node_threshold is not None:
+        raise InputError("--prune mask learns a circuit of a given size: pass --top-k N instead of --node-threshold")
+    if prune == "mask" and not top_k:
+        raise InputError("--prune mask needs a circuit size: pass --top-k N (N >= 1)")
+
+
 # ------------------------------------------------------------------------------------- device, dtype
 def check_export_names(slug: Optional[str], scan: Optional[str]) -> None:
     """``--slug`` and ``--scan`` as Neuronpedia's upload accepts them (:mod:`featcirc.export.names`)."""

@@ -6,6 +6,12 @@ resample pairs; cells where both methods are exactly 0 are left out, and a group
 cells left is reported in ``compare.json["dropped"]`` with the reason. Cost per method. The pairs are
 split as in ``discover`` at both levels (so component and feature level score the same discovery
 pairs); at feature level the faithfulness curves, CPR / CMD with intervals use the held-out pairs.
+
+The size a circuit needs (feature level, ``sizes.csv``, ``compare.json["sizes"]``): for each method's
+threshold pruning and, with ``--mask``, the learned mask from RelP's scores (trained on the discovery
+pairs under each ablation, :mod:`featcirc.pruning.mask`), under every ``--ablation``: the smallest
+circuit of the ``--sizes`` grid with F >= 0.8, and F at 50 / 100 / 200 nodes, with intervals, and the
+seconds the circuit cost (attribution, plus the mask).
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ from featcirc.commands.common import phase, write_csv
 logger = logging.getLogger("featcirc")
 
 HELP = "methods against exact patching: correlations with intervals, cost, faithfulness"
+
+SIZES_HEADER = ["method", "pruner", "ablation", "smallest_f08", "f50", "f50_lo", "f50_hi", "f100", "f100_lo",
+                "f100_hi", "f200", "f200_lo", "f200_hi", "seconds"]
+DEFAULT_SIZES = (25, 50, 100, 150, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000)
+"""The size grid of ``sizes.csv`` (capped at ``--max-nodes``, which is added)."""
 
 CORR_HEADER = ["level", "site_kind", "node_kind", "method", "pearson_r", "pearson_lo", "pearson_hi",
                "spearman_r", "spearman_lo", "spearman_hi", "n", "n_pairs"]
@@ -61,10 +72,13 @@ def correlations(ref: dict, cells: dict, method: str, level: str, *, n_resamples
 
 def compare(model, saes, dataset, out: Path, *, model_name: str, level: str, methods: Sequence[str], ctx,
             eval_data=None, eval_split: str = "held-out", ig_steps: int = 10, max_nodes: int = 1000,
-            ablation: str = "mean", n_resamples: int = 1000, progress: bool = True, align: str = "auto") -> dict:
+            ablation: "str | Sequence[str]" = "mean", n_resamples: int = 1000, progress: bool = True,
+            align: str = "auto", mask: bool = False, sizes: Optional[Sequence[int]] = None) -> dict:
     """Run every method on ``dataset``, write the comparison into ``out`` (main process only) and
     return ``compare.json``'s content. ``eval_data``: the pairs of the faithfulness curves (feature
-    level; default ``dataset``, then labelled in-sample)."""
+    level; default ``dataset``, then labelled in-sample). ``ablation``: one or several; the curves use
+    the first, the size table every one. ``mask``: add the learned mask from RelP's scores to the size
+    table; ``sizes``: its grid (default :data:`DEFAULT_SIZES` up to ``max_nodes``)."""
     from featcirc.attribution import AttributionSettings, get_method
     from featcirc.io import jsonable, write_json
 
@@ -72,6 +86,10 @@ def compare(model, saes, dataset, out: Path, *, model_name: str, level: str, met
     from featcirc.data.align import make_alignment, resolve_alignment
 
     methods = list(dict.fromkeys(["exact", *methods]))
+    ablations = [ablation] if isinstance(ablation, str) else list(ablation)
+    ablation = ablations[0]
+    if mask and "relp" not in methods:
+        raise InputError("--mask learns the circuit from RelP's scores: add relp to --methods")
     try:
         choice = resolve_alignment(dataset, align)
     except ValueError as e:
@@ -102,7 +120,7 @@ def compare(model, saes, dataset, out: Path, *, model_name: str, level: str, met
         dropped += gone
         scatter[method] = kept
 
-    curves, faith_rows = {}, []
+    curves, faith_rows, size_rows = {}, [], []
     if graphs:
         from featcirc.circuit import full_graph
         from featcirc.evaluate.curves import evaluate_curves
@@ -111,10 +129,17 @@ def compare(model, saes, dataset, out: Path, *, model_name: str, level: str, met
             eval_data, eval_split = dataset, "in-sample"
         ab = ctx.ablator(model, eval_data, level=level, saes=saes, ablation=ablation, progress=progress,
                          alignment=alignment)
+        full = {}
         for method, (nodes, edges) in graphs.items():
-            G = full_graph(nodes, edges, n_layers=model.cfg.n_layers)
+            G = full[method] = full_graph(nodes, edges, n_layers=model.cfg.n_layers)
             curves[method] = evaluate_curves(ab, G, n_resamples=n_resamples, area_n_max=max_nodes, progress=progress)
             faith_rows += [[method, *r] for r in curves[method].csv_rows()]
+        del ab
+        grid = sorted({k for k in (sizes or DEFAULT_SIZES) if k <= max_nodes} | ({max_nodes} if not sizes else set()))
+        seconds = {m: costs[m].seconds + edge_costs[m].seconds for m in graphs}
+        size_rows = size_table(model, saes, dataset, eval_data, full, seconds, ablations=ablations, grid=grid,
+                               mask=mask, level=level, ctx=ctx, alignment=alignment, max_nodes=max_nodes,
+                               n_resamples=n_resamples, progress=progress)
 
     cost_header = ["method", "seconds", "forward_passes", "backward_passes"]
     if graphs:
@@ -145,6 +170,11 @@ def compare(model, saes, dataset, out: Path, *, model_name: str, level: str, met
         result["faithfulness"] = dict(ablation=ablation, split=eval_split, data=eval_data.source,
                                       pairs=eval_data.n_pairs,
                                       methods={m: rep.to_json() for m, rep in curves.items()})
+        result["sizes"] = dict(split=eval_split, pairs=eval_data.n_pairs, ablations=ablations, faithful=0.8,
+                               rows=[dict(zip(SIZES_HEADER, r)) for r in size_rows],
+                               note="smallest_f08: the smallest circuit of the size grid with F >= 0.8 on the "
+                                    "held-out pairs (None: none); f50/f100/f200: F at that many nodes with 95% "
+                                    "intervals; seconds: attribution (nodes + edges), plus the mask for pruner mask")
     if not ctx.is_main:
         return result
 
@@ -161,12 +191,58 @@ def compare(model, saes, dataset, out: Path, *, model_name: str, level: str, met
         from featcirc.evaluate.curves import FaithfulnessReport
 
         write_csv(out / "faithfulness.csv", ["method", *FaithfulnessReport.CSV_HEADER], faith_rows)
+        write_csv(out / "sizes.csv", SIZES_HEADER, size_rows)
         plot_faithfulness({m: [(p.n_nodes, p.faithfulness) for p in rep.curve_points()] for m, rep in curves.items()},
                           out / "faithfulness.png",
                           title=f"{model_name} {ablation} ablation, {eval_split} pairs ({eval_data.n_pairs})")
     write_csv(out / "cost.csv", cost_header, cost_rows)
     write_json(out / "compare.json", jsonable(result))
     return result
+
+
+def size_table(model, saes, dataset, eval_data, graphs: dict, seconds: dict, *, ablations: Sequence[str],
+               grid: Sequence[int], mask: bool, level: str, ctx, alignment, max_nodes: int, n_resamples: int,
+               progress: bool) -> list[list]:
+    """Rows of :data:`SIZES_HEADER`: every method's threshold pruning (and with ``mask`` the learned mask
+    from RelP's graph, trained on ``dataset`` under each ablation) measured on ``eval_data`` at the
+    ``grid`` sizes under every ablation."""
+    import time
+
+    from featcirc.circuit import circuit_from_nodes
+    from featcirc.evaluate.curves import FAITHFUL, evaluate_curves
+    from featcirc.evaluate.faithfulness import Ablator
+    from featcirc.pruning.mask import MaskSettings, learn_masks
+
+    rows = []
+
+    def row(method: str, pruner: str, ablation: str, report, secs: float) -> list:
+        at = {r.value: report.circuits[r.circuit] for r in report.requests if r.selector == "size"}
+        best = report.smallest_faithful(FAITHFUL)
+        out = [method, pruner, ablation, None if best is None else best.n_nodes]
+        for k in (50, 100, 200):
+            c = at.get(float(k))
+            out += [None, None, None] if c is None else [c.faithfulness.value, c.faithfulness.lo, c.faithfulness.hi]
+        return out + [secs]
+
+    for ablation in ablations:
+        ab = ctx.ablator(model, eval_data, level=level, saes=saes, ablation=ablation, progress=progress,
+                         alignment=alignment)
+        for method, G in graphs.items():
+            rep = evaluate_curves(ab, G, sizes=grid, fractions=None, n_resamples=n_resamples, progress=progress)
+            rows.append(row(method, "threshold", ablation, rep, seconds[method]))
+        if mask:
+            G = graphs["relp"]
+            train = Ablator(model, dataset, level=level, saes=saes, sites=ab.splice.site_names, ablation=ablation,
+                            progress=False, alignment=alignment)
+            t0 = time.perf_counter()
+            res = learn_masks(train, G, grid, MaskSettings(candidates=max_nodes), progress=progress)
+            secs = time.perf_counter() - t0
+            del train
+            rep = evaluate_curves(ab, G, sizes=grid, fractions=None, n_resamples=n_resamples, progress=progress,
+                                  select=lambda k: circuit_from_nodes(G, res.circuits[min(k, len(res.candidates))].nodes))
+            rows.append(row("relp", f"mask ({ablation})", ablation, rep, seconds["relp"] + secs))
+        del ab
+    return rows
 
 
 # ----------------------------------------------------------------------------- command line
@@ -190,8 +266,14 @@ def add_arguments(p) -> None:
                    help="feature level: held-out pairs the faithfulness curves use (default: all of them)")
     p.add_argument("--align", choices=("auto", "start", "end", "sum", "role"), default="auto",
                    help="how positions of pairs of different lengths or templates line up (as in discover)")
-    p.add_argument("--ablation", choices=ABLATION_NAMES, default="mean",
-                   help="value of the nodes outside a circuit in the faithfulness curves")
+    p.add_argument("--ablation", default="mean,patch", metavar="LIST",
+                   help=f"values of the nodes outside a circuit, comma-separated from {', '.join(ABLATION_NAMES)}: "
+                        "the faithfulness curves use the first, the size table (sizes.csv) every one")
+    p.add_argument("--mask", action="store_true",
+                   help="feature level: add the learned mask from RelP's scores (trained on the discovery pairs "
+                        "under each --ablation) to the size table")
+    p.add_argument("--sizes", default=None, metavar="LIST",
+                   help="circuit sizes of the size table (default 25,50,100,...,3000 up to --max-nodes)")
     p.add_argument("--bootstrap", type=int, default=1000, help="pair resamples for the intervals")
     add_device_arguments(p)
     add_output_arguments(p)
@@ -208,6 +290,14 @@ def run(args, progress: bool) -> int:
     from featcirc.io import check_out_dir, staged_dir
 
     methods = parse_methods(args.methods)  # an unknown name fails before any work
+    from featcirc.commands.checks import parse_ablations
+
+    ablations = parse_ablations(args.ablation, "--ablation")
+    sizes = _sizes(args.sizes)
+    if args.mask and "relp" not in methods:
+        raise InputError("--mask learns the circuit from RelP's scores: add relp to --methods")
+    if args.mask and args.level != "feature":
+        raise InputError("--mask prunes feature circuits: use --level feature")
     if args.level == "feature" and not args.saes:
         raise InputError("--level feature needs SAEs: pass --saes (e.g. --saes tiny)")
     check_saes_level(args.saes, args.level)
@@ -241,8 +331,8 @@ def run(args, progress: bool) -> int:
         with stage as out:
             res = compare(model, saes, dataset, Path(out), model_name=args.model, level=args.level, methods=methods,
                           ctx=ctx, eval_data=eval_data, ig_steps=args.ig_steps, max_nodes=args.max_nodes,
-                          ablation=args.ablation, n_resamples=args.bootstrap, progress=progress and ctx.is_main,
-                          align=args.align)
+                          ablation=ablations, n_resamples=args.bootstrap, progress=progress and ctx.is_main,
+                          align=args.align, mask=args.mask, sizes=sizes)
             phase("written")
     if not ctx.is_main:
         return 0
@@ -258,8 +348,27 @@ def run(args, progress: bool) -> int:
             extra = f", CPR {_ci(r['cpr'], r['cpr_lo'], r['cpr_hi'])}, CMD {_ci(r['cmd'], r['cmd_lo'], r['cmd_hi'])}"
         print(f"{r['method']:5s} {r['seconds']:.2f} s, {r['forward_passes']} forward / "
               f"{r['backward_passes']} backward passes{extra}")
+    for r in (res.get("sizes") or {}).get("rows", []):
+        f = lambda k: _ci(r[f"f{k}"], r[f"f{k}_lo"], r[f"f{k}_hi"]) if r[f"f{k}"] is not None else "n/a"  # noqa: E731
+        print(f"{r['method']:5s} {r['pruner']:>14s}, {r['ablation']} ablation: smallest F >= 0.8 "
+              f"{r['smallest_f08'] if r['smallest_f08'] is not None else 'none'} nodes; F@50 {f(50)}, F@100 {f(100)}, "
+              f"F@200 {f(200)}; {r['seconds']:.1f} s")
     print(f"-> {args.out}/")
     return 0
+
+
+def _sizes(text: Optional[str]) -> Optional[list[int]]:
+    from featcirc.commands.checks import InputError
+
+    if text is None:
+        return None
+    try:
+        sizes = sorted({int(x) for x in text.split(",")})
+    except ValueError:
+        raise InputError(f"--sizes must be whole numbers separated by commas, e.g. 50,100,200; got {text!r}") from None
+    if not sizes or sizes[0] < 1:
+        raise InputError(f"--sizes must be positive node counts, got {text!r}")
+    return sizes
 
 
 def _ci(value: float, lo: Optional[float], hi: Optional[float]) -> str:

@@ -88,7 +88,7 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
     import torch
 
     from featcirc.attribution import AttributionSettings
-    from featcirc.circuit import PruneSettings, full_graph, prune, summary
+    from featcirc.circuit import full_graph, summary
     from featcirc.commands.checks import parse_ablations
     from featcirc.commands.common import example_metrics, example_prompt, example_token_slots, load_model_and_saes
     from featcirc.data import tokenize_pairs
@@ -137,9 +137,10 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
     choice, alignment = choose_alignment(data, cfg)
     env = environment(ctx.device, model.cfg.dtype)
     from featcirc.saes.identity import run_identity  # what evaluate / features check (docs/design.md §11)
+    from featcirc.saes.fit import fit_record  # what load_model_and_saes measured (docs/design.md §10b)
 
     write_json(out / "run.json", jsonable(dict(asdict(cfg), split=split, alignment=choice.to_json(alignment),
-                                               environment=env,
+                                               environment=env, sae_fit=fit_record(saes),
                                                identity=run_identity(cfg.model, cfg.saes, saes))))
 
     budget = {}
@@ -157,7 +158,10 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
 
     t0 = time.perf_counter()
     G = full_graph(nodes, edges, n_layers=model.cfg.n_layers)
-    C = prune(G, PruneSettings(cfg.node_threshold, cfg.top_k, cfg.edge_threshold))
+    C, mask = choose_circuit(cfg, G, model=model, saes=saes, data=data, sites=nodes.sites, alignment=alignment,
+                             progress=progress)
+    if mask is not None:
+        seconds["mask"] = mask["seconds"]
     prompt, tokens = example_prompt(model, data, alignment)
     example = example_metrics(model, data)
     title = run_title(cfg, choice.mode)
@@ -189,7 +193,9 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
         n_nodes=s["n_nodes"], n_features=s["n_features"], n_errors=s["n_errors"],
         n_components=s["n_components"], n_edges=s["n_edges"],
         n_nodes_scored=G.number_of_nodes() - 1, n_edges_scored=G.number_of_edges(),
-        prune=dict(node_threshold=cfg.node_threshold, top_k=cfg.top_k, edge_threshold=cfg.edge_threshold),
+        prune=dict(method=cfg.prune, node_threshold=cfg.node_threshold, top_k=cfg.top_k,
+                   edge_threshold=cfg.edge_threshold,
+                   **({} if mask is None else dict(mask_ablation=cfg.mask_ablation, mask=mask))),
         faithfulness=faith,
         seconds=seconds,
         forward_passes=nodes.cost.forward_passes + edges.cost.forward_passes,
@@ -219,6 +225,31 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
     write_viewer(G, out / "circuit.html", circuit=C, tokens=tokens, cards=cards_doc, title=title, example=example,
                  faithfulness=faith)
     return summ
+
+
+def choose_circuit(cfg: RunConfig, G, *, model, saes, data, sites, alignment, progress: bool = True):
+    """The circuit of the scored graph ``G`` by ``cfg.prune`` (docs/design.md §8): threshold pruning, or
+    the learned mask of ``cfg.top_k`` nodes trained on the discovery pairs ``data`` under
+    ``cfg.mask_ablation``. Returns ``(circuit, mask record or None)``; the record (cost, losses, whether
+    the learned circuit beat thresholding on the discovery pairs) goes to ``summary.json``'s ``prune``."""
+    from featcirc.circuit import PruneSettings, circuit_from_nodes, prune
+
+    if cfg.prune == "threshold":
+        return prune(G, PruneSettings(cfg.node_threshold, cfg.top_k, cfg.edge_threshold)), None
+    from featcirc.evaluate.faithfulness import Ablator
+    from featcirc.pruning.mask import MaskSettings, learn_masks
+
+    # every process trains the same mask on all discovery pairs (deterministic), so no rank waits on another
+    ab = Ablator(model, data, level=cfg.level, saes=saes, sites=sites, ablation=cfg.mask_ablation,
+                 progress=False, alignment=alignment)
+    result = learn_masks(ab, G, [cfg.top_k], MaskSettings(candidates=cfg.max_nodes), progress=progress)
+    chosen = result.circuits[min(cfg.top_k, len(result.candidates))]
+    C = circuit_from_nodes(G, chosen.nodes, edge_threshold=cfg.edge_threshold)
+    C.graph.update(prune="mask", top_k=cfg.top_k, mask_ablation=cfg.mask_ablation, mask_learned=chosen.learned)
+    logger.info("mask (%s ablation, %d candidates): %d nodes, |1 - F| on the discovery pairs %.3f (thresholding: %.3f)%s; "
+                "%.1f s", cfg.mask_ablation, len(result.candidates), len(chosen.nodes), chosen.loss, chosen.warm_loss,
+                "" if chosen.learned else ", so thresholding's circuit is kept", result.seconds)
+    return C, result.to_json()
 
 
 def choose_alignment(data, cfg):
@@ -268,6 +299,7 @@ def _write_cards(out: Path, model, saes, opts: CardOptions, cfg: RunConfig, prog
 # ----------------------------------------------------------------------------- command line
 def add_arguments(p) -> None:
     from featcirc.attribution.methods import method_names
+    from featcirc.pruning import MASK_ABLATIONS, PRUNERS
     from featcirc.commands.common import (add_data_arguments, add_device_arguments, add_model_arguments,
                                           add_output_arguments)
 
@@ -294,6 +326,12 @@ def add_arguments(p) -> None:
     p.add_argument("--node-threshold", type=float, default=None, help="keep nodes with |score| >= this (default: none; then --top-k 100)")
     p.add_argument("--top-k", type=int, default=None, help="keep the top k nodes (default 100 without a threshold)")
     p.add_argument("--edge-threshold", type=float, default=0.0, help="keep edges with |weight| >= this")
+    p.add_argument("--prune", choices=PRUNERS, default="threshold",
+                   help="how the circuit is chosen: threshold (the top-k nodes by |score|) or mask (a mask over "
+                        "the --max-nodes candidates learned on the discovery pairs, kept only when it fits them "
+                        "better than threshold; docs/design.md §8)")
+    p.add_argument("--mask-ablation", choices=MASK_ABLATIONS, default="patch",
+                   help="the ablation --prune mask is trained under: patch is the strict test (default: patch)")
     p.add_argument("--ablations", default=",".join(FAITHFULNESS_ABLATIONS), metavar="LIST",
                    help="ablations the exported circuit's faithfulness is measured under, comma-separated, from "
                         "mean, zero, resample, patch: mean is the gentlest test, patch (each pair's own "
@@ -326,7 +364,7 @@ def config_from_args(args) -> RunConfig:
         ig_steps=args.ig_steps, max_nodes=args.max_nodes, node_threshold=args.node_threshold, top_k=top_k,
         edge_threshold=args.edge_threshold, eval_fraction=None if args.eval_data else args.eval_fraction,
         eval_data=args.eval_data, eval_pairs=args.eval_pairs, max_memory=args.max_memory, device=args.device,
-        dtype=args.dtype, align=args.align)
+        dtype=args.dtype, align=args.align, prune=args.prune, mask_ablation=args.mask_ablation)
 
 
 def run(args, progress: bool) -> int:

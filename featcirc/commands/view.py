@@ -106,6 +106,9 @@ def view_run(run_dir: "str | Path", out: "str | Path | None" = None, *, max_node
         from featcirc.circuit import PruneSettings, prune
 
         p = summary.get("prune") or {}
+        if p.get("method", "threshold") != "threshold":
+            raise ValueError(f"{run_dir} has no circuit.json, and its circuit was chosen by --prune {p.get('method')}, "
+                             "which needs the model to redo; rerun `featcirc discover ... --out DIR`")
         circuit = prune(G, PruneSettings(p.get("node_threshold"), p.get("top_k", 100), p.get("edge_threshold", 0.0)))
     return write_viewer(G, out, circuit=circuit, tokens=summary.get("prompt_tokens"), cards=cards,
                         title=run_title(summary, run), max_nodes=max_nodes, example=summary.get("example"),

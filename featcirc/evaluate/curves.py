@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import networkx as nx
 import numpy as np
@@ -197,11 +197,13 @@ def evaluate_curves(ab: "Ablator", G: nx.DiGraph, *, thresholds: Optional[Sequen
                     exported: Optional[nx.DiGraph] = None, edge_threshold: float = 0.0,
                     n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
                     confidence: float = DEFAULT_CONFIDENCE, area_n_max: Optional[int] = None,
+                    select: Optional[Callable[[int], nx.DiGraph]] = None,
                     progress: bool = True) -> FaithfulnessReport:
     """Evaluate a graph's circuits: the main curve (``sizes`` if given, else ``thresholds``,
     default :data:`~featcirc.evaluate.faithfulness.DEFAULT_THRESHOLDS`), MIB's ``fractions`` (for
     CPR / CMD; None to skip) and an ``exported`` circuit (e.g. ``circuit.json``'s), each distinct
-    circuit once, with bootstrap intervals over pairs."""
+    circuit once, with bootstrap intervals over pairs. ``select(k)``: the circuit of size ``k`` for the
+    ``sizes`` (default: the top-k nodes by ``|score|``; e.g. a learned mask's, :mod:`featcirc.pruning`)."""
     if sizes is not None:
         bad = [k for k in sizes if isinstance(k, bool) or int(k) != k or int(k) < 0]
         if bad or not sizes:
@@ -229,7 +231,9 @@ def evaluate_curves(ab: "Ablator", G: nx.DiGraph, *, thresholds: Optional[Sequen
 
     if sizes is not None:
         for k in sizes:
-            add("size", float(k), int(k), select_circuit(G, size=int(k), edge_threshold=edge_threshold))
+            C = (select(int(k)) if select is not None
+                 else select_circuit(G, size=int(k), edge_threshold=edge_threshold))
+            add("size", float(k), int(k), C)
     else:
         for th in (thresholds if thresholds is not None else DEFAULT_THRESHOLDS):
             add("threshold", float(th), None, select_circuit(G, threshold=float(th), edge_threshold=edge_threshold))

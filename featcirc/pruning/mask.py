@@ -6,31 +6,31 @@ its ablation value ``a`` (the :class:`~featcirc.evaluate.faithfulness.Ablator`'s
 
     x_i' = a_i + mask_i (x_i - a_i)
 
-The loss is the distance of the masked model's metric from the full model's, per pair, in units of the
-gap ``m(M) - m(∅)`` (``(1 - F)^2`` for one pair; per pair, so that pairs cannot cancel)::
-
-    L(mask) = mean_pairs ((m_mask - m_full) / (m(M) - m(∅)))^2
-
-It is lowered over binary masks of a shrinking size, starting from every candidate kept. At each step
-one forward and one backward pass give every pair's metric and its gradient with respect to the mask::
+The mask is binary and learned by descent over masks of a shrinking size, starting from every candidate
+kept. At each step one forward and one backward pass give every pair's metric ``m_p`` and its gradient
+with respect to the mask::
 
     G[p, i] = d m_p / d mask_i = (x_i - a_i) . d m_p / d x_i
 
 (attribution patching in the circuit's own context, where threshold pruning uses the full model's), and
 a share ``shrink`` of the kept nodes, those of least importance, is dropped::
 
-    importance_i = rms_p(G[p, i]) ^ w * |score_i| ^ (1 - w)      (both scaled to unit RMS)
+    importance_i = rms_p(G[p, i]) ^ w * |score_i| ^ (1 - w)      (both scaled to unit RMS over the kept)
 
-``w = context_weight`` blends the in-context effect with the attribution method's score (the
-warm start: ``w = 0`` is threshold pruning). This passes through every size asked for. A size's circuit
-is kept only when its loss on the discovery pairs is no higher than threshold pruning's at that size;
-else threshold pruning's is returned (``learned`` False). Deterministic: no sampling.
+Per pair (rms), so effects of opposite sign on different pairs cannot cancel. ``w = context_weight``
+blends the in-context effect with the attribution method's score (the warm start: ``w = 0`` is threshold
+pruning). This passes through every size asked for; ``refine`` swap steps at each size then exchange the
+5% least important kept nodes for the 5% most important others, each swap kept only if it brings the
+training F closer to 1. A size's circuit is returned only when its ``|1 - F|`` on the discovery pairs is
+no larger than threshold pruning's at that size; else threshold pruning's is (``learned`` False).
+Deterministic: no sampling, pairs in a fixed order.
 
-Measured on tiny SVA (docs/design.md §8, experiments/mask_pruning.py) before settling on this: a
-continuous sigmoid mask (temperature annealed, the size held by a per-step penalty) lowered the training
-loss but overfitted 64 discovery pairs (held-out F below thresholding's); choosing drops jointly on the
-linearised metric picked drops whose linear effects cancel (predicted loss 0.09, actual 1.70); the
-in-context gradient alone ranks worse than RelP's scores below ~250 nodes under mean ablation.
+Measured on tiny SVA before settling on this (docs/design.md §8): a continuous sigmoid mask (temperature
+annealed, the size held by a per-step penalty, or an L1 penalty swept upwards) fitted the 64 discovery
+pairs better but did worse on held-out pairs than thresholding; choosing drops jointly on the
+linearised metric picked drops whose linear effects cancel (predicted per-pair loss 0.09, actual 1.70);
+the in-context gradient alone (``w = 1``) ranks worse than RelP's scores below ~250 nodes under mean
+ablation; a per-pair squared loss as the guard preferred circuits with lower F.
 """
 
 from __future__ import annotations
@@ -54,15 +54,19 @@ class MaskSettings:
     """How the mask is learned: ``candidates``, the nodes of largest ``|score|`` that may be kept (None:
     every node of the graph with an edge score, else every node); ``shrink``, the share of kept nodes
     dropped per step (smaller: more steps, each one forward and one backward pass over the pairs);
+    ``refine``: swap steps at each size (each one more forward and backward pass, and one forward);
     ``context_weight``, ``w`` of the importance (1: the in-context effect alone, 0: the scores alone)."""
 
     candidates: Optional[int] = None
-    shrink: float = 0.1
+    shrink: float = 0.2
+    refine: int = 0
     context_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if not (0 <= self.context_weight <= 1):
             raise ValueError(f"mask context weight must be in [0, 1], got {self.context_weight!r}")
+        if isinstance(self.refine, bool) or not isinstance(self.refine, int) or self.refine < 0:
+            raise ValueError(f"mask refine steps must be a non-negative integer, got {self.refine!r}")
         if not (0 < self.shrink < 1):
             raise ValueError(f"mask shrink must be in (0, 1), got {self.shrink!r}")
         if self.candidates is not None and (isinstance(self.candidates, bool) or not isinstance(self.candidates, int)
@@ -72,7 +76,8 @@ class MaskSettings:
 
 @dataclass
 class MaskedCircuit:
-    """One size's result: the kept node ids, their loss on the discovery pairs and threshold pruning's."""
+    """One size's result: the kept node ids, ``|1 - F|`` on the discovery pairs (``loss``) and threshold
+    pruning's at the same size (``warm_loss``)."""
 
     size: int
     nodes: list[str]
@@ -97,7 +102,7 @@ class MaskResult:
         return dict(ablation=self.ablation, n_candidates=len(self.candidates), seconds=self.seconds,
                     forward_passes=self.forward_passes, backward_passes=self.backward_passes,
                     settings=None if self.settings is None else vars(self.settings),
-                    sizes={str(k): dict(n_nodes=len(c.nodes), loss=c.loss, threshold_loss=c.warm_loss,
+                    sizes={str(k): dict(n_nodes=len(c.nodes), shortfall=c.loss, threshold_shortfall=c.warm_loss,
                                         learned=c.learned)
                            for k, c in sorted(self.circuits.items())})
 
@@ -123,11 +128,10 @@ class MaskTrainer:
         self.ab, self.candidates, self.progress = ab, list(candidates), progress
         self.where = [ab.node_index(self.candidates, b.clean.shape[1], ab._index(b)) for b in ab.data.batches]
         full, empty = ab.m_full_values, ab.m_empty_values
-        gap = float(full.mean() - empty.mean())
+        gap = float(full.mean() - empty.mean())  # F's denominator
         if not math.isfinite(gap) or gap == 0:
             raise ValueError(f"the {ab.ablation} ablation does not change the metric (m(M) = m(∅) = {full.mean():.4g}); "
                              "there is nothing for a mask to keep")
-        self.gap, self.target = gap, np.asarray(full, dtype=np.float64)
         self.forward_passes = self.backward_passes = 0
 
     def _masks(self, i: int, m: torch.Tensor) -> dict:
@@ -155,13 +159,11 @@ class MaskTrainer:
         self.backward_passes += 1
         return np.concatenate(ms), np.concatenate(gs)
 
-    def loss(self, metric: np.ndarray) -> float:
-        """``mean_pairs ((m_mask - m_full) / (m(M) - m(∅)))^2``."""
-        return float(np.mean(((metric - self.target) / self.gap) ** 2))
-
-    def hard_loss(self, nodes: Sequence[str]) -> float:
-        """The loss of a binary circuit (nodes kept, the rest ablated), from the Ablator's cached values."""
-        return self.loss(self.ab.metric_values(set(nodes)))
+    def shortfall(self, nodes: Sequence[str]) -> float:
+        """``|1 - F|`` of a binary circuit (nodes kept, the rest ablated) on the training pairs, from the
+        Ablator's cached values: what the guard and the swaps compare (a lower per-pair loss can come with
+        a lower F, when the errors shrink in spread but not in mean)."""
+        return abs(1.0 - self.ab.faithfulness(set(nodes)))
 
 
 def importance(grad: np.ndarray, prior: np.ndarray, kept: np.ndarray, w: float) -> np.ndarray:
@@ -199,9 +201,23 @@ def learn_masks(ab, G: nx.DiGraph, sizes: Sequence[int], settings: MaskSettings 
             keep[alive[np.lexsort((-alive, imp))[:step]]] = False  # ties: the lower-scored candidate goes
             size -= step
             bar.update(step)
+        for _ in range(settings.refine):  # swaps at size k, each accepted only if the exact loss drops
+            _, grad = trainer.metric_and_gradient(keep)
+            imp = importance(grad, prior, keep, settings.context_weight)
+            inside, outside = np.flatnonzero(keep), np.flatnonzero(~keep)
+            r = min(max(1, int(0.05 * k)), len(outside))
+            if r == 0:
+                break
+            drop = inside[np.lexsort((-inside, imp[inside]))[:r]]
+            add = outside[np.lexsort((outside, -imp[outside]))[:r]]
+            trial = keep.copy()
+            trial[drop], trial[add] = False, True
+            now = trainer.shortfall([candidates[i] for i in np.flatnonzero(keep)])
+            if trainer.shortfall([candidates[i] for i in np.flatnonzero(trial)]) < now:
+                keep = trial
         learned = [candidates[i] for i in np.flatnonzero(keep)]
         warm = candidates[:k]
-        loss, warm_loss = trainer.hard_loss(learned), trainer.hard_loss(warm)
+        loss, warm_loss = trainer.shortfall(learned), trainer.shortfall(warm)
         use = loss <= warm_loss
         result.circuits[k] = MaskedCircuit(k, learned if use else warm, min(loss, warm_loss), warm_loss, use)
     bar.close()
