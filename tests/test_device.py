@@ -40,3 +40,20 @@ def test_unknown_device_and_dtypes():
     assert resolve_dtype("float16") is torch.float16
     with pytest.raises(DeviceError, match="float32, bfloat16, float16"):
         resolve_dtype("int8")
+
+
+@pytest.mark.parametrize("level", [["--saes", "tiny"], ["--level", "component"]])
+def test_discover_runs_in_bfloat16(tmp_path, level):
+    """A bfloat16 model end to end (the edge pass projects its bfloat16 records in the scores' float32; the
+    mean ablation sums in float32): the circuit's faithfulness is finite and close to the float32 run's."""
+    import json
+
+    from featcirc.cli import main
+
+    f = {}
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / dtype
+        assert main(["-q", "--threads", "1", "discover", "--model", "tiny", *level, "--task", "sva-nounpp",
+                     "--pairs", "8", "--dtype", dtype, "--ablations", "mean", "--out", str(out)]) == 0
+        f[dtype] = json.loads((out / "summary.json").read_text())["faithfulness"]["mean"]["faithfulness"]["value"]
+    assert f["bfloat16"] == pytest.approx(f["float32"], abs=0.15), f

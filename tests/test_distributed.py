@@ -304,7 +304,7 @@ def test_cli_under_torchrun_logs_once(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "featcirc",
-         "discover", "--model", "tiny", "--saes", "tiny", "--task", "sva-nounpp", "--pairs", "4", "--max-nodes", "50",
+         "discover", "--model", "tiny", "--saes", "tiny", "--task", "sva-nounpp", "--pairs", "4", "--max-nodes", "50", "--device", "cpu",
          "--out", str(out)], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     logged = [line for line in proc.stderr.splitlines() if line.startswith("featcirc: ")]

@@ -275,8 +275,9 @@ def _project(splice: Splice, u: Site, cands: SiteCandidates, grad_x: torch.Tenso
     if len(f_idx):
         fi = cands.feat_idx[f_idx]
         uniq, inv = torch.unique(fi, return_inverse=True)
-        proj = grad_x @ splice.decoder_directions(u)[uniq].T  # [K, N, T, n_unique]
-        amount = delta.features[pair][:, :, fi]  # [N, T, nf']
+        # in the scores' dtype (float32) whatever the model's (a bfloat16 model's records are bfloat16)
+        proj = grad_x @ splice.decoder_directions(u)[uniq].T.to(grad_x.dtype)  # [K, N, T, n_unique]
+        amount = delta.features[pair][:, :, fi].to(grad_x.dtype)  # [N, T, nf']
         if summed:
             vals.append(torch.einsum("kntc,ntc->knc", proj[..., inv], amount))
         else:
@@ -284,7 +285,7 @@ def _project(splice: Splice, u: Site, cands: SiteCandidates, grad_x: torch.Tenso
             vals.append(proj[:, :, q, inv] * amount[:, q, torch.arange(len(f_idx))])
     v_idx = idx[idx >= nf]
     if len(v_idx):
-        per_pos = torch.einsum("kntd,ntd->knt", grad_x, delta.vector[pair])  # [K, N, T]
+        per_pos = torch.einsum("kntd,ntd->knt", grad_x, delta.vector[pair].to(grad_x.dtype))  # [K, N, T]
         vals.append(per_pos.sum(-1, keepdim=True).expand(-1, -1, len(v_idx)) if summed else per_pos[:, :, pos[v_idx]])
     if not vals:
         return

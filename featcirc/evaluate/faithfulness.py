@@ -146,6 +146,7 @@ class Ablator:
         """Per-position means over all patch prompts that reach that position (one batch in memory)."""
         T = self.data.max_len if self.alignment is None else self.alignment.n_slots
         sums: dict[str, list] = {s: [None, None] for s in self.splice.site_names}
+        dtypes: dict[str, torch.dtype] = {}
         count = torch.zeros(T)
         for st, b in zip(self._patch_runs(), self.data.batches):
             t = next(iter(st.values())).vector.shape[1]
@@ -156,11 +157,13 @@ class Ablator:
                 for k, x in enumerate((st[s].features, st[s].vector)):
                     if x is None:
                         continue
-                    padded = torch.zeros((T,) + x.shape[2:])
-                    padded[where] = x.sum(0).cpu()
+                    padded = torch.zeros((T,) + x.shape[2:])  # float32 sums, whatever the model's dtype
+                    padded[where] = x.sum(0).cpu().float()
                     sums[s][k] = padded if sums[s][k] is None else sums[s][k] + padded
+                    dtypes[s] = x.dtype
         c = count.clamp(min=1)
-        return {s: SiteState(None if f is None else f / c[:, None], v / c[:, None]) for s, (f, v) in sums.items()}
+        return {s: SiteState(None if f is None else (f / c[:, None]).to(dtypes[s]), (v / c[:, None]).to(dtypes[s]))
+                for s, (f, v) in sums.items()}
 
     def _ablation_for(self, batch_idx: int, site: str, B: int, t: int) -> Optional[SiteState]:
         """The values ablated nodes take at ``site`` for batch ``batch_idx`` (None: zero)."""
