@@ -48,6 +48,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from featcirc.attribution import DEFAULT_MAX_NODES
 from featcirc.attribution.edges import _BUDGET, edge_groups
 from featcirc.attribution.methods import get_method
 from featcirc.sites import Site, all_sites
@@ -200,7 +201,7 @@ def _sae_bytes(saes: Optional[Mapping[str, Any]], e: int) -> int:
 
 
 def estimate_peak_bytes(model_cfg: Any, saes: Optional[Mapping[str, Any]] = None, *, batch_size: int,
-                        n_positions: int, max_rows: int = 256, max_nodes: Optional[int] = 1000,
+                        n_positions: int, max_rows: int = 256, max_nodes: Optional[int] = DEFAULT_MAX_NODES,
                         method: str = "relp", level: str = "feature", ig_steps: int = 10,
                         aggregation: str = "none", n_pairs: Optional[int] = None,
                         record_bytes: int = RECORD_BYTES, edges: bool = True) -> MemoryEstimate:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from featcirc.attribution import DEFAULT_MAX_NODES
 from featcirc.attribution.scores import AGGREGATIONS, LEVELS
 
 
@@ -27,7 +28,7 @@ class AttributionSettings:
     aggregation: str = "none"
     sites: Optional[tuple[str, ...]] = None
     ig_steps: int = 10
-    max_nodes: Optional[int] = 1000
+    max_nodes: Optional[int] = DEFAULT_MAX_NODES
     max_rows: int = 256
     pair_effects: bool = False
     record_bytes: int = 1 << 28

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from featcirc.attribution import DEFAULT_MAX_NODES
 from featcirc.commands.checks import (DTYPE_NAMES, IG_STEPS_WHY, MAX_IG_STEPS, InputError, check_device_name,
                                       check_dtype_name, check_float, check_int, check_memory_size, check_model_name,
                                       check_prune, check_sae_spec, check_saes_level, max_threads)
@@ -69,7 +70,7 @@ class RunConfig:
     seed: int = 0
     batch_size: int = 16
     ig_steps: int = 10
-    max_nodes: Optional[int] = 1000
+    max_nodes: Optional[int] = DEFAULT_MAX_NODES
     node_threshold: Optional[float] = None
     top_k: Optional[int] = 100
     edge_threshold: float = 0.0

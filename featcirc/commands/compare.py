@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
+from featcirc.attribution import DEFAULT_MAX_NODES
 from featcirc.commands.common import phase, write_csv
 
 logger = logging.getLogger("featcirc")
@@ -71,7 +72,7 @@ def correlations(ref: dict, cells: dict, method: str, level: str, *, n_resamples
 
 
 def compare(model, saes, dataset, out: Path, *, model_name: str, level: str, methods: Sequence[str], ctx,
-            eval_data=None, eval_split: str = "held-out", ig_steps: int = 10, max_nodes: int = 1000,
+            eval_data=None, eval_split: str = "held-out", ig_steps: int = 10, max_nodes: int = DEFAULT_MAX_NODES,
             ablation: "str | Sequence[str]" = "mean", n_resamples: int = 1000, progress: bool = True,
             align: str = "auto", mask: bool = False, sizes: Optional[Sequence[int]] = None) -> dict:
     """Run every method on ``dataset``, write the comparison into ``out`` (main process only) and
@@ -258,7 +259,7 @@ def add_arguments(p) -> None:
     p.add_argument("--methods", default="exact,atp,relp,ig",
                    help=f"comma-separated, from: {', '.join(method_names())}; exact is always added")
     p.add_argument("--ig-steps", type=int, default=10, help="interpolation steps of ig")
-    p.add_argument("--max-nodes", type=int, default=1000, help="edges are scored among the top N nodes (feature level)")
+    p.add_argument("--max-nodes", type=int, default=DEFAULT_MAX_NODES, help="edges are scored among the top N nodes (feature level)")
     p.add_argument("--eval-fraction", type=float, default=0.5,
                    help="share of the pairs held out for the faithfulness curves (feature level); the same "
                         "split at both levels, so component and feature level score the same pairs; 0: none")

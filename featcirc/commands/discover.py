@@ -299,6 +299,7 @@ def _write_cards(out: Path, model, saes, opts: CardOptions, cfg: RunConfig, prog
 # ----------------------------------------------------------------------------- command line
 def add_arguments(p) -> None:
     from featcirc.attribution.methods import method_names
+    from featcirc.attribution import DEFAULT_MAX_NODES
     from featcirc.pruning import MASK_ABLATIONS, PRUNERS
     from featcirc.commands.common import (add_data_arguments, add_device_arguments, add_model_arguments,
                                           add_output_arguments)
@@ -322,7 +323,7 @@ def add_arguments(p) -> None:
                         "the end (answer position), from the start, or summed; auto: role when every pair names "
                         "its positions, else start for one length, else end (with a warning)")
     p.add_argument("--ig-steps", type=int, default=10, help="interpolation steps of --method ig")
-    p.add_argument("--max-nodes", type=int, default=1000, help="edges are scored among the top N nodes")
+    p.add_argument("--max-nodes", type=int, default=DEFAULT_MAX_NODES, help="edges are scored among the top N nodes")
     p.add_argument("--node-threshold", type=float, default=None, help="keep nodes with |score| >= this (default: none; then --top-k 100)")
     p.add_argument("--top-k", type=int, default=None, help="keep the top k nodes (default 100 without a threshold)")
     p.add_argument("--edge-threshold", type=float, default=0.0, help="keep edges with |weight| >= this")
