@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=experiments/results
+mkdir -p $R/mask
 export OMP_NUM_THREADS=1
 FC="python -m featcirc --threads 1 -q"
 TINY=featcirc/resources/tiny
@@ -28,6 +29,13 @@ tiny() {
   $FC discover --model tiny --saes tiny --data $TINY/heldout_ioi.jsonl --pairs 100 --max-nodes 2000 \
     --out $R/tiny-ioi-discover --force
   $FC evaluate $R/tiny-ioi-discover --ablation patch  # smallest held-out IOI circuit with F >= 0.8
+  # the size a circuit needs: threshold pruning of AtP / RelP / IG against the learned mask, mean and patch
+  python experiments/mask_pruning.py --task sva-nounpp --pairs 64 --out $R/mask/tiny_sva.json > $R/mask/tiny_sva.txt
+  python experiments/mask_pruning.py --data $TINY/heldout_ioi.jsonl --pairs 100 --max-nodes 2000 \
+    --sizes 50,100,200,400,800,1200,1600,2000 --out $R/mask/tiny_ioi.json > $R/mask/tiny_ioi.txt
+  python experiments/candidate_pool.py --task sva-nounpp --pairs 64 --pools 250,500,1000,2000,4000 > $R/mask/pool_tiny_sva.txt
+  python experiments/candidate_pool.py --data $TINY/heldout_ioi.jsonl --pairs 100 --pools 500,1000,2000,4000,8000 \
+    > $R/mask/pool_tiny_ioi.txt
   python experiments/rule_variants.py --model tiny --saes tiny --data $TINY/heldout_sva_nounpp.jsonl \
     > $R/rule_variants/tiny_feature_sva.txt
   python experiments/rule_variants.py --model tiny --data $TINY/heldout_ioi.jsonl > $R/rule_variants/tiny_component_ioi.txt
@@ -50,6 +58,11 @@ gemma() {
   $FC compare --model gemma-3-270m --saes gemma-3-270m-local --task ioi --pairs 16 --eval-pairs 32 \
     --batch-size 8 --level feature --methods exact,atp,relp,ig --max-nodes 500 --ablation patch \
     --out $R/gemma-ioi-feature --force
+  python experiments/candidate_pool.py --model gemma-3-270m --saes gemma-3-270m-local \
+    --data ../shared/data/sva/nounpp_test.json --pairs 24 --batch-size 8 --pools 500,1000,2000,4000 > $R/mask/pool_gemma_sva.txt
+  python experiments/mask_pruning.py --model gemma-3-270m --saes gemma-3-270m-local \
+    --data ../shared/data/sva/nounpp_test.json --pairs 24 --batch-size 8 --max-nodes 4000 \
+    --sizes 50,100,200,500,1000,2000,3000,4000 --out $R/mask/gemma_sva.json > $R/mask/gemma_sva.txt
   python experiments/rule_variants.py --model gemma-3-270m --task ioi --n 24 --batch-size 8 \
     --methods atp,relp,relp-no-ah,relp-no-half,relp-no-ln,relp-attn-grad > $R/rule_variants/gemma_component_ioi.txt
   python experiments/bench_edges.py --model gemma-3-270m --saes none --task ioi --n 16 --batch-size 8 \

@@ -161,6 +161,11 @@ def test_discover_prune_mask_writes_the_learned_circuit(tmp_path, capsys):
     C = read_circuit(out / "circuit.json")
     assert 0 < len(circuit_nodes(C)) <= 250
     assert list(summ["faithfulness"]) == ["mean", "patch"]
+    assert main(["-q", "--threads", "1", "discover", "--model", "tiny", "--saes", "tiny", "--task", "sva-nounpp",
+                 "--pairs", "8", "--max-nodes", "100", "--prune", "mask", "--top-k", "50", "--mask-ablation", "mean",
+                 "--ablations", "zero", "--out", str(tmp_path / "m2")]) == 0
+    # a mask is reported under the ablation it was trained with and under patch, whatever --ablations says
+    assert list(json.loads((tmp_path / "m2" / "summary.json").read_text())["faithfulness"]) == ["zero", "mean", "patch"]
     run = json.loads((out / "run.json").read_text())
     assert run["prune"] == "mask" and run["mask_ablation"] == "patch"
     # the viewer rebuilt from the run directory opens the same circuit

@@ -102,6 +102,8 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
 
     out = Path(out)
     ablations = parse_ablations(ablations, "ablations")  # before any work (the command line checked --ablations)
+    if cfg.prune == "mask":  # a learned mask is always shown under the ablation it was trained with, and both others
+        ablations = tuple(dict.fromkeys([*ablations, cfg.mask_ablation, "patch", "mean"]))
     from dataclasses import replace
 
     from featcirc.saes.identity import resolve_sae_spec
