@@ -17,41 +17,23 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from featcirc.attribution import AttributionSettings, attribute  # noqa: E402
 from featcirc.circuit import circuit_nodes, full_graph, prune, PruneSettings  # noqa: E402
-from featcirc.commands.common import load_model_and_saes  # noqa: E402
-from featcirc.data import tokenize_pairs  # noqa: E402
-from featcirc.data.align import make_alignment, resolve_alignment  # noqa: E402
-from featcirc.data.load import run_pairs  # noqa: E402
 from featcirc.evaluate.bootstrap import faithfulness_intervals  # noqa: E402
 from featcirc.evaluate.faithfulness import Ablator  # noqa: E402
+from mask_pruning import add_setup_arguments, load_setup  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="tiny")
-    ap.add_argument("--saes", default="tiny")
-    ap.add_argument("--task", default=None)
-    ap.add_argument("--data", default=None)
-    ap.add_argument("--pairs", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=16)
+    add_setup_arguments(ap)
     ap.add_argument("--pools", default="250,500,1000,2000,4000")
     a = ap.parse_args()
-    if not (a.task or a.data):
-        a.task = "sva-nounpp"
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model, saes = load_model_and_saes(a.model, a.saes, "feature")
-    pairs = run_pairs(task=a.task, data=a.data, n=a.pairs, seed=0, eval_fraction=0.5)
-    disc = tokenize_pairs(model, pairs.discovery, batch_size=a.batch_size, max_pairs=a.pairs)
-    held = tokenize_pairs(model, pairs.evaluation, batch_size=a.batch_size, max_pairs=a.pairs)
-    alignment = make_alignment(disc, resolve_alignment(disc, "auto").mode)
-    print(f"{a.model} + {a.saes} SAEs, {a.task or a.data}: {disc.n_pairs} discovery / {held.n_pairs} held-out "
-          f"pairs, alignment {alignment.mode}", flush=True)
+    model, saes, disc, held, alignment = load_setup(a)
     abl = {}
     print("| candidates (--max-nodes) | RelP nodes + edges (s) | edges scored | circuit nodes | F, mean ablation | "
           "F, patch ablation |")

@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -39,34 +38,44 @@ from featcirc.pruning.mask import MaskSettings, learn_masks, ranked_candidates  
 ABLATIONS = ("mean", "patch")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_setup_arguments(ap: argparse.ArgumentParser) -> None:
+    """The model, SAEs and pairs options these experiments share."""
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--saes", default="tiny")
-    ap.add_argument("--task", default=None)
+    ap.add_argument("--task", default=None, help="(default sva-nounpp without --data)")
     ap.add_argument("--data", default=None)
-    ap.add_argument("--pairs", type=int, default=64)
+    ap.add_argument("--pairs", type=int, default=64, help="discovery pairs, and at most as many held-out ones")
     ap.add_argument("--batch-size", type=int, default=16)
+
+
+def load_setup(a: argparse.Namespace, note: str = ""):
+    """``(model, saes, discovery pairs, held-out pairs, alignment)``: one torch thread, seed 0, half the
+    pairs held out (as ``discover`` splits them), positions aligned as ``--align auto`` would."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    if not (a.task or a.data):
+        a.task = "sva-nounpp"
+    model, saes = load_model_and_saes(a.model, a.saes, "feature")
+    pairs = run_pairs(task=a.task, data=a.data, n=a.pairs, seed=0, eval_fraction=0.5)
+    disc = tokenize_pairs(model, pairs.discovery, batch_size=a.batch_size, max_pairs=a.pairs)
+    held = tokenize_pairs(model, pairs.evaluation, batch_size=a.batch_size, max_pairs=a.pairs)
+    alignment = make_alignment(disc, resolve_alignment(disc, "auto").mode)
+    print(f"{a.model} + {a.saes} SAEs, {a.task or a.data}: {disc.n_pairs} discovery / {held.n_pairs} held-out "
+          f"pairs, alignment {alignment.mode}" + (f", {note}" if note else ""), flush=True)
+    return model, saes, disc, held, alignment
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_setup_arguments(ap)
     ap.add_argument("--max-nodes", type=int, default=1000)
     ap.add_argument("--sizes", default="25,50,100,200,300,400,500,750,1000")
     ap.add_argument("--methods", default="atp,relp,ig")
     ap.add_argument("--ig-steps", type=int, default=10)
     ap.add_argument("--out", default=None, help="also write the table as JSON here")
     a = ap.parse_args()
-    if not (a.task or a.data):
-        a.task = "sva-nounpp"
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
     sizes = [int(x) for x in a.sizes.split(",")]
-
-    model, saes = load_model_and_saes(a.model, a.saes, "feature")
-    pairs = run_pairs(task=a.task, data=a.data, n=a.pairs, seed=0, eval_fraction=0.5)
-    disc = tokenize_pairs(model, pairs.discovery, batch_size=a.batch_size, max_pairs=a.pairs)
-    held = tokenize_pairs(model, pairs.evaluation, batch_size=a.batch_size, max_pairs=a.pairs)
-    choice = resolve_alignment(disc, "auto")
-    alignment = make_alignment(disc, choice.mode)
-    print(f"{a.model} + {a.saes} SAEs, {disc.source}: {disc.n_pairs} discovery / {held.n_pairs} held-out pairs, "
-          f"alignment {choice.mode}, {a.max_nodes} candidates", flush=True)
+    model, saes, disc, held, alignment = load_setup(a, f"{a.max_nodes} candidates")
 
     graphs, seconds = {}, {}
     for method in a.methods.split(","):
@@ -120,7 +129,7 @@ def main() -> None:
         f"{held_ab[x].faithfulness(every):.3f}" for x in ABLATIONS))
 
     show = [k for k in (50, 100, 200) if k in sizes]
-    print(f"\n| pruner | ablation | smallest F >= 0.8 (lower end >= 0.8) | " +
+    print("\n| pruner | ablation | smallest F >= 0.8 (lower end >= 0.8) | " +
           " | ".join(f"F@{k}" for k in show) + " | time (s) |")
     print("|---|---|---|" + "---|" * len(show) + "---|")
     for r in rows:
