@@ -291,7 +291,7 @@ def write_card(out: Path, info: dict[str, Any]) -> None:
         f"{cfg['n_heads']} heads of d_head {cfg['d_head']}, d_mlp {cfg['d_mlp']} (GELU), LayerNorm, "
         f"learned positions, n_ctx {cfg['n_ctx']}, d_vocab {cfg['d_vocab']}, untied embeddings, "
         f"{s['n_params']:,} parameters; `default_prepend_bos=True`.",
-        "Load it with `featcirc.tiny.load_tiny_model()` (files: `model/config.json`, "
+        "Load it with `featcirc.load_model(\"tiny\")` (files: `model/config.json`, "
         "`model/model.safetensors`, `tokenizer/`).",
         "",
         "Tokenizer: word level (`tokenizers` WordLevel + ByteLevel pre-tokenizer, add_prefix_space=False,",
@@ -303,9 +303,9 @@ def write_card(out: Path, info: dict[str, Any]) -> None:
         "",
         f"Corpus (seed {s['seed']}): {s['corpus']['sentences']:,} sentences, {s['corpus']['tokens']:,} tokens "
         f"(with BOS/EOS): {s['corpus']['ioi']:,} IOI sentences (clean and patch prompt of "
-        f"{s['corpus']['ioi'] // 2:,} `featcirc.tasks.ioi_pairs`, each followed by its answer and a full stop), "
+        f"{s['corpus']['ioi'] // 2:,} `featcirc.data.tasks.ioi_pairs`, each followed by its answer and a full stop), "
         f"{s['corpus']['sva']:,} SVA sentences ({s['corpus']['sva'] // 8:,} pairs of each structure "
-        "simple / nounpp / rc / within_rc from `featcirc.tasks.sva_pairs`, both prompts, each with its "
+        "simple / nounpp / rc / within_rc from `featcirc.data.tasks.sva_pairs`, both prompts, each with its "
         f"agreeing verb and a continuation word), and {s['corpus']['filler']:,} filler sentences from 28 "
         "templates about names, places, objects and nouns.",
         f"Next-token cross-entropy on every real token, AdamW (lr {s['train']['lr']}, warm-up + cosine), "
@@ -330,8 +330,8 @@ def write_card(out: Path, info: dict[str, Any]) -> None:
         "corpus did not use): IOI = the held-out template of each kind filled with training names (every",
         "pair's sentence frame is unseen); SVA = only held-out nouns (the agreeing noun, and for rc /",
         "within_rc both nouns; PP nouns, prepositions and verbs are shared with training).",
-        "`vocab_split.json` has the split and the `featcirc.tasks.make_task` keyword arguments that",
-        "generate fresh held-out pairs (`featcirc.tiny.heldout_vocab()[\"heldout_kwargs\"][task]`).",
+        "`vocab_split.json` has the split and the `featcirc.data.tasks.make_task` keyword arguments that",
+        "generate fresh held-out pairs (`featcirc.models.tiny.heldout_vocab()[\"heldout_kwargs\"][task]`).",
         "",
         "",
         "## Behaviour on held-out pairs",
@@ -367,7 +367,7 @@ def write_card(out: Path, info: dict[str, Any]) -> None:
         "",
         "## SAEs",
         "",
-        f"One TopK SAE per site (`saes/<site>/`, SAELens disk format, `SAE.load_from_disk` / "
+        f"One TopK SAE per site (the repository's `saes/tiny/<site>/`, installed as `featcirc/saes/bundled/tiny/`; SAELens disk format, `SAE.load_from_disk` / "
         f"`featcirc.saes.load_saes(model, \"tiny\")`): d_in {cfg['d_model']}, d_sae {sae['d_sae']}, "
         f"k {sae['k']}, trained with SAELens's `SAETrainer` ({sae['steps']:,} steps of "
         f"{sae['batch']:,} activations, lr {sae['lr']}) on {sae['n_tokens']:,} token activations of "

@@ -290,9 +290,11 @@ _sigint_ignored = signals_ignored  # the former name
 
 
 @contextmanager
-def staged_dir(out: "str | os.PathLike[str]", *, force: bool = False) -> Iterator[Path]:
+def staged_dir(out: "str | os.PathLike[str]", *, force: bool = False, replace: bool = False) -> Iterator[Path]:
     """Build a run directory in a hidden temporary sibling of ``out`` (``.NAME.partial-PID-*``) and move
-    it onto ``out`` when the block completes (docs/design.md §12).
+    it onto ``out`` when the block completes (docs/design.md §12). The one way featcirc replaces a
+    directory: runs, trained SAE sets, each SAE of :func:`featcirc.saes.save_saes`, the Gemma cache's
+    tokenizer.
 
     An exception or Ctrl-C inside the block removes the temporary directory (and parent directories
     created for it) and leaves ``out`` as it was: absent, or the previous complete run. With
@@ -303,9 +305,16 @@ def staged_dir(out: "str | os.PathLike[str]", *, force: bool = False) -> Iterato
     directory it points to (:func:`run_target`): the run is built beside that one and replaces it, and
     the link is kept. A write that fails because the disk is full (also torch's ``unexpected pos``),
     over quota or read-only raises :class:`WriteFailed` naming the cause and ``out``.
+
+    ``replace``: ``out`` is the caller's own place (a cache entry, one SAE of a saved set), not a
+    user's ``--out``: it is replaced whenever it exists (at the last moment, as with ``force``), and
+    :func:`check_out_dir`, whose messages speak of ``--out`` and ``--force``, is not run.
     """
     out = Path(out)
-    check_out_dir(out, force)
+    if replace:
+        force = True
+    else:
+        check_out_dir(out, force)
     target = run_target(out)
     parent = target.parent.absolute()
     created = []

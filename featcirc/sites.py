@@ -115,6 +115,28 @@ class Site:
         return cls(kind, int(m.group(1)))
 
 
+_RESID_PRE_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
+
+
+def site_from_hook_name(hook_name: str) -> Site:
+    """The site of a TransformerLens hook name, with resid_pre aliasing (docs/design.md §3): block L's
+    output ``blocks.L.hook_resid_post`` enters block L+1 unchanged as ``blocks.(L+1).hook_resid_pre``,
+    so ``blocks.(L+1).hook_resid_pre -> resid.L`` and ``blocks.0.hook_resid_pre -> embed``; every other
+    site by its own hook (:meth:`Site.from_hook_name`, whose ``ValueError`` any other hook raises).
+    The one place hook names are mapped to sites (SAE configs, set descriptions, the input checks)."""
+    m = _RESID_PRE_RE.match(hook_name)
+    if m and int(m.group(1)) > 0:
+        return Site("resid", int(m.group(1)) - 1)
+    return Site.from_hook_name(hook_name)
+
+
+def hook_names_of(site: "str | Site") -> tuple[str, ...]:
+    """Every hook name that :func:`site_from_hook_name` maps to ``site``: its own hook and, for
+    ``resid.L``, ``blocks.(L+1).hook_resid_pre`` (which a model of L+1 layers lacks)."""
+    s = Site.parse(site)
+    return (s.hook_name, f"blocks.{s.layer + 1}.hook_resid_pre") if s.kind == "resid" else (s.hook_name,)
+
+
 def all_sites(n_layers: int, kinds: Iterable[str] = ("embed", "resid", "attn", "mlp")) -> list[Site]:
     """Every site of an ``n_layers`` model in forward order: embed, attn.0, mlp.0, resid.0, attn.1, ..."""
     kinds = set(kinds)

@@ -229,6 +229,32 @@ def test_a_stale_partial_directory_of_the_old_train_saes_form_is_removed(tmp_pat
     assert not stale.exists() and _hidden(tmp_path) == []
 
 
+def test_replace_is_for_the_callers_own_directories(tmp_path, monkeypatch, umask):
+    """``replace=True`` (a cache entry, one SAE of a saved set): an existing directory is replaced
+    without --force and without check_out_dir's refusals, at the last moment, with the same stale-partial
+    cleanup, permissions and clean-up on failure as a run."""
+    import featcirc.io as fio
+
+    umask(0o022)
+    out = tmp_path / "cache" / "tokenizer"
+    with staged_dir(out, replace=True) as tmp:
+        (tmp / "old.json").write_text("old")
+    stale = tmp_path / "cache" / f".tokenizer.partial-{_dead_pid()}-abc"
+    stale.mkdir()
+    monkeypatch.setattr(fio, "check_out_dir", lambda *a, **k: pytest.fail("a cache is no --out"))
+    with pytest.raises(RuntimeError):
+        with staged_dir(out, replace=True) as tmp:
+            (tmp / "new.json").write_text("new")
+            raise RuntimeError("crash")
+    assert sorted(p.name for p in out.iterdir()) == ["old.json"]
+    with staged_dir(out, replace=True) as tmp:
+        (tmp / "new.json").write_text("new")
+        assert (out / "old.json").exists()  # replaced only at the end
+    assert sorted(p.name for p in out.iterdir()) == ["new.json"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert not stale.exists() and _hidden(out.parent) == []
+
+
 def test_read_only_places_are_refused_before_any_work_even_for_root(tmp_path):
     from featcirc.io import check_writable_file, writable_dir_problem
 

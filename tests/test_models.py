@@ -177,6 +177,35 @@ def test_incomplete_cache_is_not_used(monkeypatch, tmp_path):
     assert not gemma._cache_valid(cache)  # the package now ships other weights
 
 
+def test_cache_build_replaces_the_tokenizer_directory_whole(monkeypatch, tmp_path):
+    """The tokenizer goes into the cache through featcirc.io.staged_dir: an old tokenizer/ is replaced
+    whole (no file of it left), and the partial directory of a build killed outright is removed."""
+    import subprocess
+
+    import transformers
+
+    class FakeTokenizer:
+        def save_pretrained(self, d):
+            Path(d, "tokenizer.json").write_text("{}")
+
+    monkeypatch.setattr(gemma, "gguf_path", lambda: tmp_path / "m.gguf")
+    monkeypatch.setattr(gemma, "gguf_sha256", lambda: "abc123")
+    monkeypatch.setattr(gemma, "gemma_config", lambda **kw: None)
+    monkeypatch.setattr(gemma, "read_gguf_tensors", lambda path: {})
+    monkeypatch.setattr(gemma, "convert_gguf_tensors", lambda t, cfg, tie: {"w": torch.zeros(2)})
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: FakeTokenizer())
+    cache = tmp_path / "cache"
+    (cache / gemma.TOKENIZER_DIR).mkdir(parents=True)
+    (cache / gemma.TOKENIZER_DIR / "stale.json").write_text("old")
+    dead = subprocess.Popen(["sleep", "0"])
+    dead.wait()
+    (cache / f".{gemma.TOKENIZER_DIR}.partial-{dead.pid}-x").mkdir()  # a build killed with SIGKILL
+    assert gemma.build_cache(cache) == cache
+    assert sorted(p.name for p in (cache / gemma.TOKENIZER_DIR).iterdir()) == ["tokenizer.json"]
+    assert sorted(p.name for p in cache.iterdir()) == [gemma.META_FILE, gemma.STATE_FILE, gemma.TOKENIZER_DIR]
+    assert gemma._cache_valid(cache)
+
+
 # ---------------------------------------------------------------- GGUF -> TL conversion
 
 _TINY = dict(n_layers=2, d_model=32, d_head=8, n_heads=4, n_key_value_heads=1, d_mlp=64, d_vocab=61,

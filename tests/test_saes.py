@@ -85,6 +85,28 @@ def test_site_from_hook_name_with_resid_pre_alias():
             site_from_hook_name(bad)
 
 
+def test_hook_aliasing_has_one_definition_in_sites():
+    """featcirc.sites maps hook names to sites (the loader and the torch-free checks only word the error),
+    and hook_names_of is its inverse: every hook that names a site, which the fit check leaves out of
+    its search for a better hook."""
+    from featcirc import sites
+    from featcirc.commands.checks import InputError, _site_of_hook
+
+    hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.3.hook_resid_post",
+             "blocks.3.hook_attn_out", "blocks.3.attn.hook_z", "blocks.3.hook_mlp_out"]
+    for hook in hooks:
+        site = sites.site_from_hook_name(hook)
+        assert site_from_hook_name(hook) == _site_of_hook(hook, Path("cfg.json")) == site
+        assert hook in sites.hook_names_of(site)
+    for site in sites.all_sites(4, kinds=sites.SITE_KINDS):
+        assert {sites.site_from_hook_name(h) for h in sites.hook_names_of(site)} == {site}
+    assert sites.hook_names_of("resid.2") == ("blocks.2.hook_resid_post", "blocks.3.hook_resid_pre")
+    with pytest.raises(ValueError, match="not a featcirc site"):
+        sites.site_from_hook_name("blocks.0.hook_mlp_in")
+    with pytest.raises(InputError, match="is not a site featcirc can splice"):
+        _site_of_hook("blocks.0.hook_mlp_in", Path("cfg.json"))
+
+
 def test_sae_site_reads_the_hook_and_rejects_per_head_saes():
     assert sae_site(make_sae("blocks.2.hook_resid_pre")) == Site("resid", 1)
     with pytest.raises(SAEMismatchError, match="no cfg.metadata.hook_name"):
@@ -168,6 +190,29 @@ def test_save_saes_round_trips_weights_and_keys(tmp_path, model):
     assert_same_weights(load_saes(model, out, sites=["resid.1"])["resid.1"], saes2["resid.1"])
     with pytest.raises(SAEMismatchError, match="stored under site resid.0"):
         save_saes({"resid.0": make_sae("blocks.1.hook_mlp_out")}, tmp_path / "bad")
+
+
+def test_save_saes_replaces_a_site_through_staged_dir(tmp_path, model, monkeypatch):
+    """Each site's directory goes through featcirc.io.staged_dir: a save that fails leaves the old SAE
+    in place and nothing hidden behind; the partial directory of a save killed outright is removed."""
+    import subprocess
+
+    out = save_saes({"resid.0": make_sae("blocks.0.hook_resid_post", seed=1)}, tmp_path / "set")
+    old = load_saes(model, out)["resid.0"]
+    dead = subprocess.Popen(["sleep", "0"])
+    dead.wait()
+    (out / f".resid.0.partial-{dead.pid}-x").mkdir()  # a save killed with SIGKILL
+    broken = make_sae("blocks.0.hook_resid_post", seed=2)
+
+    def fail(path):
+        (Path(path) / "cfg.json").write_text("{}")
+        raise RuntimeError("disk trouble")
+
+    monkeypatch.setattr(broken, "save_model", fail)
+    with pytest.raises(RuntimeError, match="disk trouble"):
+        save_saes({"resid.0": broken}, out)
+    assert sorted(p.name for p in out.iterdir()) == ["resid.0"]  # the stale partial went too
+    assert_same_weights(load_saes(model, out)["resid.0"], old)
 
 
 def test_sites_filter(tmp_path, model):
@@ -404,6 +449,42 @@ def test_unknown_spec_lists_named_sets(tmp_path, model):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="neither a SAELens SAE directory"):
         load_saes(model, tmp_path / "empty")
+
+
+def test_one_parser_of_sae_specs(tmp_path, monkeypatch):
+    """parse_sae_spec is the one reading of --saes: the loader, the input checks and the run identity
+    agree with it, by its precedence (names before directories of the same name)."""
+    from featcirc.commands.checks import InputError, check_sae_spec
+    from featcirc.saes.identity import _kind, resolve_sae_spec
+    from featcirc.saes.spec import SAESpec, named_sae_sets, parse_sae_spec
+
+    monkeypatch.chdir(tmp_path)
+    assert named_sae_sets() == NAMED_SETS
+    assert parse_sae_spec("tiny") == SAESpec("tiny", "bundled", name="tiny")
+    p = parse_sae_spec("gemma-3-270m:65k-medium")
+    assert (p.kind, p.name, p.variant, p.path.name) == ("named", "gemma-3-270m", "65k-medium", "gemma-3-270m.json")
+    assert parse_sae_spec("gpt2-small").variant is None
+    (tmp_path / "gpt2-small").mkdir()  # a name wins over a directory of that name (write ./gpt2-small)
+    assert parse_sae_spec("gpt2-small").kind == "named" and resolve_sae_spec("gpt2-small") == "gpt2-small"
+    assert parse_sae_spec("./gpt2-small").kind == "directory"
+    (tmp_path / "mine.json").write_text('{"saes": {}}')
+    assert parse_sae_spec("mine.json") == SAESpec("mine.json", "named", path=Path("mine.json"))
+    assert parse_sae_spec("missing.json").kind == "directory"
+    assert parse_sae_spec("gemma-3-270m-local") == SAESpec("gemma-3-270m-local", "local", name="gemma-3-270m-local")
+    (tmp_path / "x-local").mkdir()
+    assert parse_sae_spec("x-local").kind == "directory"
+    assert parse_sae_spec(tmp_path / "nowhere") == SAESpec(str(tmp_path / "nowhere"), "directory",
+                                                            path=tmp_path / "nowhere")
+    with pytest.raises(TypeError):
+        parse_sae_spec(42)
+    for spec in ("tiny", "gpt2-small", "mine.json", "gemma-3-270m-local", "x-local", "nowhere"):
+        assert _kind(spec) == parse_sae_spec(spec).kind
+    for spec in ("tiny", "gpt2-small", "gemma-3-270m:65k-medium", "mine.json", "gemma-3-270m-local"):
+        check_sae_spec(spec)  # the loader's to check
+    with pytest.raises(InputError, match="is no directory and no known set name"):
+        check_sae_spec("nowhere")
+    with pytest.raises(InputError, match="neither a SAELens SAE directory"):
+        check_sae_spec("x-local")  # an (empty) directory of that name is a directory
 
 
 def test_module_is_exported_lazily():

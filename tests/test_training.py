@@ -30,12 +30,24 @@ def tiny():
     return featcirc.load_model("tiny")
 
 
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["sleep", "0"])
+    proc.wait()
+    return proc.pid
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "saes"
+    # what runs killed outright (SIGKILL) left beside --out: this run removes them (featcirc.io.staged_dir)
+    stale = [out.parent / f".saes.partial-{_dead_pid()}-x1", out.parent / f".saes.partial-{_dead_pid()}"]
+    for d in stale:
+        d.mkdir()
+        (d / "cfg.json").write_text("{}")
     rc = main(["-q", "train-saes", "--model", "tiny", "--sites", "all", "--corpus", "tiny", "--out", str(out),
                *FAST])
     assert rc == 0
+    assert not any(d.exists() for d in stale)
     return out
 
 

@@ -222,6 +222,7 @@ class _Dom(HTMLParser):
         self.nodes: list[str] = []
         self.text: list[str] = []
         self.parts: dict[str, list[str]] = {"star": [], "faith": []}
+        self.bands: list[list] = []  # the row labels: [y, site]
         self._open: list[Optional[str]] = []  # per open element: the part it starts, if any
 
     def handle_starttag(self, tag, attrs):
@@ -230,9 +231,12 @@ class _Dom(HTMLParser):
             self.root = a
         if tag == "g" and (a.get("class") or "").split(" ")[0] == "node":
             self.nodes.append(a["data-id"])
+        if tag == "text" and "band-label" in (a.get("class") or "").split():
+            self.bands.append([float(a["y"]), ""])
         if tag not in self._VOID:
             part = ("star" if "metric-label" in (a.get("class") or "").split() else
-                    "faith" if a.get("id") == "faithfulness" else "code" if tag in ("script", "style") else None)
+                    "faith" if a.get("id") == "faithfulness" else "code" if tag in ("script", "style") else
+                    "band" if tag == "text" and "band-label" in (a.get("class") or "").split() else None)
             self._open.append(part)
 
     def handle_endtag(self, tag):
@@ -243,7 +247,9 @@ class _Dom(HTMLParser):
         if "code" in self._open:
             return
         self.text.append(data)
-        for part in set(p for p in self._open if p):
+        if self._open and self._open[-1] == "band":
+            self.bands[-1][1] += data
+        for part in set(p for p in self._open if p and p != "band"):
             self.parts[part].append(data)
 
     def part(self, name: str) -> str:
@@ -459,6 +465,45 @@ def test_page_runs_for_summed_and_edgeless_graphs_and_a_capped_one(tmp_path):
     G = random_graph()
     path = write_viewer(G, tmp_path / "c.html", circuit=prune(G, PruneSettings(top_k=20)), max_nodes=60)
     assert set(browse(path, "#top=60", profile=profile).nodes) == set(prune(G, PruneSettings(top_k=60)))
+
+
+def z_graph() -> nx.DiGraph:
+    """A 3-layer graph whose attention sites are ``z.L`` (Gemma Scope 2's heads' outputs): one chain of
+    nodes at position 5, embed -> z.0/13 -> mlp.0 -> resid.0 -> z.1/13 -> ... -> resid.2 -> metric."""
+    sites = ["embed"] + [f"{k}.{layer}" for layer in range(3) for k in ("z", "mlp", "resid")]
+    T, F = 6, 20
+    feats = {s: torch.zeros(T, F) for s in sites}
+    vecs = {s: torch.zeros(T) for s in sites}
+    for i, s in enumerate(sites):
+        if s.startswith("z."):
+            feats[s][5, 13] = 1.0 + i
+        else:
+            vecs[s][5] = 0.5 + i
+    ns = NodeScores(method="relp", level="feature", aggregation="none", sites=sites, features=feats, vectors=vecs,
+                    n_pairs=4, metric_clean=2.0, info={"n_layers": 3})
+    chain = [f"{s}/13@5" if s.startswith("z.") else f"{s}/err@5" for s in sites] + [METRIC]
+    return full_graph(ns, EdgeScores(method="relp", aggregation="none",
+                                     edges={(u, v): 1.0 for u, v in zip(chain, chain[1:])}))
+
+
+@needs_chromium
+def test_z_sites_take_the_attention_rows_place(tmp_path):
+    """A ``z.L`` row lies where ``attn.L``'s would (featcirc.sites.stream_index: after resid.(L-1), before
+    mlp.L), also when the data lists the sites in another order (the page sorts its rows itself)."""
+    G = z_graph()
+    C = prune(G, PruneSettings(top_k=10))
+    assert "z.2/13@5" in C
+    data = viewer_data(G, circuit=C, tokens=DEMO_TOKENS)
+    order = ["embed"] + [f"{k}.{layer}" for layer in range(3) for k in ("z", "mlp", "resid")]
+    assert data["sites"] == order
+    data["sites"] = order[::-1]
+    path = tmp_path / "z.html"
+    path.write_text(render_html(data), encoding="utf-8")
+    dom = browse(path, profile=tmp_path / "profile")
+    assert set(dom.nodes) == set(C) and "z.2/13@5" in dom.nodes
+    bottom_up = [site for _, site in sorted(dom.bands, key=lambda b: -b[0])]
+    assert bottom_up == order + ["metric"]
+    assert "z rows: attention heads' outputs" in "".join(dom.text)
 
 
 @needs_chromium

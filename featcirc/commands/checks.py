@@ -17,7 +17,8 @@ import struct
 from pathlib import Path
 from typing import Any, Optional
 
-from featcirc.sites import Site
+from featcirc.saes.spec import named_sae_sets, parse_sae_spec
+from featcirc.sites import Site, site_from_hook_name
 
 DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 """The model dtypes the command line takes (the keys of :data:`featcirc.models.device.DTYPES`)."""
@@ -27,7 +28,6 @@ from featcirc.evaluate import ABLATIONS as ABLATION_NAMES  # noqa: E402  (a ligh
 SAE_CFG = "cfg.json"
 SAE_WEIGHTS = "sae_weights.safetensors"
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-_RESID_PRE_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
 
 
 class InputError(ValueError):
@@ -234,31 +234,9 @@ def check_model_name(name: str) -> Optional[dict]:
 
 
 # --------------------------------------------------------------------------------------------- SAEs
-def _bundled_sae_dir() -> Optional[Path]:
-    """Where ``featcirc.saes.bundled`` lives (``featcirc.saes`` imports nothing heavy)."""
-    from featcirc.saes.bundled_path import bundled_sae_dir
-
-    try:
-        return bundled_sae_dir()
-    except ModuleNotFoundError:
-        return None
-
-
-def named_sae_sets() -> tuple[str, ...]:
-    """Names of the bundled SAE set descriptions (``saes/sets/<name>.json``), as :data:`featcirc.saes.NAMED_SETS`."""
-    root = _bundled_sae_dir()
-    sets = root / "sets" if root is not None else None
-    if sets is None or not sets.is_dir():
-        return ()
-    return tuple(sorted(p.name[: -len(".json")] for p in sets.iterdir() if p.name.endswith(".json")))
-
-
 def _site_of_hook(hook: str, where: Path) -> Site:
-    m = _RESID_PRE_RE.match(hook)
-    if m and int(m.group(1)) > 0:
-        return Site("resid", int(m.group(1)) - 1)
     try:
-        return Site.from_hook_name(hook)
+        return site_from_hook_name(hook)
     except ValueError as e:
         raise InputError(f"{where}: hook_name {hook!r} is not a site featcirc can splice ({e})") from None
 
@@ -347,13 +325,19 @@ def check_sae_config(directory: Path, model_shape: Optional[dict] = None) -> Sit
 
 
 def check_sae_spec(spec: Optional[str], model_shape: Optional[dict] = None) -> None:
-    """Check an ``--saes`` value without loading anything: a directory of SAELens SAEs is checked SAE
-    by SAE (:func:`check_sae_config`, two SAEs for one site are an error); a set description
-    ``.json`` must parse; ``tiny``, named sets and ``<model>-local`` sets are the loader's to check."""
-    if spec is None or spec == "tiny" or spec.partition(":")[0] in named_sae_sets():
+    """Check an ``--saes`` value (:func:`featcirc.saes.spec.parse_sae_spec`) without loading anything: a
+    directory of SAELens SAEs is checked SAE by SAE (:func:`check_sae_config`, two SAEs for one site are
+    an error); a set description ``.json`` must parse; ``tiny``, named sets and ``<model>-local`` sets
+    are the loader's to check."""
+    if spec is None:
         return
-    path = Path(spec)
-    if spec.endswith(".json") and path.is_file():
+    parsed = parse_sae_spec(spec)
+    path = parsed.path
+    if parsed.kind in ("bundled", "local") or (parsed.kind == "named" and parsed.name is not None):
+        return  # the loader finds these (a set trained here: in the user cache, or it says how to train it)
+    if parsed.kind == "named":
+        if not path.is_file():
+            return
         try:
             desc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -363,8 +347,6 @@ def check_sae_spec(spec: Optional[str], model_shape: Optional[dict] = None) -> N
                              "{site: {release, sae_id}}")
         return
     if not path.is_dir():
-        if spec.endswith("-local"):
-            return  # a set trained here: the loader finds it in the user cache or says how to train it
         what = "is a file, not a directory" if path.exists() else "is no directory and no known set name"
         raise InputError(f"--saes {spec!r} {what}: give a directory of SAELens SAEs, 'tiny', a named set "
                          f"({', '.join(named_sae_sets())}), '<model>-local' (trained here by `featcirc "

@@ -84,13 +84,13 @@ def run(args, progress: bool) -> int:
 def demo_lines(summ: dict, report, out: "str | Path") -> str:
     """What the demo prints: the circuit, its faithfulness on held-out pairs, the smallest faithful circuit."""
     from featcirc.commands.discover import result_line
-    from featcirc.commands.evaluate import _interval
+    from featcirc.evaluate.bootstrap import interval_text
     from featcirc.evaluate.curves import FAITHFUL
 
     best = report.smallest_faithful()
     lines = [result_line(summ, out),
-             f"held-out evaluation ({report.n_pairs} pairs, {report.ablation} ablation): CPR {_interval(report.cpr)}, "
-             f"CMD {_interval(report.cmd)}; smallest circuit with F >= {FAITHFUL}: "
-             + (f"{best.n_nodes} nodes (F = {_interval(best.faithfulness)})" if best else "none"),
+             f"held-out evaluation ({report.n_pairs} pairs, {report.ablation} ablation): CPR {interval_text(report.cpr)}, "
+             f"CMD {interval_text(report.cmd)}; smallest circuit with F >= {FAITHFUL}: "
+             + (f"{best.n_nodes} nodes (F = {interval_text(best.faithfulness)})" if best else "none"),
              f"open {Path(out) / 'circuit.html'} in a browser to explore the circuit and its feature cards"]
     return "\n".join(lines)

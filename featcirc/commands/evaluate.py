@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -266,27 +265,23 @@ def evaluate(run_dir: "str | Path", **kwargs) -> list:
     return report.curve_points()
 
 
-def _interval(iv) -> str:
-    if not math.isfinite(iv.value):
-        return "n/a"
-    ci = f" [{iv.lo:.3f}, {iv.hi:.3f}]" if math.isfinite(iv.lo) and math.isfinite(iv.hi) else ""
-    return f"{iv.value:.3f}{ci}"
-
-
 def smallest_faithful_line(report) -> str:
     """``smallest circuit with F >= 0.8 under patch ablation: 120 nodes (F = ...)``, or that none of
     the circuits evaluated reaches it (:meth:`~featcirc.evaluate.curves.FaithfulnessReport.smallest_faithful`)."""
+    from featcirc.evaluate.bootstrap import interval_text
     from featcirc.evaluate.curves import FAITHFUL
 
     best = report.smallest_faithful()
     if best is None:
         return f"no circuit evaluated reaches F >= {FAITHFUL} under {report.ablation} ablation"
     return (f"smallest circuit with F >= {FAITHFUL} under {report.ablation} ablation: {best.n_nodes} nodes "
-            f"(F = {_interval(best.faithfulness)})")
+            f"(F = {interval_text(best.faithfulness)})")
 
 
 def format_report(report, paths: dict[str, Path]) -> str:
     """The lines ``featcirc evaluate`` prints for one ablation."""
+    from featcirc.evaluate.bootstrap import interval_text
+
     info = report.info
     lines = [f"{info.get('split', '?')}: {report.n_pairs} pairs from {info.get('data', '?')}, "
              f"{report.ablation} ablation, {report.confidence:.0%} intervals from {report.n_resamples} "
@@ -299,14 +294,14 @@ def format_report(report, paths: dict[str, Path]) -> str:
         vals = [r.value for r in reqs]
         what = (f"threshold {min(vals):9.2e}" + (f"..{max(vals):.2e} ({len(vals)})" if len(vals) > 1 else "")
                 if reqs[0].selector == "threshold" else f"top {int(reqs[0].k):5d}")
-        lines.append(f"{what:28s} nodes {c.n_nodes:5d}  faithfulness {_interval(c.faithfulness):24s} "
-                     f"completeness {_interval(c.completeness)}")
-    lines.append(f"MIB over fractions of the {report.n_graph}-node graph: CPR {_interval(report.cpr)} "
-                 f"(higher is better), CMD {_interval(report.cmd)} (lower is better)")
+        lines.append(f"{what:28s} nodes {c.n_nodes:5d}  faithfulness {interval_text(c.faithfulness):24s} "
+                     f"completeness {interval_text(c.completeness)}")
+    lines.append(f"MIB over fractions of the {report.n_graph}-node graph: CPR {interval_text(report.cpr)} "
+                 f"(higher is better), CMD {interval_text(report.cmd)} (lower is better)")
     exp = report.exported
     if exp is not None:
         lines.append(f"exported circuit (circuit.json): {exp.n_nodes} nodes, faithfulness "
-                     f"{_interval(exp.faithfulness)}, completeness {_interval(exp.completeness)}")
+                     f"{interval_text(exp.faithfulness)}, completeness {interval_text(exp.completeness)}")
     lines.append(smallest_faithful_line(report))
     if report.completeness_note:
         lines.append(f"note: {report.completeness_note}")

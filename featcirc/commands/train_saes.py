@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from featcirc.saes.training import DEFAULT_CONTEXT, MODEL_DEFAULTS, TrainSettings
+from featcirc.saes.train_settings import DEFAULT_CONTEXT, MODEL_DEFAULTS, TrainSettings
 
 HELP = "train SAEs (SAELens TopK) at chosen sites of a model on an offline corpus"
 
@@ -117,7 +117,7 @@ def model_shape(model: str) -> Optional[dict]:
 def _plan(args) -> Plan:
     """Model, sites, corpus, output directory and settings from the model's defaults, the recipe and
     the flags (in that order of precedence, the flags last)."""
-    from featcirc.saes.training import default_settings
+    from featcirc.saes.train_settings import default_settings
     from featcirc.saes.trained import LOCAL_SUFFIX, load_recipe, trained_set_path
 
     recipe = load_recipe(args.recipe) if args.recipe else {}

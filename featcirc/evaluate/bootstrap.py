@@ -16,6 +16,7 @@ interval is NaN when fewer than half are finite. A fixed ``seed`` gives the same
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
@@ -39,6 +40,15 @@ class Interval:
     def to_json(self) -> dict[str, Optional[float]]:
         f = lambda x: None if not np.isfinite(x) else float(x)  # noqa: E731
         return dict(value=f(self.value), lo=f(self.lo), hi=f(self.hi))
+
+
+def interval_text(iv: Interval) -> str:
+    """``0.690 [0.633, 0.743]``: a value and its interval to 3 decimals, the value alone when the interval
+    is not finite, ``n/a`` when the value is not (the command line's and the faithfulness figure's wording)."""
+    if not math.isfinite(iv.value):
+        return "n/a"
+    ci = f" [{iv.lo:.3f}, {iv.hi:.3f}]" if math.isfinite(iv.lo) and math.isfinite(iv.hi) else ""
+    return f"{iv.value:.3f}{ci}"
 
 
 def _check(n_resamples: int, confidence: float) -> None:
@@ -283,4 +293,4 @@ def bootstrap_correlation(x_cells: "np.ndarray | Sequence[float]", y_cells: "np.
 
 __all__ = ["DEFAULT_CONFIDENCE", "DEFAULT_RESAMPLES", "Interval", "bootstrap_correlation",
            "bootstrap_faithfulness", "correlation_replicates", "curve_statistic_interval",
-           "faithfulness_intervals", "percentile_interval", "resample_counts", "statistic_interval"]
+           "faithfulness_intervals", "interval_text", "percentile_interval", "resample_counts", "statistic_interval"]

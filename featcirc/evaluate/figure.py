@@ -16,7 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from featcirc.evaluate.curves import FAITHFUL, FaithfulnessReport
-from featcirc.export.style import METRIC_COLOUR, NEGATIVE_COLOUR, NEUTRAL_COLOUR, POSITIVE_COLOUR
+from featcirc.evaluate.bootstrap import interval_text
+from featcirc.colours import METRIC_COLOUR, NEGATIVE_COLOUR, NEUTRAL_COLOUR, POSITIVE_COLOUR
 from featcirc.io import atomic_path
 
 
@@ -26,14 +27,6 @@ def _size_ticks(x_max: float) -> list[int]:
     while ticks[-1] * 10 <= x_max:
         ticks.append(ticks[-1] * 10)
     return ticks
-
-
-def _interval_text(iv) -> str:
-    if not math.isfinite(iv.value):
-        return "n/a"
-    if math.isfinite(iv.lo) and math.isfinite(iv.hi):
-        return f"{iv.value:.3f} [{iv.lo:.3f}, {iv.hi:.3f}]"
-    return f"{iv.value:.3f}"
 
 
 def plot_report(report: FaithfulnessReport, path: "str | os.PathLike[str]", *, title: str = "") -> Path:
@@ -57,8 +50,8 @@ def plot_report(report: FaithfulnessReport, path: "str | os.PathLike[str]", *, t
                 label="completeness F(M \\ C)")
     if fracs:
         ax.plot([c.n_nodes for c in fracs], [c.faithfulness.value for c in fracs], ls="", marker="s", ms=5,
-                mfc="none", mec="#444444", label=f"MIB fractions: CPR {_interval_text(report.cpr)}, "
-                                                  f"CMD {_interval_text(report.cmd)}")
+                mfc="none", mec="#444444", label=f"MIB fractions: CPR {interval_text(report.cpr)}, "
+                                                  f"CMD {interval_text(report.cmd)}")
     exp = report.exported
     if exp is not None:
         f = exp.faithfulness
@@ -66,7 +59,7 @@ def plot_report(report: FaithfulnessReport, path: "str | os.PathLike[str]", *, t
             ax.errorbar([exp.n_nodes], [f.value], yerr=[[f.value - f.lo], [f.hi - f.value]], fmt="none",
                         ecolor="black", elinewidth=1.0, capsize=3, zorder=4)
         ax.plot([exp.n_nodes], [f.value], marker="*", ms=15, ls="", color=METRIC_COLOUR, mec="black",
-                zorder=5, label=f"exported circuit: {exp.n_nodes} nodes, F = {_interval_text(f)}")
+                zorder=5, label=f"exported circuit: {exp.n_nodes} nodes, F = {interval_text(f)}")
     ax.axhline(FAITHFUL, color=POSITIVE_COLOUR, ls=":", lw=1.0)
     ax.annotate(f"F = {FAITHFUL}", (0.0, FAITHFUL), xycoords=("axes fraction", "data"), xytext=(4, 3),
                 textcoords="offset points", ha="left", fontsize=7.5, color=POSITIVE_COLOUR)

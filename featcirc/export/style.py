@@ -1,5 +1,6 @@
-"""Colours and captions shared by every drawing and the viewer: one sign convention everywhere, and
-one wording for the example prompt's metric and the exported circuit's faithfulness."""
+"""Colours and captions shared by every drawing and the viewer: one sign convention everywhere (the
+colours of :mod:`featcirc.colours`, re-exported here), and one wording for the example prompt's metric
+and the exported circuit's faithfulness."""
 
 from __future__ import annotations
 
@@ -8,26 +9,8 @@ import math
 import re
 from typing import Any, Mapping, Optional
 
-POSITIVE_COLOUR = "#2166ac"  # blue: score or weight > 0
-NEGATIVE_COLOUR = "#b2182b"  # red: score or weight < 0
-NEUTRAL_COLOUR = "#888888"   # zero or unknown (NaN)
-METRIC_COLOUR = "#f6b93b"
-
-SITE_COLOURS: dict[str, tuple[str, str]] = {  # (band fill, label ink) of a site kind's rows
-    "embed": ("#eef0f7", "#44507a"), "attn": ("#e8f3e8", "#2f6f2f"), "z": ("#e8f3e8", "#2f6f2f"),
-    "mlp": ("#fbeedd", "#a35a12"), "resid": ("#eef0f7", "#44507a"), "metric": ("#fff5d6", "#7a5a00"),
-}
-"""Row colours of a site kind in drawings and the viewer (``z``, the heads' outputs, as ``attn``)."""
-
-SIGN_LEGEND = ("blue: supports the clean answer (score / weight > 0)", "red: opposes it (score / weight < 0)")
-"""The sign legend of every drawing and the viewer."""
-
-
-def sign_colour(x: float) -> str:
-    """Hex colour of a score or weight by its sign (blue > 0, red < 0, grey for 0 or NaN)."""
-    if not math.isfinite(x) or x == 0:
-        return NEUTRAL_COLOUR
-    return POSITIVE_COLOUR if x > 0 else NEGATIVE_COLOUR
+from featcirc.colours import (METRIC_COLOUR, NEGATIVE_COLOUR, NEUTRAL_COLOUR, POSITIVE_COLOUR,  # noqa: F401
+                              SIGN_LEGEND, SITE_COLOURS, sign_colour)
 
 
 # ------------------------------------------------------------------ summary.json's example / faithfulness

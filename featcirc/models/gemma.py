@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Union
 
@@ -43,7 +41,7 @@ import numpy as np
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from featcirc.io import atomic_path, write_json
+from featcirc.io import atomic_path, staged_dir, write_json
 
 TL_NAME = "google/gemma-3-270m"
 CACHE_SUBDIR = "gemma-3-270m"
@@ -231,20 +229,6 @@ def read_gguf_tensors(path: "str | os.PathLike[str]") -> dict[str, np.ndarray]:
 # Cache
 
 
-def _write_tokenizer_atomically(tokenizer, target: Path) -> None:
-    """``save_pretrained`` into a temporary sibling directory, then rename it onto ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        tokenizer.save_pretrained(str(tmp))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _cache_valid(cache: Path) -> bool:
     meta = cache / META_FILE
     if not (meta.is_file() and (cache / STATE_FILE).is_file() and (cache / TOKENIZER_DIR).is_dir()):
@@ -273,7 +257,8 @@ def build_cache(cache: Optional[Path] = None, *, log: Callable[[str], None] = la
     del sd
     log("building the tokenizer from the GGUF")
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    _write_tokenizer_atomically(tok, cache / TOKENIZER_DIR)
+    with staged_dir(cache / TOKENIZER_DIR, replace=True) as tmp:  # replaces a stale one whole
+        tok.save_pretrained(str(tmp))
     write_json(cache / META_FILE, {"format": CACHE_FORMAT, "gguf_sha256": gguf_sha256(),
                                    "gguf_file": path.name, "tl_name": TL_NAME})
     return cache

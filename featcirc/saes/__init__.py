@@ -1,4 +1,5 @@
-"""SAEs: sets keyed by site (``loading``), training (``training``), sets trained here (``trained``).
+"""SAEs: sets keyed by site (``loading``), ``--saes`` values (``spec``), training (``training``), sets trained
+here (``trained``).
 
 Names are imported lazily, so ``import featcirc.saes`` does not import torch or SAELens.
 """
@@ -10,6 +11,7 @@ import importlib
 _LAZY = {name: "loading" for name in (
     "NAMED_SETS", "SAE_HUB_ENV", "SAEMismatchError", "SAEUnavailableError", "load_saes",
     "load_sae_set_description", "local_sae_hub", "sae_site", "save_saes", "site_from_hook_name", "validate_sae")}
+_LAZY.update({name: "spec" for name in ("SAESpec", "parse_sae_spec")})
 __all__ = sorted(_LAZY)
 
 

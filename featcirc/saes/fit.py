@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
-from featcirc.sites import Site, sort_sites
+from featcirc.sites import Site, hook_names_of, sort_sites
 
 logger = logging.getLogger("featcirc")
 
@@ -306,13 +306,14 @@ def _registry_entries(saes_spec: Optional[str]) -> dict[str, tuple[str, str]]:
     if not saes_spec:
         return {}
     try:
-        from featcirc.saes.identity import _kind
+        from featcirc.saes.spec import parse_sae_spec
 
-        if _kind(saes_spec) != "named":
+        parsed = parse_sae_spec(saes_spec)
+        if parsed.kind != "named":
             return {}
         from featcirc.saes.loading import load_sae_set_description
 
-        desc = load_sae_set_description(saes_spec)
+        desc = load_sae_set_description(parsed)
         return {Site.parse(s).name: (e["release"], e["sae_id"]) for s, e in desc["saes"].items()}
     except Exception:  # noqa: BLE001 - the loader reported a bad description already
         return {}
@@ -555,9 +556,7 @@ def _best_other_hook(model: Any, site: Site, sae: Any, windows: Any, keep: Any) 
     import torch
 
     lo, hi = max(0, site.block - NEARBY_BLOCKS), min(model.cfg.n_layers - 1, site.block + NEARBY_BLOCKS)
-    own = {site.hook_name}
-    if site.kind == "resid":
-        own.add(f"blocks.{site.layer + 1}.hook_resid_pre")
+    own = set(hook_names_of(site))
     prefixes = tuple(f"blocks.{b}." for b in range(lo, hi + 1))
     names = {h for h in model.hook_dict if (h.startswith(prefixes) or (lo == 0 and h == "hook_embed"))
              and h.endswith(CANDIDATE_HOOKS) and h not in own}

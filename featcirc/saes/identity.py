@@ -85,50 +85,45 @@ def _set_sha256(sites: Mapping[str, str]) -> str:
 
 
 # ----------------------------------------------------------------------------- what a spec names
-def _named_sets() -> tuple[str, ...]:
-    from featcirc.commands.checks import named_sae_sets
-
-    return tuple(named_sae_sets())
-
-
 def _kind(spec: str) -> str:
-    """How :func:`featcirc.saes.loading.load_saes` reads ``spec`` (same precedence)."""
-    path = Path(spec)
-    if spec == "tiny":
-        return "bundled"
-    if spec.partition(":")[0] in _named_sets() or (spec.endswith(".json") and path.is_file()):
-        return "named"
-    if spec.endswith("-local") and not path.is_dir():
-        return "local"
-    return "directory"
+    """How :func:`featcirc.saes.loading.load_saes` reads ``spec`` (:func:`featcirc.saes.spec.parse_sae_spec`)."""
+    from featcirc.saes.spec import parse_sae_spec
+
+    return parse_sae_spec(spec).kind
 
 
 def resolve_sae_spec(spec: Optional[str]) -> Optional[str]:
     """``--saes`` as ``run.json`` keeps it: a directory or set description file as an absolute path (so a
     later command from another working directory finds the same one); names unchanged."""
-    if spec is None or _kind(spec) in ("bundled", "local"):
+    from featcirc.saes.spec import parse_sae_spec
+
+    if spec is None:
         return spec
-    path = Path(spec)
-    if path.is_dir() or (spec.endswith(".json") and path.is_file()):
-        return str(path.absolute())
+    parsed = parse_sae_spec(spec)
+    if parsed.kind in ("bundled", "local") or parsed.name is not None:
+        return spec
+    if parsed.path.is_dir() or (parsed.kind == "named" and parsed.path.is_file()):
+        return str(parsed.path.absolute())
     return spec
 
 
 def _set_dir(spec: str) -> Optional[Path]:
-    kind = _kind(spec)
-    if kind == "bundled":
+    from featcirc.saes.spec import parse_sae_spec
+
+    parsed = parse_sae_spec(spec)
+    if parsed.kind == "bundled":
         from featcirc.saes.bundled_path import bundled_sae_dir
 
         return bundled_sae_dir() / "tiny"
-    if kind == "local":
+    if parsed.kind == "local":
         from featcirc.saes.trained import trained_set_dir
 
         try:
-            return Path(trained_set_dir(spec))
+            return Path(trained_set_dir(parsed.name))
         except (FileNotFoundError, ValueError, KeyError):
             return None
-    if kind == "directory":
-        return Path(spec)
+    if parsed.kind == "directory":
+        return parsed.path
     return None
 
 

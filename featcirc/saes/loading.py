@@ -4,7 +4,7 @@
 ``mlp.0``, ``resid.0``, ``attn.1``, ...), every SAE validated against the model, moved to the
 model's device and dtype, in eval mode, with ``requires_grad=False`` on its parameters.
 
-``spec`` is one of
+``spec`` is one of (parsed by :func:`featcirc.saes.spec.parse_sae_spec`, the one parser of ``--saes``)
 
 1. a directory: one SAELens SAE directory (``cfg.json`` + ``sae_weights.safetensors``) or a
    directory of such directories (any names); each is loaded with ``SAE.load_from_disk`` and keyed
@@ -40,9 +40,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import tempfile
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional
@@ -51,10 +48,12 @@ import torch
 from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
-from featcirc.saes.bundled_path import bundled_sae_dir
+from featcirc.io import staged_dir
 from featcirc.saes.identity import loaded_files, record_sae_files
-from featcirc.saes.trained import LOCAL_SUFFIX, trained_set_dir
+from featcirc.saes.spec import SAESpec, named_sae_sets, parse_sae_spec, set_reference
+from featcirc.saes.trained import trained_set_dir
 from featcirc.sites import Site, sort_sites
+from featcirc.sites import site_from_hook_name as _aliased_site
 
 __all__ = [
     "NAMED_SETS",
@@ -75,14 +74,8 @@ SAE_CFG_FILENAME = "cfg.json"
 SAE_HUB_ENV = "FEATCIRC_SAE_HUB"
 """Environment variable naming a local mirror of Hugging Face SAE repositories (see module doc)."""
 
-_SETS_DIR = bundled_sae_dir() / "sets"
-NAMED_SETS: tuple[str, ...] = tuple(
-    sorted(p.name[: -len(".json")] for p in _SETS_DIR.iterdir() if p.name.endswith(".json"))
-)
+NAMED_SETS: tuple[str, ...] = named_sae_sets()
 """Names of the bundled SAE set descriptions (``saes/sets/<name>.json``)."""
-
-_RESID_PRE_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
-
 
 class SAEMismatchError(ValueError):
     """An SAE (or SAE set) does not fit the model: wrong width, hook or model."""
@@ -100,17 +93,15 @@ class SAEUnavailableError(FileNotFoundError):
 
 
 def site_from_hook_name(hook_name: str) -> Site:
-    """The featcirc site of a TransformerLens hook name, with resid_pre aliasing.
+    """The featcirc site of a TransformerLens hook name, with resid_pre aliasing
+    (:func:`featcirc.sites.site_from_hook_name`).
 
     ``blocks.0.hook_resid_pre -> embed``; ``blocks.(L+1).hook_resid_pre -> resid.L`` (same tensor as
     ``blocks.L.hook_resid_post``); ``blocks.L.hook_{resid_post,attn_out,mlp_out} -> {resid,attn,mlp}.L``.
     Raises ``SAEMismatchError`` for any other hook.
     """
-    m = _RESID_PRE_RE.match(hook_name)
-    if m and int(m.group(1)) > 0:
-        return Site("resid", int(m.group(1)) - 1)
     try:
-        return Site.from_hook_name(hook_name)
+        return _aliased_site(hook_name)
     except ValueError as e:
         raise SAEMismatchError(
             f"{e} (blocks.L.hook_resid_pre for L >= 1 is also accepted, as resid.(L-1)); "
@@ -327,9 +318,9 @@ def _load_sae_dir(d: Path) -> Any:
 def save_saes(saes: Mapping[str, Any], directory: "str | os.PathLike[str]") -> Path:
     """Save each SAE in SAELens format to ``directory/<site name>/`` and return ``directory``.
 
-    Each subdirectory is written to a temporary sibling and renamed into place, replacing an
-    existing one of the same site; other entries of ``directory`` are left alone. An SAE without a
-    hook name gets its site's hook in the saved config, so that ``load_saes`` keys it the same way.
+    Each subdirectory is built in a temporary sibling and moved into place (:func:`featcirc.io.staged_dir`),
+    replacing an existing one of the same site; other entries of ``directory`` are left alone. An SAE
+    without a hook name gets its site's hook in the saved config, so that ``load_saes`` keys it the same way.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -340,38 +331,23 @@ def save_saes(saes: Mapping[str, Any], directory: "str | os.PathLike[str]") -> P
             raise SAEMismatchError(
                 f"SAE for {hook} is stored under site {site.name}; it belongs at {sae_site(sae).name}"
             )
-        tmp = Path(tempfile.mkdtemp(prefix=f".{site.name}.", suffix=".tmp", dir=directory))
-        try:
+        with staged_dir(directory / site.name, replace=True) as tmp:
             sae.save_model(tmp)
             if hook is None:
                 cfg_path = tmp / SAE_CFG_FILENAME
                 cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
                 cfg.setdefault("metadata", {})["hook_name"] = site.hook_name
                 cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
-            target = directory / site.name
-            old = None
-            if target.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{site.name}.", suffix=".old", dir=directory))
-                os.replace(target, old / "x")
-            os.replace(tmp, target)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
     return directory
 
 
 # --------------------------------------------------------------------------- named sets
 
 
-def _set_path(name: str) -> Path:
-    return Path(str(_SETS_DIR.joinpath(f"{name}.json")))
-
-
-def load_sae_set_description(spec: "str | os.PathLike[str]") -> dict[str, Any]:
-    """Read a set description (a name in :data:`NAMED_SETS`, ``name:variant``, or a path to a ``.json``
-    file) and check it.
+def load_sae_set_description(spec: "str | os.PathLike[str] | SAESpec") -> dict[str, Any]:
+    """Read a set description (a name in :data:`NAMED_SETS`, ``name:variant``, a path to a ``.json``
+    file, or a ``named`` :class:`~featcirc.saes.spec.SAESpec`; :func:`featcirc.saes.spec.set_reference`)
+    and check it.
 
     Format: ``{"name", "model", "model_aliases", "n_layers", "d_model", "description", "notes",
     "saes": {site: {"release", "sae_id", "hook_name"}}}``. A description may instead hold a
@@ -379,9 +355,8 @@ def load_sae_set_description(spec: "str | os.PathLike[str]") -> dict[str, Any]:
     "default": "16k-small"}``; the variant (``gemma-3-270m:65k-medium``) picks width and L0, and every
     SAE id is checked against SAELens's registry.
     """
-    text = os.fspath(spec)
-    name, _, variant = text.partition(":") if not text.endswith(".json") else (text, "", "")
-    path = Path(name) if name.endswith(".json") else _set_path(name)
+    ref = spec if isinstance(spec, SAESpec) else set_reference(spec)
+    name, variant, path = ref.name if ref.name is not None else ref.text, ref.variant or "", ref.path
     desc = json.loads(path.read_text(encoding="utf-8"))
     if "template" in desc:
         desc = _expand_template(desc, variant or desc["template"]["default"], path)
@@ -496,7 +471,7 @@ def _recording_downloads() -> Iterator[list[Path]]:
 
 
 def _load_named(
-    model: HookedTransformer, spec: "str | os.PathLike[str]", wanted: Optional[set[Site]], device: str
+    model: HookedTransformer, spec: SAESpec, wanted: Optional[set[Site]], device: str
 ) -> dict[Site, Any]:
     desc = load_sae_set_description(spec)
     _check_set_model(model, desc)
@@ -593,14 +568,13 @@ def load_saes(
         return _finish(model, raw, device)
     if not isinstance(spec, (str, os.PathLike)):
         raise _unknown(spec)
-    text = os.fspath(spec)
-    path = Path(text)
-    if text == "tiny":
+    parsed = parse_sae_spec(spec)
+    if parsed.kind == "bundled":
         return _finish(model, _load_dir(_tiny_dir(), wanted), device)
-    if text.partition(":")[0] in NAMED_SETS or (text.endswith(".json") and path.is_file()):
-        return _finish(model, _load_named(model, text, wanted, dev), device)
-    if text.endswith(LOCAL_SUFFIX) and not path.is_dir():
-        return _finish(model, _load_dir(trained_set_dir(text), wanted), device)
-    if path.is_dir():
-        return _finish(model, _load_dir(path, wanted), device)
+    if parsed.kind == "named":
+        return _finish(model, _load_named(model, parsed, wanted, dev), device)
+    if parsed.kind == "local":
+        return _finish(model, _load_dir(trained_set_dir(parsed.name), wanted), device)
+    if parsed.path.is_dir():
+        return _finish(model, _load_dir(parsed.path, wanted), device)
     raise _unknown(spec)

@@ -3,7 +3,7 @@
 A trained set lives in ``cache_root() / "saes" / "<model>-local"`` (``$FEATCIRC_CACHE`` honoured),
 e.g. ``~/.cache/featcirc/saes/gemma-3-270m-local``. A recipe, ``saes/recipes/<model>.json`` (installed
 as ``featcirc.saes.bundled``), fixes everything such a set is trained with: model, sites, corpus and
-the :class:`featcirc.saes.training.TrainSettings` fields; ``featcirc train-saes --recipe <model>``
+the :class:`featcirc.saes.train_settings.TrainSettings` fields; ``featcirc train-saes --recipe <model>``
 trains it into that directory.
 """
 
@@ -56,7 +56,7 @@ def load_recipe(spec: "str | os.PathLike[str]") -> dict[str, Any]:
         raise ValueError(f"recipe {path} has unknown keys {sorted(unknown)}; allowed: {sorted(_RECIPE_KEYS)}")
     from dataclasses import fields
 
-    from featcirc.saes.training import TrainSettings
+    from featcirc.saes.train_settings import TrainSettings
 
     known = {f.name for f in fields(TrainSettings)}
     bad = set(recipe.get("settings", {})) - known

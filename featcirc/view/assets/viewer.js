@@ -2,7 +2,7 @@
  *
  * Reads the graph embedded in <script id="featcirc-data"> (written by featcirc.view.write_viewer),
  * prunes it in the page with the rule of featcirc.circuit.prune, lays it out by layer (rows, one
- * sub-row per site: attn, mlp, resid in forward order) and token position (columns), fitted to the
+ * sub-row per site: attn (or z), mlp, resid in forward order) and token position (columns), fitted to the
  * window (redone on resize), and shows a node's details and feature card on hover / click. The
  * header gives the exported circuit's faithfulness F under each ablation measured (each named) and
  * whether the circuit shown is that one;
@@ -25,7 +25,7 @@
   var D = JSON.parse(document.getElementById("featcirc-data").textContent);
   var root = document.documentElement;
   var STYLE = D.style;
-  var BAND_FILL = {}, BAND_INK = {};  // row colours of a site kind (featcirc.export.plot.SITE_COLOURS)
+  var BAND_FILL = {}, BAND_INK = {};  // row colours of a site kind (featcirc.colours.SITE_COLOURS)
   Object.keys(STYLE.bands).forEach(function (k) { BAND_FILL[k] = STYLE.bands[k][0]; BAND_INK[k] = STYLE.bands[k][1]; });
   var MAX_PER_LINE = 12;       // nodes side by side in one (site, position) cell before wrapping
   var MIN_PER_LINE = 3;        // wrap down to this many per line before dropping labels
@@ -112,7 +112,7 @@
   }
 
   // ---------------------------------------------------------------------------- layout
-  var SITE_KIND_ORDER = { embed: 0, attn: 1, mlp: 2, resid: 3 };
+  var SITE_KIND_ORDER = { embed: 0, attn: 1, z: 1, mlp: 2, resid: 3 };  // featcirc.sites.stream_index (z.L in attn.L's place)
   function siteKind(site) { return site.split(".")[0]; }
   function streamIndex(site) {
     if (site === "metric") return 3 * D.n_layers + 1;
@@ -684,9 +684,11 @@
         pts.push((rad * Math.cos(ang)).toFixed(2) + "," + (-rad * Math.sin(ang)).toFixed(2)); }
       el("polygon", { points: pts.join(" "), fill: STYLE.metric, stroke: "#6b4d00" }, s);
     }, "metric: logit(clean answer) \u2212 logit(patch answer)");
-    ["attn", "mlp", "resid"].forEach(function (kind) {
+    var hasZ = rowSites.some(function (site) { return siteKind(site) === "z"; });
+    (hasZ ? ["attn", "z", "mlp", "resid"] : ["attn", "mlp", "resid"]).forEach(function (kind) {
       row(function (s) { el("rect", { x: -12, y: -7, width: 24, height: 14, fill: BAND_FILL[kind], stroke: BAND_INK[kind] }, s); },
-          kind + " rows: " + { attn: "attention output", mlp: "MLP output", resid: "residual stream after the block (embed: before block 0)" }[kind]);
+          kind + " rows: " + { attn: "attention output", z: "attention heads' outputs before W_O (hook_z)", mlp: "MLP output",
+                               resid: "residual stream after the block (embed: before block 0)" }[kind]);
     });
     h("p", { "class": "help" }, "Edge width and opacity grow with |weight|. Rows run from the embedding (bottom) " +
       "to the metric (top); columns are the example prompt's tokens.", box);
