@@ -16,13 +16,14 @@
   with ``a`` the elements saved per token and layer (``a = c_d d_model + c_m d_mlp + 1.25 H T
   + 8 H d_head``; ``c_d, c_m`` measured on GPT-2- and Gemma-3-style blocks with the LRP rules, see
   :func:`activation_elements`). IG runs ``min(B S, max_rows)`` rows (``S`` steps), exact patching
-  ``max_rows`` rows without gradients.
+  ``max_rows`` rows without gradients. Each estimator gives its own working memory
+  (``Estimator.node_transient_elements``, featcirc/attribution/estimators.py).
 - *kept records*: the node pass keeps every batch's record for the edge pass while they fit in
   ``record_bytes`` (256 MiB); beyond it they are dropped and the edge pass recomputes each batch's node
   pass (then the edge phase holds one node pass instead of the records).
 - *edge pass* (one batch, the most demanding downstream site, the ``max_nodes`` candidates spread
   evenly over the sites, ``n_d`` at a site): the group's forward over ``N = B S`` rows with leaves
-  (``S`` IG steps, else 1), the pulled-back rows ``N n_d (T or 1) d``, the packed cotangents
+  (``S`` IG steps, else 1: ``Estimator.path_steps``), the pulled-back rows ``N n_d (T or 1) d``, the packed cotangents
   ``[K, N, T, d]`` with ``K = min(max_rows, _BUDGET / (N T d), n_d)`` (``n_d / T`` when positions share
   a cotangent; edges.py's ``_pack``), the batched backward (``K`` copies of one layer's gradients,
   :func:`backward_elements`, plus one ``[K, N, T, d]`` pull-back per parent site; none where the
@@ -222,15 +223,8 @@ def estimate_peak_bytes(model_cfg: Any, saes: Optional[Mapping[str, Any]] = None
     max_f = max(f for _, f in sites.values())
 
     record = B * T * (sum_site + L * cfg.d_model) * e
-    if m.estimator == "gradient":
-        transient = B * T * (L * a + sum(f + 3 * d for d, f in sites.values())) * e
-    elif m.estimator == "integrated":
-        rows = min(B * ig_steps, max(1, max_rows // B) * B)
-        transient = rows * T * (L * a + 2 * (max_f + max_d) + 2 * (max_f + max_d)) * e
-    else:  # exact: no gradients; rows of one site's variants through the layers after it
-        rows = min(max_rows, B * T * (max_f + 1))
-        variants = B * T * min(max_f + 1, 2 * _active_features(saes) + 1)
-        transient = (rows * T * (4 * cfg.d_model + 2 * (cfg.d_mlp or 0) + cfg.n_heads * T) + variants * max_d) * e
+    transient = m.estimator.node_transient_elements(cfg, sites, B=B, T=T, a=a, ig_steps=ig_steps, max_rows=max_rows,
+                                                    active_features=_active_features(saes)) * e
     accumulators = 2 * sum(T * (f + 1) for _, f in sites.values()) * 4
     node_pass = record + transient + accumulators
 
@@ -238,7 +232,7 @@ def estimate_peak_bytes(model_cfg: Any, saes: Optional[Mapping[str, Any]] = None
     node_records = min(records_made - record, record_bytes) if m.has_edges else 0  # the node pass keeps them
     edge_pass = edge_records = directions = 0
     if edges and m.has_edges:
-        edge_pass = _edge_pass_bytes(cfg, sites, B, T, e, a, m.estimator, ig_steps, max_rows, max_nodes,
+        edge_pass = _edge_pass_bytes(cfg, sites, B, T, e, a, m.estimator.path_steps(ig_steps), max_rows, max_nodes,
                                      aggregation == "sum")
         if records_made <= record_bytes:
             edge_records = records_made
@@ -273,10 +267,10 @@ def backward_elements(cfg: Any) -> float:
 
 
 def _edge_pass_bytes(cfg: Any, sites: dict[Site, tuple[int, int]], B: int, T: int, e: int, a: float,
-                     estimator: str, ig_steps: int, max_rows: int, max_nodes: Optional[int], summed: bool) -> int:
-    """One batch, the most demanding downstream site, the candidates spread evenly over the sites."""
-    S = ig_steps if estimator == "integrated" else 1
-    N = B * S
+                     steps: int, max_rows: int, max_nodes: Optional[int], summed: bool) -> int:
+    """One batch, the most demanding downstream site, the candidates spread evenly over the sites;
+    ``steps``: the estimator's interpolation points per pair (``Estimator.path_steps``)."""
+    N = B * steps
     per_site = {s: (f + 1) * (1 if summed else T) for s, (_, f) in sites.items()}  # nodes of each site
     cap = sum(per_site.values()) if max_nodes is None else min(max_nodes, sum(per_site.values()))
     share = math.ceil(cap / len(sites))

@@ -223,3 +223,53 @@ def test_per_node_rule_overrides_take_each_node_from_its_rules():
         want = no_ah if s.startswith("attn") else relp
         assert torch.equal(attn.features[s], want.features[s]) and torch.equal(attn.vectors[s], want.vectors[s])
     assert feat.cost.backward_passes == attn.cost.backward_passes == 2 * relp.cost.backward_passes
+
+
+def test_a_new_estimator_is_one_class_and_one_register_call(monkeypatch):
+    """A toy estimator (AtP, written again from the node pass's building blocks) registered in one place
+    runs through attribute(), the edge pass and the memory estimate, and gives AtP's scores exactly."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from featcirc.attribution import methods
+    from featcirc.attribution.estimators import GRADIENT, Estimator, NodeEffects
+    from featcirc.attribution.nodes import _dot, _gradients
+    from featcirc.memory import estimate_peak_bytes
+
+    @dataclass(frozen=True, repr=False)
+    class ToyAtP(Estimator):
+        name: ClassVar[str] = "toy-gradient"
+
+        def node_effects(self, splice, batch, method, patch, ig_steps, max_rows, cost):
+            clean, grads, resid_pre, m_clean = _gradients(splice, batch, method.rules, cost)
+            effects = {s: _dot(grads[s], clean[s] - patch[s]) for s in splice.sites}
+            return NodeEffects(clean, grads, resid_pre, m_clean, effects)
+
+        def node_transient_elements(self, cfg, sites, **kw):
+            return GRADIENT.node_transient_elements(cfg, sites, **kw)
+
+    monkeypatch.setattr(methods, "_REGISTRY", dict(methods._REGISTRY))  # leave the real registry alone
+    methods.register(Method("toy-atp", ToyAtP(), LRPRules.none(), "AtP, again"))
+    assert "toy-atp" in method_names(with_edges=True)
+
+    model = make_model("gpt2")
+    saes = make_saes(model)
+    data = make_dataset()
+    settings = AttributionSettings(level="feature", max_nodes=60, progress=False)
+    atp_nodes, atp_edges = attribute(model, data, "atp", saes, settings=settings)
+    toy_nodes, toy_edges = attribute(model, data, "toy-atp", saes, settings=settings)
+    assert toy_nodes.method == "toy-atp" and toy_nodes.info["estimator"] == "toy-gradient"
+    assert toy_nodes.info["ig_steps"] is None
+    for s in atp_nodes.sites:
+        assert torch.equal(toy_nodes.features[s], atp_nodes.features[s])
+        assert torch.equal(toy_nodes.vectors[s], atp_nodes.vectors[s])
+    assert toy_edges.nodes == atp_edges.nodes
+    for name in ("upstream", "downstream", "weight"):
+        assert torch.equal(getattr(toy_edges, name), getattr(atp_edges, name)), name
+    assert (toy_nodes.cost.forward_passes, toy_nodes.cost.backward_passes) == \
+        (atp_nodes.cost.forward_passes, atp_nodes.cost.backward_passes)
+    kw = dict(batch_size=3, n_positions=7, n_pairs=6)
+    assert estimate_peak_bytes(model.cfg, saes, method="toy-atp", **kw) == \
+        estimate_peak_bytes(model.cfg, saes, method="atp", **kw)
+    with pytest.raises(TypeError, match="Estimator"):
+        Method("by-name", "gradient")

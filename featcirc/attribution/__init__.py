@@ -2,7 +2,8 @@
 
 ``attribute(model, data, method, saes, *, edges=True, settings=AttributionSettings(...))`` returns
 ``(NodeScores, EdgeScores | None)``; ``method`` is a name of the registry (:func:`method_names`).
-Modules: ``methods`` (the registry and LRP rule choices), ``splice`` (SAEs with error nodes),
+Modules: ``methods`` (the registry and LRP rule choices), ``estimators`` (what each method's
+estimator does: node effects, edge-pass steps, memory), ``splice`` (SAEs with error nodes),
 ``rules`` (LRP rules as hooks), ``nodes`` (per-batch node effects), ``candidates``, ``edges`` (the
 vectorised edge pass), ``reference`` (the per-node oracle), ``passes`` (the two passes), ``scores``.
 Names are imported lazily, so listing methods does not import torch.

@@ -108,7 +108,7 @@ def batch_edges(splice: Splice, group: EdgeGroup, record: BatchRecord, cands: di
     """Add one batch's edges of ``group`` to ``out`` (``{(d, u): [n_cand(d), n_cand(u)]}``)."""
     model = splice.model
     B = record.batch.clean.shape[0]
-    S = ig_steps if method.estimator == "integrated" else 1
+    S = method.estimator.path_steps(ig_steps)  # interpolation points per pair (1: the clean run)
     alphas = torch.arange(S, dtype=torch.float32) / S
     # rows n = s * B + b: pair b at interpolation step s
     pair = torch.arange(B).repeat(S)
@@ -182,11 +182,7 @@ def _downstream_rows(splice: Splice, d: Site, cands: SiteCandidates, record: Bat
     ns, cs, ws = [], [], []
     active = None
     if splice.has_sae(d):
-        if method.estimator == "integrated":  # features active along the path
-            with torch.no_grad():
-                active = splice.encode(d, x_d) != 0
-        else:
-            active = (record.clean[d].features != 0)[pair]
+        active = method.estimator.active_features(splice, d, record, x_d, pair)
         E, D = splice.encoder_directions(d), splice.decoder_directions(d)
     pos = cands.positions.clamp(max=T - 1)
     valid = torch.ones(len(cands), dtype=torch.bool) if summed else cands.positions < T

@@ -1,22 +1,23 @@
 """The registry of attribution methods: what the CLI, the settings and ``compare`` choose from.
 
-A method is an *estimator* of the effect of a node (docs/design.md §5) plus the LRP rules its
+A method is an *estimator* of the effect of a node (docs/design.md §5), an object of
+:mod:`featcirc.attribution.estimators` that carries its implementation, plus the LRP rules its
 backward pass uses:
 
-- ``exact``: activation patching, node by node (no gradients, no edges);
-- ``gradient``: ``grad m |clean . (a_c - a_p)`` with the backward under ``rules`` (AtP: no rules;
+- ``EXACT``: activation patching, node by node (no gradients, no edges);
+- ``GRADIENT``: ``grad m |clean . (a_c - a_p)`` with the backward under ``rules`` (AtP: no rules;
   RelP: the LRP rules);
-- ``integrated``: integrated gradients along the straight line from clean to patch values.
+- ``INTEGRATED``: integrated gradients along the straight line from clean to patch values.
 
-Adding a method is one :func:`register` call; nothing else names methods.
+Adding a method is one :func:`register` call (a new estimator: one :class:`Estimator` subclass more);
+nothing else names methods or branches on estimators.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
-Estimator = Literal["exact", "gradient", "integrated"]
+from featcirc.attribution.estimators import EXACT, GRADIENT, INTEGRATED, Estimator
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class UnknownMethodError(ValueError):
 
 @dataclass(frozen=True)
 class Method:
-    """A registered attribution method.
+    """A registered attribution method: ``estimator`` (an :class:`Estimator` object) does the work.
 
     ``overrides``: per-node rule choices for gradient estimators, ``((selector, rules), ...)``; a selector
     ``"<site kind>/<node kind>"`` (``*`` matches any; e.g. ``"attn/*"``, ``"*/feature"``) picks the rules
@@ -57,10 +58,15 @@ class Method:
     description: str = ""
     overrides: tuple[tuple[str, LRPRules], ...] = ()
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.estimator, Estimator):
+            raise TypeError(f"method {self.name!r}: estimator must be an Estimator object "
+                            f"(featcirc.attribution.estimators), got {type(self.estimator).__name__}")
+
     @property
     def has_edges(self) -> bool:
         """Whether edge scores exist for this method (every estimator with gradients)."""
-        return self.estimator != "exact"
+        return self.estimator.has_edges
 
     def rules_for(self, site_kind: str, node_kind: str) -> LRPRules:
         """The rules whose gradient scores nodes of that kind at sites of that kind."""
@@ -111,19 +117,19 @@ def parse_methods(text: str, *, with_edges: bool = False) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-register(Method("exact", "exact", description="activation patching, one node at a time"))
-register(Method("atp", "gradient", LRPRules.none(), "attribution patching: plain gradient x delta"))
-register(Method("relp", "gradient", LRPRules(), "relevance patching: gradient x delta under the LRP rules"))
-register(Method("ig", "integrated", LRPRules.none(), "integrated gradients, one site at a time"))
+register(Method("exact", EXACT, description="activation patching, one node at a time"))
+register(Method("atp", GRADIENT, LRPRules.none(), "attribution patching: plain gradient x delta"))
+register(Method("relp", GRADIENT, LRPRules(), "relevance patching: gradient x delta under the LRP rules"))
+register(Method("ig", INTEGRATED, LRPRules.none(), "integrated gradients, one site at a time"))
 # RelP with one rule left out (measured by experiments/rule_variants.py)
-register(Method("relp-no-ln", "gradient", LRPRules(ln=False), "RelP without the LN-rule"))
-register(Method("relp-no-ah", "gradient", LRPRules(attention=False), "RelP without the AH-rule"))
-register(Method("relp-no-act", "gradient", LRPRules(activation=False), "RelP without the identity rule"))
-register(Method("relp-no-half", "gradient", LRPRules(gate=False), "RelP without the half-rule"))
+register(Method("relp-no-ln", GRADIENT, LRPRules(ln=False), "RelP without the LN-rule"))
+register(Method("relp-no-ah", GRADIENT, LRPRules(attention=False), "RelP without the AH-rule"))
+register(Method("relp-no-act", GRADIENT, LRPRules(activation=False), "RelP without the identity rule"))
+register(Method("relp-no-half", GRADIENT, LRPRules(gate=False), "RelP without the half-rule"))
 # per-node rule choices (experiments/rule_variants.py measures them)
-register(Method("relp-attn-grad", "gradient", LRPRules(),
+register(Method("relp-attn-grad", GRADIENT, LRPRules(),
                 "RelP, but attention-output nodes scored without the AH-rule",
                 overrides=(("attn/*", LRPRules(attention=False)), ("z/*", LRPRules(attention=False)))))
-register(Method("relp-feat-grad", "gradient", LRPRules(),
+register(Method("relp-feat-grad", GRADIENT, LRPRules(),
                 "RelP for error and component nodes, plain gradients (AtP) for SAE features",
                 overrides=(("*/feature", LRPRules.none()),)))

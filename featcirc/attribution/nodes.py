@@ -1,5 +1,8 @@
 """Node effects (docs/design.md §5), batch by batch, for each estimator of the registry.
 
+:func:`record_batch` runs the patch prompts and hands the rest to the method's estimator object
+(:mod:`featcirc.attribution.estimators`); the functions below are the estimators' building blocks.
+
 For a node with clean value ``a_c`` and patch value ``a_p`` the *score* is the effect of removing its
 clean value, ``m(clean) - m(clean with a := a_p)`` (positive: the node supports the clean answer).
 
@@ -18,11 +21,10 @@ Vector nodes (error / component) sum the per-dimension products over the site's 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from featcirc.attribution.methods import Method
 from featcirc.attribution.rules import LRPRules, lrp_rules
 from featcirc.attribution.scores import Cost
 from featcirc.attribution.splice import SiteState, Splice, record_resid_pre
@@ -30,14 +32,18 @@ from featcirc.data import PairBatch
 from featcirc.metric import logit_diff_from_resid
 from featcirc.sites import Site
 
+if TYPE_CHECKING:
+    from featcirc.attribution.methods import Method
+
 
 @dataclass
 class BatchRecord:
     """Everything one batch of the node pass computed; every field is always filled.
 
     ``clean`` / ``patch``: every site's node values on the clean and patch prompts.
-    ``grads``: node gradients of the metric: on the clean run (gradient estimators), averaged along
-    the interpolation path (integrated); for ``exact``, which has none, zeros.
+    ``grads``: node gradients of the metric as the estimator defines them: on the clean run
+    (``Gradient``), averaged along the interpolation path (``Integrated``); zeros for one without
+    gradients (``Exact``).
     ``resid_pre``: the clean residual stream entering each block (``{block: [B, T, d]}``).
     ``effects``: every pair's node scores (``SiteState`` with features ``[B, T, F]`` and vector ``[B, T]``).
     ``m_clean`` / ``m_patch``: the metric on the clean and patch prompts, ``[B]``.
@@ -70,21 +76,10 @@ def batch_metric(model, resid: torch.Tensor, batch: PairBatch, rows: Optional[to
 
 def record_batch(splice: Splice, batch: PairBatch, method: Method, ig_steps: int, max_rows: int,
                  cost: Cost) -> BatchRecord:
-    """Run one estimator on one batch (docs/design.md §5)."""
+    """Run the method's estimator on one batch (docs/design.md §5): the patch run, then the estimator's."""
     patch, _, m_patch = _record(splice, batch.patch, batch, cost)
-    if method.estimator == "gradient":
-        clean, grads, resid_pre, m_clean = _gradients_by_rules(splice, batch, method, cost)
-        effects = {s: _dot(grads[s], clean[s] - patch[s]) for s in splice.sites}
-    else:
-        clean, resid_pre, m_clean = _record(splice, batch.clean, batch, cost)
-        if method.estimator == "integrated":
-            grads = _integrated_gradients(splice, batch, clean, patch, resid_pre, ig_steps, max_rows, cost)
-            effects = {s: _dot(grads[s], clean[s] - patch[s]) for s in splice.sites}
-        else:
-            effects = _exact(splice, batch, clean, patch, resid_pre, m_clean, max_rows, cost)
-            grads = {s: SiteState(None if st.features is None else torch.zeros_like(st.features),
-                                  torch.zeros_like(st.vector)) for s, st in clean.items()}
-    return BatchRecord(batch, clean, patch, grads, resid_pre, effects, m_clean, m_patch)
+    run = method.estimator.node_effects(splice, batch, method, patch, ig_steps, max_rows, cost)
+    return BatchRecord(batch, run.clean, patch, run.grads, run.resid_pre, run.effects, run.m_clean, m_patch)
 
 
 def _dot(grad: SiteState, delta: SiteState) -> SiteState:

@@ -174,9 +174,9 @@ def _node_pass(splice: Splice, data, method: Method, settings: AttributionSettin
     nodes = NodeScores(
         method=method.name, level=settings.level, aggregation=settings.aggregation,
         sites=[s.name for s in splice.sites], cost=cost,
-        info=dict(ig_steps=settings.ig_steps if method.estimator == "integrated" else None,
+        info=dict(**method.estimator.info(settings.ig_steps),
                   rules=vars(method.rules) if method.rules.any else None, n_layers=splice.model.cfg.n_layers,
-                  estimator=method.estimator, align=alignment.to_json()),
+                  estimator=method.estimator.name, align=alignment.to_json()),
         pair_effects=acc.pair_effects() if settings.pair_effects else None, **means)
     return nodes, records
 

@@ -46,7 +46,7 @@ def reference_edges(model, saes: dict, sites: list[str], records: list[BatchReco
     spliced = sort_sites(sites)
     parallel = bool(model.cfg.parallel_attn_mlp)
     summed = aggregation == "sum"
-    steps = ig_steps if method.estimator == "integrated" else 1
+    steps = method.estimator.path_steps(ig_steps)
     by_site: dict[Site, list] = {}
     for nid in candidate_ids:
         ref = parse_node_id(nid)
