@@ -366,8 +366,12 @@ class Ablator:
         hooks = {}
 
         def mix(mk: torch.Tensor, x: torch.Tensor, a: Optional[torch.Tensor]) -> torch.Tensor:
+            mk = mk.to(x.device)  # masks are built on the CPU; the model may not be
+            if a is not None:
+                a = a.to(x.device)
             if mk.dtype == torch.bool:
                 return torch.where(mk, x, 0.0 if a is None else a)
+            mk = mk.to(x.dtype)  # a float32 mask must not turn a bfloat16 stream into float32
             return mk * x if a is None else a + mk * (x - a)
 
         for s in (self.splice.site_names if masks is not None else []):
