@@ -87,7 +87,7 @@ def _field_checks(known_task: bool = True) -> dict:
     same checks, with the same ranges, as :meth:`RunConfig.check` runs on the command line."""
     from featcirc.commands.checks import (check_device_name, check_dtype_name, check_float, check_int,
                                           check_memory_size)
-    from featcirc.commands.common import AGGREGATIONS, LEVELS, TASK_CHOICES
+    from featcirc.vocabulary import AGGREGATIONS, ALIGN_CHOICES, LEVELS, MASK_ABLATIONS, PRUNERS, TASKS
 
     def text(value, option, *, allow_none=True, choices=None):
         if value is None and allow_none:
@@ -113,7 +113,7 @@ def _field_checks(known_task: bool = True) -> dict:
         level=lambda v, o: text(v, o, allow_none=False, choices=LEVELS),
         aggregation=lambda v, o: text(v, o, allow_none=False, choices=AGGREGATIONS),
         data=text,
-        task=lambda v, o: text(v, o, choices=TASK_CHOICES if known_task else None),
+        task=lambda v, o: text(v, o, choices=TASKS if known_task else None),
         n=lambda v, o: check_int(v, o),
         seed=lambda v, o: check_int(v, o, minimum=0, allow_none=False),
         batch_size=lambda v, o: check_int(v, o, allow_none=False),
@@ -128,25 +128,15 @@ def _field_checks(known_task: bool = True) -> dict:
         max_memory=lambda v, o: (text(v, o), check_memory_size(v, o)),
         device=lambda v, o: (text(v, o, allow_none=False), check_device_name(v)),
         dtype=lambda v, o: (text(v, o, allow_none=False), check_dtype_name(v)),
-        align=lambda v, o: _check_align(v),
-        prune=lambda v, o: _check_choice(v, "featcirc.pruning", "PRUNERS"),
-        mask_ablation=lambda v, o: _check_choice(v, "featcirc.pruning", "MASK_ABLATIONS"),
+        align=lambda v, o: _check_choice(v, ALIGN_CHOICES),
+        prune=lambda v, o: _check_choice(v, PRUNERS),
+        mask_ablation=lambda v, o: _check_choice(v, MASK_ABLATIONS),
     )
 
 
-def _check_choice(v, module: str, name: str) -> None:
-    import importlib
-
-    choices = getattr(importlib.import_module(module), name)
+def _check_choice(v, choices: tuple[str, ...]) -> None:
     if v not in choices:
         raise ValueError(f"choose one of {', '.join(choices)}")
-
-
-def _check_align(v) -> None:
-    from featcirc.data.align import ALIGN_CHOICES
-
-    if v not in ALIGN_CHOICES:
-        raise ValueError(f"choose one of {', '.join(ALIGN_CHOICES)}")
 
 
 def check_run_values(raw: dict, path: "str | os.PathLike[str]" = "run.json", *, known_task: bool = True) -> dict:

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Literal, Optional
 
+from featcirc.vocabulary import NodeKind  # noqa: F401  (re-exported)
+
 SiteKind = Literal["embed", "resid", "attn", "z", "mlp"]
 SITE_KINDS: tuple[str, ...] = ("embed", "resid", "attn", "z", "mlp")
 RESID_KINDS: tuple[str, ...] = ("embed", "resid")
@@ -161,9 +163,6 @@ def stream_index(site: "str | Site", n_layers: int) -> int:
 def sort_sites(sites: Iterable["str | Site"]) -> list[Site]:
     """Sites in forward order (embed first; within a block attn/z, mlp, resid)."""
     return sorted((Site.parse(s) for s in sites), key=lambda s: (s.layer, _KIND_ORDER[s.kind]))
-
-
-NodeKind = Literal["feature", "error", "component", "metric"]
 
 
 @dataclass(frozen=True)

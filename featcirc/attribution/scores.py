@@ -20,9 +20,8 @@ import torch
 
 from featcirc.io import atomic_path
 from featcirc.sites import METRIC, NodeRef, node_id, sort_sites
+from featcirc.vocabulary import AGGREGATIONS, LEVELS
 
-LEVELS = ("component", "feature")
-AGGREGATIONS = ("none", "sum")
 SCORES_FORMAT = 2
 """Version of the saved score files (1: edges as a list of id triples; 2: compact edges)."""
 

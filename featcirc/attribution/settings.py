@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from featcirc.attribution import DEFAULT_MAX_NODES
-from featcirc.attribution.scores import AGGREGATIONS, LEVELS
+from featcirc.vocabulary import AGGREGATIONS, LEVELS
 
 
 @dataclass(frozen=True)

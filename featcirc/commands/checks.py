@@ -19,11 +19,8 @@ from typing import Any, Optional
 
 from featcirc.saes.spec import named_sae_sets, parse_sae_spec
 from featcirc.sites import Site, site_from_hook_name
-
-DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
-"""The model dtypes the command line takes (the keys of :data:`featcirc.models.device.DTYPES`)."""
-
-from featcirc.evaluate import ABLATIONS as ABLATION_NAMES  # noqa: E402  (a light module)
+from featcirc.vocabulary import ABLATIONS as ABLATION_NAMES  # the names --ablation(s) take
+from featcirc.vocabulary import DTYPE_NAMES, MASK_ABLATIONS, PRUNERS
 
 SAE_CFG = "cfg.json"
 SAE_WEIGHTS = "sae_weights.safetensors"
@@ -171,10 +168,8 @@ def parse_ablations(text: Any, option: str = "--ablations") -> tuple[str, ...]:
 
 
 def check_prune(prune: Any, mask_ablation: Any, top_k: Any, node_threshold: Any) -> None:
-    """``--prune`` names a pruner (:data:`featcirc.pruning.PRUNERS`); the learned mask trains for a size
-    (``--top-k``, not ``--node-threshold``) under one of :data:`featcirc.pruning.MASK_ABLATIONS`."""
-    from featcirc.pruning import MASK_ABLATIONS, PRUNERS
-
+    """``--prune`` names a pruner (:data:`featcirc.vocabulary.PRUNERS`); the learned mask trains for a size
+    (``--top-k``, not ``--node-threshold``) under one of :data:`featcirc.vocabulary.MASK_ABLATIONS`."""
     if prune not in PRUNERS:
         raise InputError(f"unknown --prune {prune!r}; choose one of {', '.join(PRUNERS)}")
     if mask_ablation not in MASK_ABLATIONS:

@@ -32,6 +32,7 @@ from featcirc.commands.checks import (DTYPE_NAMES, IG_STEPS_WHY, MAX_IG_STEPS, I
                                       check_prune, check_sae_spec, check_saes_level, max_threads)
 from featcirc.data.tasks import MAX_PAIRS
 from featcirc.io import write_text
+from featcirc.vocabulary import AGGREGATIONS, ALIGN_CHOICES, LEVELS, TASKS
 
 logger = logging.getLogger("featcirc")
 
@@ -44,9 +45,8 @@ PAUSE_ENV = "FEATCIRC_PAUSE_AT"
 """Test hook: a command that reaches the phase named here (see :func:`phase`) says so on stderr and
 waits (up to a minute) for a signal, so an interrupt can be sent at an exact point of a run."""
 
-TASK_CHOICES = ("ioi", "sva-simple", "sva-nounpp", "sva-rc", "sva-within-rc")
-LEVELS = ("feature", "component")
-AGGREGATIONS = ("none", "sum")
+TASK_CHOICES = TASKS
+"""``--task`` values (:data:`featcirc.vocabulary.TASKS`)."""
 
 
 @dataclass
@@ -103,11 +103,9 @@ class RunConfig:
             raise InputError(f"--method {self.method} scores nodes only (no edges), so it cannot build a circuit; "
                              "use relp, atp or ig (compare runs exact patching against them)")
         if self.level not in LEVELS:
-            raise InputError(f"unknown --level {self.level!r}; choose feature or component")
+            raise InputError(f"unknown --level {self.level!r}; choose {' or '.join(LEVELS)}")
         if self.aggregation not in AGGREGATIONS:
-            raise InputError(f"unknown --aggregation {self.aggregation!r}; choose none or sum")
-        from featcirc.data.align import ALIGN_CHOICES
-
+            raise InputError(f"unknown --aggregation {self.aggregation!r}; choose {' or '.join(AGGREGATIONS)}")
         if self.align not in ALIGN_CHOICES:
             raise InputError(f"unknown --align {self.align!r}; choose one of {', '.join(ALIGN_CHOICES)}")
         if self.aggregation == "sum" and self.align not in ("auto", "sum"):

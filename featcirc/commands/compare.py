@@ -249,13 +249,13 @@ def size_table(model, saes, dataset, eval_data, graphs: dict, seconds: dict, *, 
 # ----------------------------------------------------------------------------- command line
 def add_arguments(p) -> None:
     from featcirc.attribution.methods import method_names
-    from featcirc.commands.checks import ABLATION_NAMES
+    from featcirc.vocabulary import ABLATIONS, ALIGN_CHOICES, FAITHFULNESS_ABLATIONS, LEVELS, default_first
     from featcirc.commands.common import (add_data_arguments, add_device_arguments, add_model_arguments,
                                           add_output_arguments)
 
     add_model_arguments(p, saes_help="SAE set for --level feature (tiny, a named set, a directory)")
     add_data_arguments(p, default_pairs=32)
-    p.add_argument("--level", choices=("component", "feature"), default="component", help="node level")
+    p.add_argument("--level", choices=default_first(LEVELS, "component"), default="component", help="node level")
     p.add_argument("--methods", default="exact,atp,relp,ig",
                    help=f"comma-separated, from: {', '.join(method_names())}; exact is always added")
     p.add_argument("--ig-steps", type=int, default=10, help="interpolation steps of ig")
@@ -265,10 +265,10 @@ def add_arguments(p) -> None:
                         "split at both levels, so component and feature level score the same pairs; 0: none")
     p.add_argument("--eval-pairs", type=int, default=None, metavar="N",
                    help="feature level: held-out pairs the faithfulness curves use (default: all of them)")
-    p.add_argument("--align", choices=("auto", "start", "end", "sum", "role"), default="auto",
+    p.add_argument("--align", choices=ALIGN_CHOICES, default=ALIGN_CHOICES[0],
                    help="how positions of pairs of different lengths or templates line up (as in discover)")
-    p.add_argument("--ablation", default="mean,patch", metavar="LIST",
-                   help=f"values of the nodes outside a circuit, comma-separated from {', '.join(ABLATION_NAMES)}: "
+    p.add_argument("--ablation", default=",".join(FAITHFULNESS_ABLATIONS), metavar="LIST",
+                   help=f"values of the nodes outside a circuit, comma-separated from {', '.join(ABLATIONS)}: "
                         "the faithfulness curves use the first, the size table (sizes.csv) every one")
     p.add_argument("--mask", action="store_true",
                    help="feature level: add the learned mask from RelP's scores (trained on the discovery pairs "

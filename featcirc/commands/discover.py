@@ -18,16 +18,11 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from featcirc.commands.common import RunConfig, phase
+from featcirc.vocabulary import FAITHFULNESS_ABLATIONS
 
 logger = logging.getLogger("featcirc")
 
 HELP = "score nodes and edges, prune, export, draw and view a circuit"
-
-FAITHFULNESS_ABLATIONS: tuple[str, ...] = ("mean", "patch")
-"""The ablations the exported circuit's faithfulness is measured under (``summary.json``'s
-``faithfulness``, one record each; ``--ablations``): mean ablation is the gentlest test (a circuit
-can look faithful when the mean activation lies between the two answers' values), patch ablation
-(each pair's own counterfactual) the one MIB and most papers use; ``evaluate`` does curves and the others."""
 
 
 @dataclass
@@ -302,7 +297,7 @@ def _write_cards(out: Path, model, saes, opts: CardOptions, cfg: RunConfig, prog
 def add_arguments(p) -> None:
     from featcirc.attribution.methods import method_names
     from featcirc.attribution import DEFAULT_MAX_NODES
-    from featcirc.pruning import MASK_ABLATIONS, PRUNERS
+    from featcirc.vocabulary import ABLATIONS, AGGREGATIONS, ALIGN_CHOICES, LEVELS, MASK_ABLATIONS, PRUNERS
     from featcirc.commands.common import (add_data_arguments, add_device_arguments, add_model_arguments,
                                           add_output_arguments)
 
@@ -317,10 +312,10 @@ def add_arguments(p) -> None:
                    help="measure the exported circuit on the first N usable held-out pairs (default: all; "
                         "eval_pairs.jsonl keeps all for `featcirc evaluate`)")
     p.add_argument("--method", choices=method_names(with_edges=True), default="relp", help="attribution method")
-    p.add_argument("--level", choices=("feature", "component"), default=None,
+    p.add_argument("--level", choices=LEVELS, default=None,
                    help="(default: feature with --saes, component without)")
-    p.add_argument("--aggregation", choices=("none", "sum"), default="none", help="sum scores over positions")
-    p.add_argument("--align", choices=("auto", "start", "end", "sum", "role"), default="auto",
+    p.add_argument("--aggregation", choices=AGGREGATIONS, default=AGGREGATIONS[0], help="sum scores over positions")
+    p.add_argument("--align", choices=ALIGN_CHOICES, default=ALIGN_CHOICES[0],
                    help="how positions of pairs of different lengths or templates line up: by named role, from "
                         "the end (answer position), from the start, or summed; auto: role when every pair names "
                         "its positions, else start for one length, else end (with a warning)")
@@ -329,15 +324,15 @@ def add_arguments(p) -> None:
     p.add_argument("--node-threshold", type=float, default=None, help="keep nodes with |score| >= this (default: none; then --top-k 100)")
     p.add_argument("--top-k", type=int, default=None, help="keep the top k nodes (default 100 without a threshold)")
     p.add_argument("--edge-threshold", type=float, default=0.0, help="keep edges with |weight| >= this")
-    p.add_argument("--prune", choices=PRUNERS, default="threshold",
+    p.add_argument("--prune", choices=PRUNERS, default=PRUNERS[0],
                    help="how the circuit is chosen: threshold (the top-k nodes by |score|) or mask (a mask over "
                         "the --max-nodes candidates learned on the discovery pairs, kept only when it fits them "
                         "better than threshold; docs/design.md §8)")
-    p.add_argument("--mask-ablation", choices=MASK_ABLATIONS, default="patch",
+    p.add_argument("--mask-ablation", choices=MASK_ABLATIONS, default=MASK_ABLATIONS[0],
                    help="the ablation --prune mask is trained under: patch is the strict test (default: patch)")
     p.add_argument("--ablations", default=",".join(FAITHFULNESS_ABLATIONS), metavar="LIST",
                    help="ablations the exported circuit's faithfulness is measured under, comma-separated, from "
-                        "mean, zero, resample, patch: mean is the gentlest test, patch (each pair's own "
+                        f"{', '.join(ABLATIONS)}: mean is the gentlest test, patch (each pair's own "
                         "counterfactual) the one MIB and most papers use")
     p.add_argument("--max-memory", default=None, metavar="SIZE",
                    help="memory budget of the attribution per process, e.g. 8GB: picks the batch size and "

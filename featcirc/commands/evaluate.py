@@ -16,13 +16,13 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
-from featcirc.commands.checks import ABLATION_NAMES
 from featcirc.commands.common import RunConfig, write_csv
 from featcirc.io import write_json
+from featcirc.vocabulary import ABLATIONS
 
 logger = logging.getLogger("featcirc")
 
-EVAL_ABLATIONS = ABLATION_NAMES
+EVAL_ABLATIONS = ABLATIONS
 SPLIT_HELD_OUT, SPLIT_IN_SAMPLE, SPLIT_GIVEN = "held-out", "in-sample", "given"
 
 

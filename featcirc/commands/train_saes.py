@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from featcirc.saes.train_settings import DEFAULT_CONTEXT, MODEL_DEFAULTS, TrainSettings
+from featcirc.vocabulary import DTYPE_NAMES, WINDOWS
 
 HELP = "train SAEs (SAELens TopK) at chosen sites of a model on an offline corpus"
 
@@ -76,11 +77,11 @@ def add_arguments(p) -> None:
     p.add_argument("--eval-tokens", type=int, help=f"held-out tokens for L0 and FVE {_default('eval_tokens')}")
     p.add_argument("--ce-eval-tokens", type=int, help="held-out tokens for the CE metrics, which cost two "
                    f"forward passes per site {_default('ce_eval_tokens')}")
-    p.add_argument("--windows", choices=("packed", "documents"),
+    p.add_argument("--windows", choices=WINDOWS,
                    help="packed: documents concatenated into full windows; documents: one document per "
                    "window, right-padded (default: documents for --model tiny, whose training rows were "
                    "single sentences, else packed)")
-    p.add_argument("--sae-dtype", choices=("float32", "bfloat16", "float16"),
+    p.add_argument("--sae-dtype", choices=DTYPE_NAMES,
                    help="dtype of the SAEs being trained; the model runs in float32 (default: float32)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, help=f"seed of the split, the initialisation and the shuffling "

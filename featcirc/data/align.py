@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
 from featcirc.data.pairs import END, PairBatch, PairDataset
+from featcirc.vocabulary import ALIGN_CHOICES, ALIGNMENTS
 
 if TYPE_CHECKING:
     import torch
 
-ALIGNMENTS: tuple[str, ...] = ("start", "end", "sum", "role")
 
 
 def token_labels(mode: str, T: int, positions: dict[str, int]) -> list[str]:
@@ -163,10 +163,6 @@ def describe(data: PairDataset) -> Optional[str]:
     return None
 
 
-
-
-ALIGN_CHOICES: tuple[str, ...] = ("auto",) + ALIGNMENTS
-"""``--align`` values; ``auto``: :func:`resolve_alignment`'s choice."""
 
 
 @dataclass

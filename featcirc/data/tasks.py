@@ -41,6 +41,7 @@ import string
 from typing import Any, Callable, Sequence
 
 from featcirc.data.pairs import PromptPair
+from featcirc.vocabulary import TASKS  # task names accepted by make_task (and load_pairs(task=...))
 
 NAMES: tuple[str, ...] = (
     "Mary", "John", "Tom", "James", "Dan", "Sid", "Martin", "Amy", "Anna", "Paul", "Mark", "Lisa",
@@ -121,8 +122,6 @@ IOI_TEMPLATES: dict[str, tuple[str, ...]] = {
 """IOI templates by kind. ``{A}``: indirect object (answer, once); ``{B}``: subject (twice, the
 second mention last); each ends right before the answer name."""
 
-TASKS: tuple[str, ...] = ("ioi", "sva-simple", "sva-nounpp", "sva-rc", "sva-within-rc")
-"""Task names accepted by :func:`make_task` (and ``load_pairs(task=...)``)."""
 
 SVA_STRUCTURES: tuple[str, ...] = ("simple", "nounpp", "rc", "within_rc")
 

@@ -11,5 +11,4 @@
 - :mod:`~featcirc.evaluate.figure`: the faithfulness figure.
 """
 
-ABLATIONS: tuple[str, ...] = ("mean", "zero", "resample", "patch")
-"""The values nodes outside a circuit take (docs/design.md §9); here so that listing them imports nothing."""
+from featcirc.vocabulary import ABLATIONS  # noqa: F401  (re-exported: the values nodes outside a circuit take, §9)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import torch
 
+from featcirc.vocabulary import DTYPE_NAMES
+
 __all__ = ["DTYPES", "DeviceError", "resolve_device", "resolve_dtype"]
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-"""Accepted dtype names."""
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
+"""Accepted dtype names (:data:`featcirc.vocabulary.DTYPE_NAMES`) and their torch dtypes."""
 
 
 class DeviceError(ValueError):

@@ -10,10 +10,6 @@ edge scores, dead ends dropped. Names are listed here without importing torch.
 
 from __future__ import annotations
 
-PRUNERS: tuple[str, ...] = ("threshold", "mask")
-"""The pruning methods (``--prune``)."""
-
-MASK_ABLATIONS: tuple[str, ...] = ("patch", "mean")
-"""Ablations a mask can be trained under (``--mask-ablation``; the first is the default)."""
+from featcirc.vocabulary import MASK_ABLATIONS, PRUNERS  # noqa: F401  (re-exported: --prune, --mask-ablation)
 
 __all__ = ["PRUNERS", "MASK_ABLATIONS"]
