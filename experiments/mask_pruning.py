@@ -124,6 +124,8 @@ def main() -> None:
 
     cands = ranked_candidates(G, a.max_nodes)
     every = [n for n in G.nodes if n != "metric"]
+    ceiling = {x: dict(candidates=len(cands), candidates_f=held_ab[x].faithfulness(cands), scored=len(every),
+                       scored_f=held_ab[x].faithfulness(every)) for x in ABLATIONS}
     print("\nceiling (held-out F): " + "; ".join(
         f"{x}: {len(cands)} candidates {held_ab[x].faithfulness(cands):.3f}, all {len(every)} scored nodes "
         f"{held_ab[x].faithfulness(every):.3f}" for x in ABLATIONS))
@@ -143,7 +145,7 @@ def main() -> None:
               " ".join(f"{k}:{v['value']:.2f}" for k, v in r["curve"].items()))
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(dict(args=vars(a), rows=rows, seconds=seconds), indent=1))
+        Path(a.out).write_text(json.dumps(dict(args=vars(a), rows=rows, seconds=seconds, ceiling=ceiling), indent=1))
 
 
 if __name__ == "__main__":
