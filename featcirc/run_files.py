@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from featcirc.run_dir import RUN_JSON, SUMMARY_JSON, RunDir
+
 RERUN = "rerun `featcirc discover ... --out DIR` to recreate it"
 """What to do about a damaged run file, unless the caller says otherwise."""
 
@@ -73,7 +75,7 @@ def written_by(raw: Any) -> str:
 def run_version(run_dir: "str | os.PathLike[str]") -> Optional[str]:
     """The featcirc version that wrote a run directory (its ``run.json``'s ``environment``), if readable."""
     try:
-        raw = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))
+        raw = json.loads(RunDir(run_dir).run_json.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return None
     env = raw.get("environment") if isinstance(raw, dict) else None
@@ -139,7 +141,7 @@ def _check_choice(v, choices: tuple[str, ...]) -> None:
         raise ValueError(f"choose one of {', '.join(choices)}")
 
 
-def check_run_values(raw: dict, path: "str | os.PathLike[str]" = "run.json", *, known_task: bool = True) -> dict:
+def check_run_values(raw: dict, path: "str | os.PathLike[str]" = RUN_JSON, *, known_task: bool = True) -> dict:
     """Check the :class:`~featcirc.commands.common.RunConfig` fields that ``run.json``'s content
     (``raw``, a dict) has, as :meth:`RunConfig.check` checks the options they came from: types, ranges,
     known method, level, aggregation, device and dtype names (and task, with ``known_task``); missing
@@ -171,7 +173,7 @@ def check_run_values(raw: dict, path: "str | os.PathLike[str]" = "run.json", *, 
     return values
 
 
-def check_run_config(raw: dict, path: "str | os.PathLike[str]" = "run.json"):
+def check_run_config(raw: dict, path: "str | os.PathLike[str]" = RUN_JSON):
     """``run.json``'s content (``raw``, a dict) as a :class:`~featcirc.commands.common.RunConfig`
     (unknown keys ignored): the fields without a default must be there, every field is checked
     (:func:`check_run_values`) and exactly one of ``data`` / ``task`` names the pairs."""
@@ -180,7 +182,7 @@ def check_run_config(raw: dict, path: "str | os.PathLike[str]" = "run.json"):
     by = written_by(raw)
     missing = [f.name for f in dataclasses.fields(RunConfig) if f.default is dataclasses.MISSING and f.name not in raw]
     if missing:
-        raise ValueError(f"{path} lacks {', '.join(repr(m) for m in missing)} ({by}; not a run.json this "
+        raise ValueError(f"{path} lacks {', '.join(repr(m) for m in missing)} ({by}; not a {RUN_JSON} this "
                          f"featcirc reads); {RERUN}")
     values = check_run_values(raw, path)
     if values.get("data") is None and values.get("task") is None:
@@ -197,9 +199,9 @@ def read_run_json(run_dir: "str | os.PathLike[str]"):
     """A run directory's ``run.json``, read and checked: ``(RunConfig, raw dict)``. A directory without
     one is a ``FileNotFoundError`` that says how to make a run directory."""
     run_dir = Path(run_dir)
-    path = run_dir / "run.json"
+    path = RunDir(run_dir).run_json
     if not path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a featcirc run directory (no run.json); "
+        raise FileNotFoundError(f"{run_dir} is not a featcirc run directory (no {RUN_JSON}); "
                                 "make one with `featcirc discover ... --out DIR`")
     raw = read_json_file(path, "run configuration")
     return check_run_config(raw, path), raw
@@ -211,7 +213,7 @@ FAITHFULNESS_RECORD_KEYS = ("ablation", "faithfulness", "completeness", "split",
 its top level is a single record (the shape runs written before both ablations were reported have)."""
 
 
-def faithfulness_by_ablation(value: Any, where: str = "summary.json") -> Optional[dict]:
+def faithfulness_by_ablation(value: Any, where: str = SUMMARY_JSON) -> Optional[dict]:
     """``summary.json``'s ``faithfulness`` as ``{ablation: record}``, whichever featcirc wrote it: now a
     mapping ablation -> record (``commands.discover.exported_faithfulness``'s dict, which names its own
     ``ablation``), in the order measured; older runs hold one record, with ``ablation`` at the top

@@ -86,11 +86,12 @@ def demo_lines(summ: dict, report, out: "str | Path") -> str:
     from featcirc.commands.discover import result_line
     from featcirc.evaluate.bootstrap import interval_text
     from featcirc.evaluate.curves import FAITHFUL
+    from featcirc.run_dir import RunDir
 
     best = report.smallest_faithful()
     lines = [result_line(summ, out),
              f"held-out evaluation ({report.n_pairs} pairs, {report.ablation} ablation): CPR {interval_text(report.cpr)}, "
              f"CMD {interval_text(report.cmd)}; smallest circuit with F >= {FAITHFUL}: "
              + (f"{best.n_nodes} nodes (F = {interval_text(best.faithfulness)})" if best else "none"),
-             f"open {Path(out) / 'circuit.html'} in a browser to explore the circuit and its feature cards"]
+             f"open {RunDir(out).circuit_html} in a browser to explore the circuit and its feature cards"]
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from featcirc.commands.common import RunConfig, phase
+from featcirc.run_dir import CIRCUIT_HTML, CIRCUIT_JSON, CIRCUIT_PNG, SUMMARY_JSON, RunDir
 from featcirc.vocabulary import FAITHFULNESS_ABLATIONS
 
 logger = logging.getLogger("featcirc")
@@ -96,6 +97,7 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
     from featcirc.models.loading import model_info
 
     out = Path(out)
+    files = RunDir(out)
     ablations = parse_ablations(ablations, "ablations")  # before any work (the command line checked --ablations)
     if cfg.prune == "mask":  # a learned mask is always shown under the ablation it was trained with, and both others
         ablations = tuple(dict.fromkeys([*ablations, cfg.mask_ablation, "patch", "mean"]))
@@ -136,7 +138,7 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
     from featcirc.saes.identity import run_identity  # what evaluate / features check (docs/design.md §11)
     from featcirc.saes.fit import fit_record  # what load_model_and_saes measured (docs/design.md §10b)
 
-    write_json(out / "run.json", jsonable(dict(asdict(cfg), split=split, alignment=choice.to_json(alignment),
+    write_json(files.run_json, jsonable(dict(asdict(cfg), split=split, alignment=choice.to_json(alignment),
                                                environment=env, sae_fit=fit_record(saes),
                                                identity=run_identity(cfg.model, cfg.saes, saes))))
 
@@ -149,8 +151,8 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
     nodes, edges = ctx.attribute(model, data, cfg.method, saes, settings=settings, alignment=alignment)
     seconds["nodes"], seconds["edges"] = nodes.cost.seconds, edges.cost.seconds
     nodes.info["model"] = cfg.model
-    nodes.save(out / "nodes.pt")
-    edges.save(out / "edges.pt")
+    nodes.save(files.nodes_pt)
+    edges.save(files.edges_pt)
     phase("scored")
 
     t0 = time.perf_counter()
@@ -162,9 +164,9 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
     prompt, tokens = example_prompt(model, data, alignment)
     example = example_metrics(model, data)
     title = run_title(cfg, choice.mode)
-    write_graph_json(C, out / "circuit.json")
-    write_graphml(C, out / "circuit.graphml")
-    write_dot(C, out / "circuit.dot", title=title)
+    write_graph_json(C, files.circuit_json)
+    write_graphml(C, files.circuit_graphml)
+    write_dot(C, files.circuit_dot, title=title)
     seconds["circuit"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -177,7 +179,7 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
     seconds["faithfulness"] = time.perf_counter() - t0  # all ablations together
     if ctx.is_main:
         t0 = time.perf_counter()
-        draw_circuit(C, out / "circuit.png", title=title, tokens=tokens, example=example, faithfulness=faith)
+        draw_circuit(C, files.circuit_png, title=title, tokens=tokens, example=example, faithfulness=faith)
         seconds["circuit"] += time.perf_counter() - t0
 
     s = summary(C)
@@ -212,14 +214,14 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
         t0 = time.perf_counter()
         cards_doc = _write_cards(out, model, saes, cards, cfg, progress)
         seconds["cards"] = time.perf_counter() - t0
-    write_json(out / "summary.json", jsonable(summ))
+    write_json(files.summary_json, jsonable(summ))
 
     from featcirc.export.graph_files import export_run_graphs
     from featcirc.view import write_viewer
 
     export_run_graphs(out, slug=export.slug, scan=export.scan, node_threshold=1.0,
                       feature_json_base_url=export.feature_url)
-    write_viewer(G, out / "circuit.html", circuit=C, tokens=tokens, cards=cards_doc, title=title, example=example,
+    write_viewer(G, files.circuit_html, circuit=C, tokens=tokens, cards=cards_doc, title=title, example=example,
                  faithfulness=faith)
     return summ
 
@@ -410,7 +412,7 @@ def result_line(summ: dict, out: "str | Path") -> str:
         return "n/a" if iv.get("value") is None else f"{fixed(iv['value'], 3)}{ci}"
 
     head = f"circuit: {summ['n_nodes']} nodes, {summ['n_edges']} edges from {summ['pairs_used']} pairs"
-    tail = f" -> {out}/ (circuit.html, circuit.png, circuit.json, summary.json, ...)"
+    tail = f" -> {out}/ ({CIRCUIT_HTML}, {CIRCUIT_PNG}, {CIRCUIT_JSON}, {SUMMARY_JSON}, ...)"
     by = faithfulness_by_ablation(summ.get("faithfulness")) or {}
     if not by:
         return head + "; faithfulness not measured" + tail

@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 
 from featcirc.commands.common import RunConfig, write_csv
 from featcirc.io import write_json
+from featcirc.run_dir import CIRCUIT_JSON, EVAL_PAIRS_JSONL, EVALUATION_EXTENSIONS, RunDir, evaluation_name
 from featcirc.vocabulary import ABLATIONS
 
 logger = logging.getLogger("featcirc")
@@ -35,9 +36,10 @@ def read_run_config(run_dir: Path) -> tuple[RunConfig, dict]:
 
     run_dir = Path(run_dir)
     cfg, raw = read_run_json(run_dir)
-    for name, what in (("summary.json", "run summary"), ("circuit.json", "circuit")):
-        if (run_dir / name).exists():
-            read_json_file(run_dir / name, what)
+    files = RunDir(run_dir)
+    for path, what in ((files.summary_json, "run summary"), (files.circuit_json, "circuit")):
+        if path.exists():
+            read_json_file(path, what)
     return cfg, raw
 
 
@@ -46,14 +48,13 @@ def evaluation_source(run_dir: Path, cfg: RunConfig, *, data: Optional[str] = No
     """Where the evaluation pairs come from: ``(load_data source dict, split label)``; the label is
     ``"given"`` (``data``/``task``), ``"held-out"`` (the run's ``eval_pairs.jsonl``: all of its
     pairs unless ``n``) or ``"in-sample"`` (the discovery pairs)."""
-    from featcirc.data.split import EVAL_PAIRS_FILE
-
     src = dict(cfg.source)
+    held_out = RunDir(run_dir).eval_pairs_jsonl
     if data is not None or task is not None:
         src.update(data=data, task=task)
         label = SPLIT_GIVEN
-    elif (run_dir / EVAL_PAIRS_FILE).exists():
-        src.update(data=str(run_dir / EVAL_PAIRS_FILE), task=None, n=None)
+    elif held_out.exists():
+        src.update(data=str(held_out), task=None, n=None)
         label = SPLIT_HELD_OUT
     else:
         label = SPLIT_IN_SAMPLE
@@ -66,24 +67,14 @@ def evaluation_source(run_dir: Path, cfg: RunConfig, *, data: Optional[str] = No
     return src, label
 
 
-def evaluation_name(ablation: str, sizes: Optional[Sequence[int]] = None) -> str:
-    """The name of an evaluation by its ablation and curve selector: ``mean`` (node thresholds),
-    ``mean-sizes`` (``--sizes``). It names the files and the ``summary.json`` entry, so an
-    evaluation by sizes never replaces one by thresholds."""
-    return f"{ablation}-sizes" if sizes is not None else ablation
-
-
 def output_paths(run_dir: Path, out: "str | Path | None", ablation: str,
                  sizes: Optional[Sequence[int]] = None) -> dict[str, Path]:
     """``faithfulness-<name>.{csv,json,png}`` (:func:`evaluation_name`) in ``out`` (a directory;
     default the run directory), or ``<out stem>.{csv,json,png}`` when ``out`` names a file (has a suffix)."""
-    stem = f"faithfulness-{evaluation_name(ablation, sizes)}"
-    if out is None:
-        base = run_dir / stem
-    else:
-        out = Path(out)
-        base = out.with_suffix("") if out.suffix and not out.is_dir() else out / stem
-    return {ext: base.with_name(base.name + f".{ext}") for ext in ("csv", "json", "png")}
+    if out is not None and Path(out).suffix and not Path(out).is_dir():
+        base = Path(out).with_suffix("")
+        return {ext: base.with_name(f"{base.name}.{ext}") for ext in EVALUATION_EXTENSIONS}
+    return RunDir(run_dir if out is None else out).evaluation(ablation, sizes)
 
 
 def _check_request(ablation: str, sizes: Optional[Sequence[int]], fractions: Optional[Sequence[float]],
@@ -119,9 +110,10 @@ def plan_evaluation(run_dir: "str | Path", *, data: Optional[str] = None, task: 
     from featcirc.saes.identity import checked_run_config
 
     cfg = checked_run_config(cfg, raw, run_dir, saes=saes)
-    for name in ("nodes.pt", "edges.pt"):
-        if not (run_dir / name).exists():
-            raise FileNotFoundError(f"{run_dir / name} is missing; rerun `featcirc discover` for this run")
+    files = RunDir(run_dir)
+    for path in (files.nodes_pt, files.edges_pt):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing; rerun `featcirc discover` for this run")
     src, split = evaluation_source(run_dir, cfg, data=data, task=task, n=n, seed=seed)
     if src.get("data") is not None:
         read_pairs(src["data"])  # a bad file fails here, before the model loads
@@ -166,7 +158,6 @@ def _evaluate(plan: dict, *, ablation: str, thresholds, sizes, n_resamples: int,
     from featcirc.commands.common import load_data, phase
     from featcirc.data import read_pairs, tokenize_pairs
     from featcirc.data.load import log_summary
-    from featcirc.data.split import EVAL_PAIRS_FILE
     from featcirc.evaluate.curves import FAITHFUL, evaluate_curves
     from featcirc.evaluate.faithfulness import Ablator
     from featcirc.evaluate.figure import plot_report
@@ -179,18 +170,19 @@ def _evaluate(plan: dict, *, ablation: str, thresholds, sizes, n_resamples: int,
     if split == SPLIT_HELD_OUT:  # named by the run, not by a staging directory's temporary name
         dataset = tokenize_pairs(model, read_pairs(src["data"]), batch_size=src.get("batch_size", 16),
                                  max_pairs=src.get("n"),
-                                 source=f"{Path(run_name or run_dir) / EVAL_PAIRS_FILE} (held-out pairs of the run)")
+                                 source=f"{RunDir(run_name or run_dir).eval_pairs_jsonl} (held-out pairs of the run)")
         log_summary(dataset)
     else:
         dataset = load_data(model, src)
     if split == SPLIT_IN_SAMPLE:
-        logger.warning("in-sample: %s has no eval_pairs.jsonl, so faithfulness is measured on the pairs the "
+        logger.warning("in-sample: %s has no %s, so faithfulness is measured on the pairs the "
                        "circuit was discovered on (%s); discover with a held-out split for honest numbers",
-                       run_dir, dataset.source)
-    nodes = NodeScores.load(run_dir / "nodes.pt")
-    edges = EdgeScores.load(run_dir / "edges.pt")
+                       run_dir, EVAL_PAIRS_JSONL, dataset.source)
+    files = RunDir(run_dir)
+    nodes = NodeScores.load(files.nodes_pt)
+    edges = EdgeScores.load(files.edges_pt)
     G = full_graph(nodes, edges, n_layers=model.cfg.n_layers)
-    exported = read_circuit(run_dir / "circuit.json") if (run_dir / "circuit.json").exists() else None
+    exported = read_circuit(files.circuit_json) if files.circuit_json.exists() else None
     from featcirc.data.align import alignment_of  # node positions are the run's slots (docs/design.md §14)
 
     kwargs = dict(level=cfg.level, saes=saes, sites=nodes.sites, ablation=ablation, progress=progress,
@@ -202,14 +194,14 @@ def _evaluate(plan: dict, *, ablation: str, thresholds, sizes, n_resamples: int,
     report.info.update(
         model=cfg.model, method=cfg.method, level=cfg.level, data=dataset.source, split=split,
         in_sample=split == SPLIT_IN_SAMPLE, pairs_dropped=dataset.dropped,
-        run_split=raw.get("split"), exported_circuit=None if exported is None else "circuit.json")
+        run_split=raw.get("split"), exported_circuit=None if exported is None else CIRCUIT_JSON)
     if ctx is not None and not ctx.is_main:
         return report, paths
     best = report.smallest_faithful()
     title = (f"{cfg.model} {cfg.method}, {split} pairs ({dataset.source})"
              + (f"; smallest with F >= {FAITHFUL}: {best.n_nodes} nodes" if best else
                 f"; no circuit reaches F = {FAITHFUL}"))
-    summary_path = run_dir / "summary.json"
+    summary_path = files.summary_json
     in_run = paths["json"].parent.resolve() == run_dir.resolve() and summary_path.is_file()
     targets = [paths["csv"], paths["json"], paths["png"]] + ([summary_path] if in_run else [])
     with atomic_paths(*targets) as tmp:

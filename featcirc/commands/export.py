@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from featcirc.run_dir import RunDir
+
 HELP = "re-export a discovered circuit (graphml, dot, json, or neuronpedia + graph_files/)"
 
 FORMATS = ("graphml", "dot", "json", "neuronpedia")
@@ -23,7 +25,8 @@ def export_run(run_dir: "str | Path", fmt: str, *, slug: Optional[str] = None, s
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir} is not a run directory; run `featcirc discover ... --out {run_dir}` first")
-    src = run_dir / "circuit.json"
+    files = RunDir(run_dir)
+    src = files.circuit_json
     if not src.exists():
         raise FileNotFoundError(f"{src} not found; run `featcirc discover ... --out {run_dir}` first")
     from featcirc.export.formats import read_json, write_dot, write_graphml, write_json as write_graph_json  # after the checks
@@ -35,20 +38,20 @@ def export_run(run_dir: "str | Path", fmt: str, *, slug: Optional[str] = None, s
         return [paths["neuronpedia"], paths["graph_files"]]
     C = read_json(src)
     if fmt == "graphml":
-        return [write_graphml(C, run_dir / "circuit.graphml")]
+        return [write_graphml(C, files.circuit_graphml)]
     if fmt == "dot":
-        return [write_dot(C, run_dir / "circuit.dot", title=_title(run_dir))]
-    return [write_graph_json(C, run_dir / "circuit.json")]
+        return [write_dot(C, files.circuit_dot, title=_title(run_dir))]
+    return [write_graph_json(C, files.circuit_json)]
 
 
 def _title(run_dir: Path) -> str:
     from featcirc.commands.view import _read_json, run_title
 
-    def read(name: str) -> dict:  # a missing file is no title; a damaged one an error naming it
-        path = run_dir / name
+    def read(path: Path) -> dict:  # a missing file is no title; a damaged one an error naming it
         return _read_json(path, f"rerun `featcirc discover ... --out {run_dir}`") if path.exists() else {}
 
-    return run_title(read("summary.json"), read("run.json"))
+    files = RunDir(run_dir)
+    return run_title(read(files.summary_json), read(files.run_json))
 
 
 def add_arguments(p) -> None:

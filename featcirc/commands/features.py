@@ -34,6 +34,7 @@ def run(args, progress: bool) -> int:
     from featcirc.commands.checks import check_device_name, check_dtype_name, check_int
     from featcirc.commands.common import phase, start_torch
     from featcirc.commands.evaluate import read_run_config
+    from featcirc.run_dir import RunDir
     from featcirc.sites import parse_card_key
 
     check_int(args.top_k, "--top-k", what="top-activating examples per feature")
@@ -44,8 +45,9 @@ def run(args, progress: bool) -> int:
     for spec in args.feature:  # a malformed SITE/INDEX fails before anything heavy is imported
         parse_card_key(spec)
     run_dir = Path(args.dir)
-    if not (run_dir / "run.json").exists():
-        raise FileNotFoundError(f"{run_dir / 'run.json'} not found; run `featcirc discover ... --out {run_dir}` first")
+    run_json = RunDir(run_dir).run_json
+    if not run_json.exists():
+        raise FileNotFoundError(f"{run_json} not found; run `featcirc discover ... --out {run_dir}` first")
     cfg, raw = read_run_config(run_dir)
     if cfg.level != "feature" or not cfg.saes:
         raise ValueError(f"{run_dir} is a component-level run (no SAEs): feature cards need a run with --saes")

@@ -11,6 +11,8 @@ import pickle
 from pathlib import Path
 from typing import Optional
 
+from featcirc.run_dir import CARDS_JSON, CIRCUIT_JSON, EDGES_PT, NODES_PT, RUN_JSON, RunDir
+
 logger = logging.getLogger("featcirc")
 
 _MAKE_ONE = "run `featcirc discover ... --out DIR` (or `featcirc demo --out DIR`) first"
@@ -22,7 +24,7 @@ def _read_json(path: Path, what: str) -> dict:
     from featcirc.run_files import check_run_values, read_json_file
 
     data = read_json_file(path, path.stem.replace("_", " "), fix=what)
-    if path.name == "run.json":
+    if path.name == RUN_JSON:
         check_run_values(data, path, known_task=False)
     return data
 
@@ -51,10 +53,11 @@ def check_inputs(run_dir: "str | Path", out: "str | Path | None" = None, *, max_
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir} is not a run directory; {_MAKE_ONE}")
-    for name in ("summary.json", "nodes.pt"):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir / name} not found: {run_dir} is not a complete run directory; {_MAKE_ONE}")
-    out = run_dir / "circuit.html" if out is None else Path(out)
+    files = RunDir(run_dir)
+    for path in (files.summary_json, files.nodes_pt):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: {run_dir} is not a complete run directory; {_MAKE_ONE}")
+    out = files.circuit_html if out is None else Path(out)
     if out.is_dir():
         raise ValueError(f"--out {out} is a directory; give the path of the HTML file to write")
     if not out.parent.is_dir():
@@ -72,19 +75,20 @@ def view_run(run_dir: "str | Path", out: "str | Path | None" = None, *, max_node
     fails before torch or networkx is imported."""
     out = check_inputs(run_dir, out, max_nodes=max_nodes)
     run_dir = Path(run_dir)
-    summary = _read_json(run_dir / "summary.json", f"rerun the discovery ({_MAKE_ONE})")
-    run = _read_json(run_dir / "run.json", "rerun the discovery") if (run_dir / "run.json").is_file() else {}
+    files = RunDir(run_dir)
+    summary = _read_json(files.summary_json, f"rerun the discovery ({_MAKE_ONE})")
+    run = _read_json(files.run_json, "rerun the discovery") if files.run_json.is_file() else {}
     cards = None
-    if (run_dir / "cards.json").is_file():
-        cards = _read_json(run_dir / "cards.json", "regenerate the feature cards or delete cards.json")
+    if files.cards_json.is_file():
+        cards = _read_json(files.cards_json, f"regenerate the feature cards or delete {CARDS_JSON}")
     for key in ("example", "faithfulness"):
         if summary.get(key) is not None and not isinstance(summary[key], dict):
-            raise ValueError(f"{run_dir / 'summary.json'}: {key!r} is not a JSON object; rerun the discovery "
+            raise ValueError(f"{files.summary_json}: {key!r} is not a JSON object; rerun the discovery "
                              f"({_MAKE_ONE})")
     from featcirc.run_files import faithfulness_by_ablation
 
     # ablation -> record; a run from before both ablations were reported has one record, read as such
-    faithfulness = faithfulness_by_ablation(summary.get("faithfulness"), str(run_dir / "summary.json"))
+    faithfulness = faithfulness_by_ablation(summary.get("faithfulness"), str(files.summary_json))
 
     from featcirc.attribution.scores import EdgeScores, NodeScores
     from featcirc.circuit import full_graph
@@ -93,21 +97,21 @@ def view_run(run_dir: "str | Path", out: "str | Path | None" = None, *, max_node
 
     max_nodes = DEFAULT_MAX_NODES if max_nodes is None else max_nodes
     try:
-        nodes = NodeScores.load(run_dir / "nodes.pt")
-        edges = EdgeScores.load(run_dir / "edges.pt") if (run_dir / "edges.pt").is_file() else None
+        nodes = NodeScores.load(files.nodes_pt)
+        edges = EdgeScores.load(files.edges_pt) if files.edges_pt.is_file() else None
     except (OSError, RuntimeError, EOFError, TypeError, KeyError, pickle.UnpicklingError) as e:
-        raise ValueError(f"the scores in {run_dir} (nodes.pt / edges.pt) could not be read ({e}); "
+        raise ValueError(f"the scores in {run_dir} ({NODES_PT} / {EDGES_PT}) could not be read ({e}); "
                          "rerun `featcirc discover ... --out DIR`") from e
     n_layers = (summary.get("model_info") or {}).get("n_layers")
     G = full_graph(nodes, edges, n_layers=n_layers)
-    circuit = read_json(run_dir / "circuit.json") if (run_dir / "circuit.json").is_file() else None
+    circuit = read_json(files.circuit_json) if files.circuit_json.is_file() else None
     if circuit is None:
-        logger.info("no circuit.json in %s: the viewer starts at the run's top-k / thresholds", run_dir)
+        logger.info("no %s in %s: the viewer starts at the run's top-k / thresholds", CIRCUIT_JSON, run_dir)
         from featcirc.circuit import PruneSettings, prune
 
         p = summary.get("prune") or {}
         if p.get("method", "threshold") != "threshold":
-            raise ValueError(f"{run_dir} has no circuit.json, and its circuit was chosen by --prune {p.get('method')}, "
+            raise ValueError(f"{run_dir} has no {CIRCUIT_JSON}, and its circuit was chosen by --prune {p.get('method')}, "
                              "which needs the model to redo; rerun `featcirc discover ... --out DIR`")
         circuit = prune(G, PruneSettings(p.get("node_threshold"), p.get("top_k", 100), p.get("edge_threshold", 0.0)))
     return write_viewer(G, out, circuit=circuit, tokens=summary.get("prompt_tokens"), cards=cards,

@@ -12,17 +12,17 @@ from __future__ import annotations
 import logging
 import math
 import os
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from featcirc.data.pairs import DataError, PromptPair, write_pairs
+from featcirc.run_dir import EVAL_PAIRS_JSONL, RunDir
 
 logger = logging.getLogger(__name__)
 
-EVAL_PAIRS_FILE = "eval_pairs.jsonl"
-"""The evaluation pairs of a run directory."""
+EVAL_PAIRS_FILE = EVAL_PAIRS_JSONL
+"""The evaluation pairs of a run directory (:data:`featcirc.run_dir.EVAL_PAIRS_JSONL`)."""
 
 
 def _allocate(sizes: Sequence[int], total: int) -> list[int]:
@@ -85,7 +85,7 @@ def write_split(run_dir: "str | os.PathLike[str]", evaluation: Sequence[PromptPa
     evaluation = list(evaluation)
     if not evaluation:
         raise DataError("no evaluation pairs to write")
-    path = write_pairs(Path(run_dir) / EVAL_PAIRS_FILE, evaluation)
+    path = write_pairs(RunDir(run_dir).eval_pairs_jsonl, evaluation)
     overlap = None
     if discovery is not None:
         overlap = len(set(evaluation) & set(discovery))

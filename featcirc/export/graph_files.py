@@ -45,11 +45,11 @@ import networkx as nx
 from featcirc.export.neuronpedia import (default_slug, neuronpedia_model_id, slug_part, to_neuronpedia,
                                          validate_neuronpedia)
 from featcirc.io import write_json, write_text
+from featcirc.run_dir import GRAPH_FILES_DIR, RUN_JSON, RunDir
 
 logger = logging.getLogger("featcirc")
 
 GRAPH_METADATA = "graph-metadata.json"
-GRAPH_FILES_DIR = "graph_files"
 FEATURES_DIR = "features"
 _ENTRY_KEYS = ("slug", "scan", "transcoder_list", "prompt_tokens", "prompt", "node_threshold", "schema_version")
 
@@ -137,7 +137,7 @@ def _read_json(path: Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; run `featcirc discover ... --out {path.parent}` first")
     data = read_json_file(path, path.stem.replace("_", " "), fix=f"rerun `featcirc discover ... --out {path.parent}`")
-    if path.name == "run.json":
+    if path.name == RUN_JSON:
         check_run_values(data, path, known_task=False)
     return data
 
@@ -171,14 +171,15 @@ def export_run_graphs(run_dir: "str | os.PathLike[str]", *, slug: Optional[str] 
     from featcirc.export.neuronpedia import write_neuronpedia
 
     run_dir = Path(run_dir)
-    summary = _read_json(run_dir / "summary.json")
-    run = _read_json(run_dir / "run.json")
-    if not (run_dir / "circuit.json").exists():
-        raise FileNotFoundError(f"{run_dir / 'circuit.json'} not found; run `featcirc discover ... --out {run_dir}` first")
-    C = read_json(run_dir / "circuit.json")
+    files = RunDir(run_dir)
+    summary = _read_json(files.summary_json)
+    run = _read_json(files.run_json)
+    if not files.circuit_json.exists():
+        raise FileNotFoundError(f"{files.circuit_json} not found; run `featcirc discover ... --out {run_dir}` first")
+    C = read_json(files.circuit_json)
     prompt, tokens = summary.get("prompt"), summary.get("prompt_tokens")
     if prompt is None or tokens is None:
-        raise ValueError(f"{run_dir / 'summary.json'} has no prompt / prompt_tokens (written by an older "
+        raise ValueError(f"{files.summary_json} has no prompt / prompt_tokens (written by an older "
                          "featcirc); rerun `featcirc discover`")
     model, saes, method = run.get("model"), run.get("saes"), run.get("method")
     data_name = run_data_name(run)
@@ -193,10 +194,10 @@ def export_run_graphs(run_dir: "str | os.PathLike[str]", *, slug: Optional[str] 
     common = dict(prompt=prompt, prompt_tokens=tokens, token_slots=slots, slug=slug,
                   scan=scan or (neuronpedia_model_id(model) if model else None), node_threshold=node_threshold,
                   info=info, example=example if isinstance(example, dict) else None)
-    paths = {"neuronpedia": write_neuronpedia(C, run_dir / "neuronpedia.json",
+    paths = {"neuronpedia": write_neuronpedia(C, files.neuronpedia_json,
                                               feature_json_base_url=feature_json_base_url, **common)}
     feature_set = feature_set_name(model, saes) if saes and run.get("level") == "feature" else None
-    out = Path(graph_files_dir) if graph_files_dir is not None else run_dir / GRAPH_FILES_DIR
+    out = Path(graph_files_dir) if graph_files_dir is not None else files.graph_files
     paths["graph_files"] = write_graph_files(C, out, feature_set=feature_set, title_prefix=f"featcirc {method}",
                                              **common)
     return paths

@@ -25,11 +25,12 @@ from typing import Any, Iterable, Mapping, Optional
 import networkx as nx
 
 from featcirc.features.cards import CardSettings, card_key, compute_cards, normalize_request, parse_card_key
+from featcirc.run_dir import CARDS_JSON, RunDir
 
 logger = logging.getLogger("featcirc")
 
 CARDS_FORMAT = "featcirc-cards/1"
-CARDS_FILE = "cards.json"
+CARDS_FILE = CARDS_JSON  # featcirc.run_dir names it
 DEFAULT_MAX_TOKENS = 65_536
 """Corpus tokens scanned by default (the ``tiny`` corpus has about 230k; about 1 minute for a
 circuit of the tiny model on 2 CPU cores, a few minutes for Gemma-3-270M)."""
@@ -196,12 +197,13 @@ def write_run_cards(run_dir: "str | os.PathLike[str]", *, model=None, saes=None,
     """
     from featcirc.data.corpus import load_corpus
     from featcirc.export.formats import read_json
-    from featcirc.export.graph_files import GRAPH_FILES_DIR, feature_set_name, features_dir
+    from featcirc.export.graph_files import feature_set_name, features_dir
     from featcirc.features.tracer_files import write_tracer_features
     from featcirc.io import write_json
 
     run_dir = Path(run_dir)
-    run_path = run_dir / "run.json"
+    files = RunDir(run_dir)
+    run_path = files.run_json
     if not run_path.exists():
         raise FileNotFoundError(f"{run_path} not found; run `featcirc discover ... --out {run_dir}` first")
     from featcirc.run_files import read_run_json
@@ -210,11 +212,11 @@ def write_run_cards(run_dir: "str | os.PathLike[str]", *, model=None, saes=None,
     if run.get("level") != "feature" or not run.get("saes"):
         raise ValueError(f"{run_dir} is a component-level run (no SAEs): feature cards need a run with --saes")
     features = parse_features(extra_features)
-    if (run_dir / "circuit.json").exists():
-        for s, idx in circuit_features(read_json(run_dir / "circuit.json")).items():
+    if files.circuit_json.exists():
+        for s, idx in circuit_features(read_json(files.circuit_json)).items():
             features[s] = sorted(set(features.get(s, [])) | set(idx))
     if not features:
-        raise ValueError(f"{run_dir / 'circuit.json'} has no feature nodes; name features with --feature SITE/INDEX")
+        raise ValueError(f"{files.circuit_json} has no feature nodes; name features with --feature SITE/INDEX")
     settings = CardSettings() if top_k is None else CardSettings(top_k=top_k)
     if model is None:
         from featcirc.models.loading import load_model
@@ -232,9 +234,9 @@ def write_run_cards(run_dir: "str | os.PathLike[str]", *, model=None, saes=None,
                         use_cache=use_cache, progress=progress)
     doc = cards_document(built)
     validate_cards(doc)
-    path = write_json(run_dir / CARDS_FILE, doc, indent=None)
+    path = write_json(files.cards_json, doc, indent=None)
     feature_set = feature_set_name(run["model"], run["saes"])
-    write_tracer_features(doc["cards"], features_dir(run_dir / GRAPH_FILES_DIR, feature_set),
+    write_tracer_features(doc["cards"], features_dir(files.graph_files, feature_set),
                           feature_set=feature_set, extras=built["_extras"])
     return path
 
