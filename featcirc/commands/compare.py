@@ -20,6 +20,7 @@ import logging
 import math
 import tempfile
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from featcirc.attribution import DEFAULT_MAX_NODES
@@ -71,28 +72,59 @@ def correlations(ref: dict, cells: dict, method: str, level: str, *, n_resamples
     return rows, dropped, kept
 
 
-def compare(model, saes, dataset, out: Path, *, model_name: str, level: str, methods: Sequence[str], ctx,
-            eval_data=None, eval_split: str = "held-out", ig_steps: int = 10, max_nodes: int = DEFAULT_MAX_NODES,
-            ablation: "str | Sequence[str]" = "mean", n_resamples: int = 1000, progress: bool = True,
-            align: str = "auto", mask: bool = False, sizes: Optional[Sequence[int]] = None) -> dict:
+@dataclass(frozen=True)
+class CompareSettings:
+    """What :func:`compare` runs: the level, the methods (``exact`` is always added first), the attribution
+    settings (``ig_steps``, ``max_nodes``), ``ablations`` (one or several; the curves use the first, the size
+    table every one), the bootstrap resamples, ``--align``, ``mask`` (add the learned mask from RelP's scores to
+    the size table), ``sizes`` (its grid; default :data:`DEFAULT_SIZES` up to ``max_nodes``) and the label of the
+    evaluation pairs (``eval_split``; ``in-sample`` when :func:`compare` gets no ``eval_data``)."""
+
+    level: str
+    methods: Sequence[str]
+    ig_steps: int = 10
+    max_nodes: int = DEFAULT_MAX_NODES
+    ablations: "str | Sequence[str]" = "mean"
+    n_resamples: int = 1000
+    align: str = "auto"
+    mask: bool = False
+    sizes: Optional[Sequence[int]] = None
+    eval_split: str = "held-out"
+
+    @classmethod
+    def from_kwargs(cls, *, ablation: "str | Sequence[str] | None" = None, **kwargs) -> "CompareSettings":
+        """The settings from :func:`compare`'s former keywords (``ablation`` for ``ablations``)."""
+        if ablation is not None:
+            kwargs["ablations"] = ablation
+        return cls(**kwargs)
+
+
+def compare(model, saes, dataset, out: Path, settings: Optional[CompareSettings] = None, *, model_name: str, ctx,
+            eval_data=None, progress: bool = True, **kwargs) -> dict:
     """Run every method on ``dataset``, write the comparison into ``out`` (main process only) and
-    return ``compare.json``'s content. ``eval_data``: the pairs of the faithfulness curves (feature
-    level; default ``dataset``, then labelled in-sample). ``ablation``: one or several; the curves use
-    the first, the size table every one. ``mask``: add the learned mask from RelP's scores to the size
-    table; ``sizes``: its grid (default :data:`DEFAULT_SIZES` up to ``max_nodes``)."""
+    return ``compare.json``'s content. ``settings``: a :class:`CompareSettings`, or its fields as keywords
+    (``level=``, ``methods=``, ``ablation=``, ...). ``eval_data``: the pairs of the faithfulness curves
+    (feature level; default ``dataset``, then labelled in-sample)."""
+    if settings is None:
+        settings = CompareSettings.from_kwargs(**kwargs)
+    elif kwargs:
+        raise TypeError(f"compare() got settings and keywords {', '.join(sorted(kwargs))}: give one or the other")
+    level, ig_steps, max_nodes = settings.level, settings.ig_steps, settings.max_nodes
+    n_resamples, mask, sizes, eval_split = settings.n_resamples, settings.mask, settings.sizes, settings.eval_split
     from featcirc.attribution import AttributionSettings, get_method
     from featcirc.io import jsonable, write_json
 
     from featcirc.commands.checks import InputError
     from featcirc.data.align import make_alignment, resolve_alignment
 
-    methods = list(dict.fromkeys(["exact", *methods]))
+    methods = list(dict.fromkeys(["exact", *settings.methods]))
+    ablation = settings.ablations
     ablations = [ablation] if isinstance(ablation, str) else list(ablation)
     ablation = ablations[0]
     if mask and "relp" not in methods:
         raise InputError("--mask learns the circuit from RelP's scores: add relp to --methods")
     try:
-        choice = resolve_alignment(dataset, align)
+        choice = resolve_alignment(dataset, settings.align)
     except ValueError as e:
         raise InputError(str(e)) from None
     if choice.warning:
@@ -330,10 +362,12 @@ def run(args, progress: bool) -> int:
             log_summary(eval_data)
         stage = staged_dir(args.out, force=args.force) if ctx.is_main else tempfile.TemporaryDirectory()
         with stage as out:
-            res = compare(model, saes, dataset, Path(out), model_name=args.model, level=args.level, methods=methods,
-                          ctx=ctx, eval_data=eval_data, ig_steps=args.ig_steps, max_nodes=args.max_nodes,
-                          ablation=ablations, n_resamples=args.bootstrap, progress=progress and ctx.is_main,
-                          align=args.align, mask=args.mask, sizes=sizes)
+            settings = CompareSettings(level=args.level, methods=tuple(methods), ig_steps=args.ig_steps,
+                                       max_nodes=args.max_nodes, ablations=tuple(ablations),
+                                       n_resamples=args.bootstrap, align=args.align, mask=args.mask,
+                                       sizes=None if sizes is None else tuple(sizes))
+            res = compare(model, saes, dataset, Path(out), settings, model_name=args.model, ctx=ctx,
+                          eval_data=eval_data, progress=progress and ctx.is_main)
             phase("written")
     if not ctx.is_main:
         return 0

@@ -51,7 +51,7 @@ def add_arguments(p) -> None:
 
 def run(args, progress: bool) -> int:
     from featcirc.commands.common import process_context, start_torch
-    from featcirc.commands.evaluate import evaluate_run
+    from featcirc.commands.evaluate import EvaluationRequest, evaluate_run
     from featcirc.data.load import run_pairs
     from featcirc.io import check_out_dir, staged_dir
 
@@ -74,8 +74,8 @@ def run(args, progress: bool) -> int:
         with staged_dir(args.out, force=args.force) as out:
             summ = discover(cfg, out, pairs=pairs, ctx=ctx, model=model, saes=saes,
                             cards=CardOptions(max_tokens=args.cards_tokens), export=ExportOptions(), progress=progress)
-            report, _ = evaluate_run(out, n=cfg.eval_pairs, model=model, saes=saes, ctx=ctx, run_name=args.out,
-                                     progress=progress)
+            report, _ = evaluate_run(out, EvaluationRequest(n=cfg.eval_pairs, run_name=args.out, progress=progress),
+                                     model=model, saes=saes, ctx=ctx)
             phase("written")
     print(demo_lines(summ, report, args.out))
     return 0

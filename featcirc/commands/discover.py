@@ -71,6 +71,37 @@ def exported_faithfulness(ab, G, C, *, split: str, source: str, n_resamples: int
                        "(faithfulness-<ablation>.csv/.json/.png)")
 
 
+@dataclass
+class _Scored:
+    """What the scoring step leaves for the later ones: the tokenized pairs, where faithfulness is
+    measured, the alignment, the attribution settings and the scores."""
+
+    data: Any
+    eval_data: Any
+    eval_split: str
+    choice: Any
+    alignment: Any
+    split: Optional[dict]
+    env: dict
+    settings: Any = None
+    nodes: Any = None
+    edges: Any = None
+
+
+@dataclass
+class _Circuit:
+    """The scored graph ``G``, the circuit ``C``, the learned mask's record (or None) and the example
+    prompt, its tokens and metrics, and the title of the drawings."""
+
+    G: Any
+    C: Any
+    mask: Optional[dict]
+    prompt: Any
+    tokens: Any
+    example: Any
+    title: str
+
+
 def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=None, dtype: Any = None,
              cards: Optional[CardOptions] = None, export: Optional[ExportOptions] = None,
              ablations: "Sequence[str] | str" = FAITHFULNESS_ABLATIONS, progress: bool = True) -> dict:
@@ -83,29 +114,11 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
     Returns the summary."""
     import torch
 
-    from featcirc.attribution import AttributionSettings
-    from featcirc.circuit import full_graph, summary
-    from featcirc.commands.checks import parse_ablations
-    from featcirc.commands.common import example_metrics, example_prompt, example_token_slots, load_model_and_saes
-    from featcirc.data import tokenize_pairs
-    from featcirc.data.load import log_summary
-    from featcirc.data.split import write_split
-    from featcirc.environment import environment
-    from featcirc.export.formats import write_dot, write_graphml, write_json as write_graph_json
-    from featcirc.export.plot import draw_circuit
-    from featcirc.io import jsonable, write_json
-    from featcirc.models.loading import model_info
+    from featcirc.commands.common import load_model_and_saes
 
     out = Path(out)
     files = RunDir(out)
-    ablations = parse_ablations(ablations, "ablations")  # before any work (the command line checked --ablations)
-    if cfg.prune == "mask":  # a learned mask is always shown under the ablation it was trained with, and both others
-        ablations = tuple(dict.fromkeys([*ablations, cfg.mask_ablation, "patch", "mean"]))
-    from dataclasses import replace
-
-    from featcirc.saes.identity import resolve_sae_spec
-
-    cfg = replace(cfg, saes=resolve_sae_spec(cfg.saes))  # a relative --saes: found again from any directory
+    cfg, ablations = _resolve(cfg, ablations)
     export = export or ExportOptions()
     torch.manual_seed(cfg.seed)
     seconds: dict[str, float] = {}
@@ -115,6 +128,40 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
         phase("loaded")
     seconds["load"] = time.perf_counter() - t0
 
+    scored = _load_data(cfg, files, pairs, model, seconds)
+    run_record = _write_run_json(cfg, files, scored, model, saes, ctx)
+    _score(cfg, files, scored, pairs, model, saes, ctx, seconds, progress)
+    circuit = _build_circuit(cfg, files, scored, model, saes, seconds, progress)
+    faith = _measure(cfg, files, scored, circuit, model, saes, ctx, ablations, seconds, progress)
+    summ = _summary(cfg, scored, circuit, faith, model, ctx, seconds)
+    if not ctx.is_main:  # the other processes scored and evaluated their shards; rank 0 writes the rest
+        return summ
+    _write_outputs(cfg, out, files, scored, circuit, faith, summ, run_record, model, saes, cards, export, seconds,
+                   progress)
+    return summ
+
+
+def _resolve(cfg: RunConfig, ablations: "Sequence[str] | str") -> tuple[RunConfig, tuple]:
+    """The ablations measured (checked before any work; a learned mask's own and both others added) and
+    ``cfg`` with ``--saes`` resolved (a relative path: found again from any directory)."""
+    from dataclasses import replace
+
+    from featcirc.commands.checks import parse_ablations
+    from featcirc.saes.identity import resolve_sae_spec
+
+    ablations = parse_ablations(ablations, "ablations")  # before any work (the command line checked --ablations)
+    if cfg.prune == "mask":  # a learned mask is always shown under the ablation it was trained with, and both others
+        ablations = tuple(dict.fromkeys([*ablations, cfg.mask_ablation, "patch", "mean"]))
+    return replace(cfg, saes=resolve_sae_spec(cfg.saes)), ablations
+
+
+def _load_data(cfg: RunConfig, files: RunDir, pairs, model, seconds: dict) -> _Scored:
+    """The discovery pairs and the held-out ones tokenized (``eval_pairs.jsonl`` written), and the
+    alignment of positions (docs/design.md §14)."""
+    from featcirc.data import tokenize_pairs
+    from featcirc.data.load import log_summary
+    from featcirc.data.split import write_split
+
     t0 = time.perf_counter()
     data = tokenize_pairs(model, pairs.discovery, batch_size=cfg.batch_size, max_pairs=cfg.n,
                           source=f"{pairs.source}, discovery pairs")
@@ -122,7 +169,7 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
     used = [p for b in data.batches for p in b.pairs]
     split = None
     if pairs.evaluation is not None:
-        split = write_split(out, pairs.evaluation, discovery=used, **pairs.split)
+        split = write_split(files.path, pairs.evaluation, discovery=used, **pairs.split)
         eval_data = tokenize_pairs(model, pairs.evaluation, batch_size=cfg.batch_size, max_pairs=cfg.eval_pairs,
                                    limit_option="--eval-pairs", source=f"{pairs.split.get('source') or pairs.source}, held-out pairs "
                                           f"({split['eval_pairs']})")
@@ -134,59 +181,111 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
                        "is measured on the discovery pairs")
     seconds["data"] = time.perf_counter() - t0
     choice, alignment = choose_alignment(data, cfg)
-    env = environment(ctx.device, model.cfg.dtype)
+    return _Scored(data=data, eval_data=eval_data, eval_split=eval_split, choice=choice, alignment=alignment,
+                   split=split, env={})
+
+
+def _write_run_json(cfg: RunConfig, files: RunDir, scored: _Scored, model, saes, ctx) -> dict:
+    """``run.json``: what was run, the split, the alignment, the environment, the SAEs' fit and the
+    identity of the model and SAEs (docs/design.md §11). Returns what was written."""
+    from featcirc.environment import environment
+    from featcirc.io import jsonable, write_json
     from featcirc.saes.identity import run_identity  # what evaluate / features check (docs/design.md §11)
     from featcirc.saes.fit import fit_record  # what load_model_and_saes measured (docs/design.md §10b)
 
-    write_json(files.run_json, jsonable(dict(asdict(cfg), split=split, alignment=choice.to_json(alignment),
-                                               environment=env, sae_fit=fit_record(saes),
-                                               identity=run_identity(cfg.model, cfg.saes, saes))))
+    scored.env = environment(ctx.device, model.cfg.dtype)
+    record = jsonable(dict(asdict(cfg), split=scored.split, alignment=scored.choice.to_json(scored.alignment),
+                           environment=scored.env, sae_fit=fit_record(saes),
+                           identity=run_identity(cfg.model, cfg.saes, saes)))
+    write_json(files.run_json, record)
+    return record
+
+
+def _score(cfg: RunConfig, files: RunDir, scored: _Scored, pairs, model, saes, ctx, seconds: dict,
+           progress: bool) -> None:
+    """Node and edge scores (within ``--max-memory`` when given), saved as ``nodes.pt`` / ``edges.pt``."""
+    from featcirc.attribution import AttributionSettings
 
     budget = {}
     if cfg.max_memory is not None:
-        data, budget = _fit_memory(cfg, model, saes, data, pairs.discovery, world=getattr(ctx, "world_size", 1),
-                                   n_slots=alignment.n_slots)
-    settings = AttributionSettings(level=cfg.level, aggregation="sum" if alignment.summed else "none",
-                                   ig_steps=cfg.ig_steps, max_nodes=cfg.max_nodes, progress=progress, **budget)
-    nodes, edges = ctx.attribute(model, data, cfg.method, saes, settings=settings, alignment=alignment)
+        scored.data, budget = _fit_memory(cfg, model, saes, scored.data, pairs.discovery,
+                                          world=getattr(ctx, "world_size", 1), n_slots=scored.alignment.n_slots)
+    scored.settings = AttributionSettings(level=cfg.level, aggregation="sum" if scored.alignment.summed else "none",
+                                          ig_steps=cfg.ig_steps, max_nodes=cfg.max_nodes, progress=progress, **budget)
+    nodes, edges = ctx.attribute(model, scored.data, cfg.method, saes, settings=scored.settings,
+                                 alignment=scored.alignment)
     seconds["nodes"], seconds["edges"] = nodes.cost.seconds, edges.cost.seconds
     nodes.info["model"] = cfg.model
     nodes.save(files.nodes_pt)
     edges.save(files.edges_pt)
+    scored.nodes, scored.edges = nodes, edges
     phase("scored")
 
+
+def _build_circuit(cfg: RunConfig, files: RunDir, scored: _Scored, model, saes, seconds: dict,
+                   progress: bool) -> _Circuit:
+    """The scored graph and the circuit (:func:`choose_circuit`), the example prompt, and
+    ``circuit.json`` / ``circuit.graphml`` / ``circuit.dot``."""
+    from featcirc.circuit import full_graph
+    from featcirc.commands.common import example_metrics, example_prompt
+    from featcirc.export.formats import write_dot, write_graphml, write_json as write_graph_json
+
     t0 = time.perf_counter()
-    G = full_graph(nodes, edges, n_layers=model.cfg.n_layers)
-    C, mask = choose_circuit(cfg, G, model=model, saes=saes, data=data, sites=nodes.sites, alignment=alignment,
-                             progress=progress)
+    data, alignment = scored.data, scored.alignment
+    G = full_graph(scored.nodes, scored.edges, n_layers=model.cfg.n_layers)
+    C, mask = choose_circuit(cfg, G, model=model, saes=saes, data=data, sites=scored.nodes.sites,
+                             alignment=alignment, progress=progress)
     if mask is not None:
         seconds["mask"] = mask["seconds"]
     prompt, tokens = example_prompt(model, data, alignment)
     example = example_metrics(model, data)
-    title = run_title(cfg, choice.mode)
+    title = run_title(cfg, scored.choice.mode)
     write_graph_json(C, files.circuit_json)
     write_graphml(C, files.circuit_graphml)
     write_dot(C, files.circuit_dot, title=title)
     seconds["circuit"] = time.perf_counter() - t0
+    return _Circuit(G=G, C=C, mask=mask, prompt=prompt, tokens=tokens, example=example, title=title)
+
+
+def _measure(cfg: RunConfig, files: RunDir, scored: _Scored, circuit: _Circuit, model, saes, ctx, ablations,
+             seconds: dict, progress: bool) -> dict:
+    """The exported circuit's faithfulness under each ablation on the same held-out pairs (ablation ->
+    record), and ``circuit.png`` (main process), which shows them."""
+    from featcirc.export.plot import draw_circuit
 
     t0 = time.perf_counter()
+    eval_data = scored.eval_data
     faith = {}  # ablation -> record, on the same held-out pairs; one Ablator at a time (patch keeps its runs)
     for ablation in ablations:
-        ab = ctx.ablator(model, eval_data, level=cfg.level, saes=saes, sites=nodes.sites,
-                         ablation=ablation, progress=progress, alignment=alignment)
-        faith[ablation] = exported_faithfulness(ab, G, C, split=eval_split, source=eval_data.source)
+        ab = ctx.ablator(model, eval_data, level=cfg.level, saes=saes, sites=scored.nodes.sites,
+                         ablation=ablation, progress=progress, alignment=scored.alignment)
+        faith[ablation] = exported_faithfulness(ab, circuit.G, circuit.C, split=scored.eval_split,
+                                                source=eval_data.source)
         del ab
     seconds["faithfulness"] = time.perf_counter() - t0  # all ablations together
     if ctx.is_main:
         t0 = time.perf_counter()
-        draw_circuit(C, files.circuit_png, title=title, tokens=tokens, example=example, faithfulness=faith)
+        draw_circuit(circuit.C, files.circuit_png, title=circuit.title, tokens=circuit.tokens, example=circuit.example,
+                     faithfulness=faith)
         seconds["circuit"] += time.perf_counter() - t0
+    return faith
 
-    s = summary(C)
-    summ = dict(
+
+def _summary(cfg: RunConfig, scored: _Scored, circuit: _Circuit, faith: dict, model, ctx, seconds: dict) -> dict:
+    """``summary.json``'s content (docs/design.md §11); ``seconds`` is held, not copied, so the cards'
+    time added later is in it."""
+    from featcirc.circuit import summary
+    from featcirc.commands.common import example_token_slots
+    from featcirc.models.loading import model_info
+
+    data, eval_data, settings, env = scored.data, scored.eval_data, scored.settings, scored.env
+    nodes, edges, G, mask = scored.nodes, scored.edges, circuit.G, circuit.mask
+    s = summary(circuit.C)
+    return dict(
         model=cfg.model, model_info=model_info(model), saes=cfg.saes, method=cfg.method, level=cfg.level,
-        aggregation=settings.aggregation, alignment=choice.to_json(alignment), data=data.source, pairs_used=data.n_pairs, pairs_dropped=data.dropped,
-        eval_pairs=eval_data.n_pairs, eval_split=eval_split,
+        aggregation=settings.aggregation, alignment=scored.choice.to_json(scored.alignment), data=data.source,
+        pairs_used=data.n_pairs, pairs_dropped=data.dropped,
+        eval_pairs=eval_data.n_pairs, eval_split=scored.eval_split,
         batching=dict(batch_size=max(b.clean.shape[0] for b in data.batches), max_rows=settings.max_rows,
                       record_bytes=settings.record_bytes, max_memory=cfg.max_memory),
         n_nodes=s["n_nodes"], n_features=s["n_features"], n_errors=s["n_errors"],
@@ -202,28 +301,33 @@ def discover(cfg: RunConfig, out: "str | Path", *, pairs, ctx, model=None, saes=
         metric_clean=nodes.metric_clean, metric_patch=nodes.metric_patch,
         metric_note=f"metric_clean / metric_patch: the mean of m = logit(clean answer) - logit(patch answer) over "
                     f"the {data.n_pairs} discovery pairs; the example prompt's own values are under 'example'",
-        prompt=prompt, prompt_tokens=tokens, example_tokens=example_token_slots(model, data, alignment),
-        example=example, device=env["device"], dtype=env["dtype"],
+        prompt=circuit.prompt, prompt_tokens=circuit.tokens,
+        example_tokens=example_token_slots(model, data, scored.alignment),
+        example=circuit.example, device=env["device"], dtype=env["dtype"],
         processes=getattr(ctx, "world_size", 1), environment=env,
     )
-    if not ctx.is_main:  # the other processes scored and evaluated their shards; rank 0 writes the rest
-        return summ
+
+
+def _write_outputs(cfg: RunConfig, out: Path, files: RunDir, scored: _Scored, circuit: _Circuit, faith: dict,
+                   summ: dict, run_record: dict, model, saes, cards: Optional[CardOptions], export: ExportOptions,
+                   seconds: dict, progress: bool) -> None:
+    """What the main process writes last: feature cards (``--cards``), ``summary.json``,
+    ``neuronpedia.json`` / ``graph_files/`` and the viewer."""
+    from featcirc.export.graph_files import export_run_graphs
+    from featcirc.io import jsonable, write_json
+    from featcirc.view import write_viewer
 
     cards_doc = None
     if cards is not None:
         t0 = time.perf_counter()
         cards_doc = _write_cards(out, model, saes, cards, cfg, progress)
         seconds["cards"] = time.perf_counter() - t0
-    write_json(files.summary_json, jsonable(summ))
-
-    from featcirc.export.graph_files import export_run_graphs
-    from featcirc.view import write_viewer
-
+    summary_record = jsonable(summ)
+    write_json(files.summary_json, summary_record)
     export_run_graphs(out, slug=export.slug, scan=export.scan, node_threshold=1.0,
-                      feature_json_base_url=export.feature_url)
-    write_viewer(G, files.circuit_html, circuit=C, tokens=tokens, cards=cards_doc, title=title, example=example,
-                 faithfulness=faith)
-    return summ
+                      feature_json_base_url=export.feature_url, run=run_record, summary=summary_record)
+    write_viewer(circuit.G, files.circuit_html, circuit=circuit.C, tokens=circuit.tokens, cards=cards_doc,
+                 title=circuit.title, example=circuit.example, faithfulness=faith)
 
 
 def choose_circuit(cfg: RunConfig, G, *, model, saes, data, sites, alignment, progress: bool = True):

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Optional, Sequence
 
 from featcirc.commands.common import RunConfig, write_csv
 from featcirc.io import write_json
@@ -90,31 +91,70 @@ def _check_request(ablation: str, sizes: Optional[Sequence[int]], fractions: Opt
         raise ValueError(f"--bootstrap must be >= 1 resamples, got {n_resamples}")
 
 
-def plan_evaluation(run_dir: "str | Path", *, data: Optional[str] = None, task: Optional[str] = None,
-                    n: Optional[int] = None, seed: Optional[int] = None, ablation: str = "mean",
-                    sizes: Optional[Sequence[int]] = None, fractions: Optional[Sequence[float]] = None,
-                    out: "str | Path | None" = None, n_resamples: int = 1000, saes: Optional[str] = None) -> dict:
-    """Everything :func:`evaluate_run` checks before a model loads: the request, ``run.json``, the
-    identity of the run's model and SAEs (``saes``: another copy of the run's SAE set;
+@dataclass(frozen=True)
+class EvaluationRequest:
+    """What one evaluation of a run asks for: the pairs (``data`` / ``task`` / ``n`` / ``seed``; default the
+    run's held-out pairs), the ``ablation``, the circuits (``thresholds`` or ``sizes``; ``fractions`` of the
+    graph for CPR / CMD), the bootstrap (``n_resamples``, ``bootstrap_seed``), where results go (``out``;
+    default the run directory), ``saes_spec`` (the run's SAE set from another place, checked against the
+    identity in ``run.json``), the ``device`` and ``dtype`` a model is loaded on when none is given,
+    ``run_name`` (how messages name the run directory: a staged run's final path) and ``progress``."""
+
+    data: Optional[str] = None
+    task: Optional[str] = None
+    n: Optional[int] = None
+    seed: Optional[int] = None
+    ablation: str = "mean"
+    thresholds: Optional[Sequence[float]] = None
+    sizes: Optional[Sequence[int]] = None
+    fractions: Optional[Sequence[float]] = None
+    out: "str | Path | None" = None
+    n_resamples: int = 1000
+    bootstrap_seed: int = 0
+    saes_spec: Optional[str] = None
+    device: str = "cpu"
+    dtype: Any = None
+    run_name: "str | Path | None" = None
+    progress: bool = True
+
+
+def _request(request: Optional[EvaluationRequest], kwargs: dict, caller: str) -> EvaluationRequest:
+    """``request``, or one built from the former keyword arguments of ``caller``."""
+    if request is None:
+        return EvaluationRequest(**kwargs)
+    if kwargs:
+        raise TypeError(f"{caller}() got a request and keywords {', '.join(sorted(kwargs))}: give one or the other")
+    return request
+
+
+def plan_evaluation(run_dir: "str | Path", request: Optional[EvaluationRequest] = None, *,
+                    saes: Optional[str] = None, **kwargs) -> dict:
+    """Everything :func:`evaluate_run` checks before a model loads: the ``request``
+    (an :class:`EvaluationRequest`, or its fields as keywords; ``saes``: its ``saes_spec``), ``run.json``,
+    the identity of the run's model and SAEs (another copy of the run's SAE set:
     :func:`featcirc.saes.identity.checked_run_config`), the score files, the evaluation pairs (read
-    and parsed) and the output paths."""
+    and parsed) and the output paths. The plan holds the request under ``request``."""
     from featcirc.data import read_pairs
     from featcirc.data.load import check_pair_count
     from featcirc.evaluate.metrics import MIB_FRACTIONS
 
+    if saes is not None:
+        kwargs["saes_spec"] = saes
+    req = _request(request, kwargs, "plan_evaluation")
+    ablation, sizes, out = req.ablation, req.sizes, req.out
     run_dir = Path(run_dir)
-    fractions = tuple(MIB_FRACTIONS if fractions is None else fractions)
-    _check_request(ablation, sizes, fractions, n_resamples)
-    check_pair_count(n)
+    fractions = tuple(MIB_FRACTIONS if req.fractions is None else req.fractions)
+    _check_request(ablation, sizes, fractions, req.n_resamples)
+    check_pair_count(req.n)
     cfg, raw = read_run_config(run_dir)
     from featcirc.saes.identity import checked_run_config
 
-    cfg = checked_run_config(cfg, raw, run_dir, saes=saes)
+    cfg = checked_run_config(cfg, raw, run_dir, saes=req.saes_spec)
     files = RunDir(run_dir)
     for path in (files.nodes_pt, files.edges_pt):
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing; rerun `featcirc discover` for this run")
-    src, split = evaluation_source(run_dir, cfg, data=data, task=task, n=n, seed=seed)
+    src, split = evaluation_source(run_dir, cfg, data=req.data, task=req.task, n=req.n, seed=req.seed)
     if src.get("data") is not None:
         read_pairs(src["data"])  # a bad file fails here, before the model loads
     paths = output_paths(run_dir, out, ablation, sizes)
@@ -124,35 +164,30 @@ def plan_evaluation(run_dir: "str | Path", *, data: Optional[str] = None, task: 
 
     check_writable_dir(paths["json"].parent, option="--out" if out is not None else "the run directory",
                        out=out if out is not None else run_dir)  # before any work, read-only file systems included
-    return dict(run_dir=run_dir, cfg=cfg, raw=raw, src=src, split=split, paths=paths, fractions=fractions)
+    return dict(run_dir=run_dir, cfg=cfg, raw=raw, src=src, split=split, paths=paths, fractions=fractions,
+                request=req)
 
 
-def evaluate_run(run_dir: "str | Path", *, data: Optional[str] = None, task: Optional[str] = None,
-                 n: Optional[int] = None, seed: Optional[int] = None, ablation: str = "mean",
-                 thresholds: Optional[Sequence[float]] = None, sizes: Optional[Sequence[int]] = None,
-                 fractions: Optional[Sequence[float]] = None, out: "str | Path | None" = None,
-                 n_resamples: int = 1000, bootstrap_seed: int = 0, model=None, saes=None, ctx=None,
-                 device: str = "cpu", dtype=None, run_name: "str | Path | None" = None, progress: bool = True):
+def evaluate_run(run_dir: "str | Path", request: Optional[EvaluationRequest] = None, *, model=None, saes=None,
+                 ctx=None, **kwargs):
     """Evaluate a run directory and write ``faithfulness-<ablation>.csv / .json / .png`` together
     (``faithfulness-<ablation>-sizes.*`` with ``sizes``; all or none: :func:`featcirc.io.atomic_paths`);
     with results in the run directory, its ``summary.json`` gets them under ``evaluations[<name>]``
     (:func:`evaluation_name`: ``mean``, ``mean-sizes``, ...).
 
-    ``model`` / ``saes``: already loaded (else loaded from ``run.json`` on ``device`` in ``dtype``);
-    ``ctx``: the process context (several processes share the pairs; only the main one writes);
-    ``run_name``: how messages name the run directory (a staged run's final path).
+    ``request``: an :class:`EvaluationRequest`, or its fields as keywords (``ablation=``, ``sizes=``, ...).
+    ``model`` / ``saes``: already loaded (else loaded from ``run.json`` on the request's ``device`` in its
+    ``dtype``); ``ctx``: the process context (several processes share the pairs; only the main one writes).
     Returns ``(report, paths)``: the :class:`~featcirc.evaluate.curves.FaithfulnessReport` (its
     ``info`` holds the data provenance) and the written paths by extension.
     """
-    plan = plan_evaluation(run_dir, data=data, task=task, n=n, seed=seed, ablation=ablation, sizes=sizes,
-                           fractions=fractions, out=out, n_resamples=n_resamples)
-    return _evaluate(plan, ablation=ablation, thresholds=thresholds, sizes=sizes, n_resamples=n_resamples,
-                     bootstrap_seed=bootstrap_seed, model=model, saes=saes, ctx=ctx, device=device, dtype=dtype,
-                     run_name=run_name, progress=progress)
+    plan = plan_evaluation(run_dir, _request(request, kwargs, "evaluate_run"))
+    return _evaluate(plan, model=model, saes=saes, ctx=ctx)
 
 
-def _evaluate(plan: dict, *, ablation: str, thresholds, sizes, n_resamples: int, bootstrap_seed: int, model, saes,
-              ctx, device, dtype, progress: bool, run_name: "str | Path | None" = None):
+def _evaluate(plan: dict, *, model, saes, ctx):
+    """The evaluation :func:`plan_evaluation` planned (``plan["request"]``), with ``model`` / ``saes``
+    already loaded or None."""
     from featcirc.attribution.scores import EdgeScores, NodeScores
     from featcirc.circuit import full_graph
     from featcirc.commands.common import load_data, phase
@@ -165,8 +200,10 @@ def _evaluate(plan: dict, *, ablation: str, thresholds, sizes, n_resamples: int,
     from featcirc.io import atomic_paths, jsonable
 
     run_dir, cfg, raw, src, split, paths = (plan[k] for k in ("run_dir", "cfg", "raw", "src", "split", "paths"))
+    req: EvaluationRequest = plan["request"]
+    ablation, sizes, progress, run_name = req.ablation, req.sizes, req.progress, req.run_name
     if model is None:
-        model, saes = _load_run_model(plan, device=device, dtype=dtype)
+        model, saes = _load_run_model(plan, device=req.device, dtype=req.dtype)
     if split == SPLIT_HELD_OUT:  # named by the run, not by a staging directory's temporary name
         dataset = tokenize_pairs(model, read_pairs(src["data"]), batch_size=src.get("batch_size", 16),
                                  max_pairs=src.get("n"),
@@ -188,8 +225,9 @@ def _evaluate(plan: dict, *, ablation: str, thresholds, sizes, n_resamples: int,
     kwargs = dict(level=cfg.level, saes=saes, sites=nodes.sites, ablation=ablation, progress=progress,
                   alignment=alignment_of(nodes.info))
     ab = ctx.ablator(model, dataset, **kwargs) if ctx is not None else Ablator(model, dataset, **kwargs)
-    report = evaluate_curves(ab, G, thresholds=thresholds, sizes=sizes, fractions=plan["fractions"], exported=exported,
-                             edge_threshold=cfg.edge_threshold, n_resamples=n_resamples, seed=bootstrap_seed,
+    report = evaluate_curves(ab, G, thresholds=req.thresholds, sizes=sizes, fractions=plan["fractions"],
+                             exported=exported, edge_threshold=cfg.edge_threshold, n_resamples=req.n_resamples,
+                             seed=req.bootstrap_seed,
                              area_n_max=cfg.max_nodes, progress=progress)
     report.info.update(
         model=cfg.model, method=cfg.method, level=cfg.level, data=dataset.source, split=split,
@@ -372,12 +410,13 @@ def run(args, progress: bool) -> int:
     if len(ablations) > 1 and args.out is not None and Path(args.out).suffix and not Path(args.out).is_dir():
         raise InputError(f"--out {args.out} names one set of files, but --ablation {args.ablation} asks for "
                          f"{len(ablations)} evaluations; give a directory (each writes faithfulness-<ablation>.*)")
-    options = dict(data=args.data, task=args.task, n=args.pairs, seed=args.seed if (args.data or args.task) else None,
-                   sizes=args.sizes, fractions=args.fractions, out=args.out, n_resamples=args.bootstrap,
-                   saes=getattr(args, "saes", None))
+    base = EvaluationRequest(data=args.data, task=args.task, n=args.pairs,
+                             seed=args.seed if (args.data or args.task) else None,
+                             sizes=args.sizes, fractions=args.fractions, out=args.out, n_resamples=args.bootstrap,
+                             bootstrap_seed=args.bootstrap_seed, saes_spec=getattr(args, "saes", None))
     plans = []  # every ablation's checks before the model loads
     for ablation in ablations:
-        plan = plan_evaluation(args.dir, ablation=ablation, **options)
+        plan = plan_evaluation(args.dir, replace(base, ablation=ablation))
         plan["src"]["batch_size"] = args.batch_size
         plans.append(plan)
     phase("checked")
@@ -388,11 +427,9 @@ def run(args, progress: bool) -> int:
     reports = []
     with process_context(args.device) as ctx:
         model, saes = _load_run_model(plans[0], device=ctx.device, dtype=dtype)
-        for ablation, plan in zip(ablations, plans):
-            report, paths = _evaluate(plan, ablation=ablation, thresholds=None, sizes=args.sizes,
-                                      n_resamples=args.bootstrap, bootstrap_seed=args.bootstrap_seed, model=model,
-                                      saes=saes, ctx=ctx, device=ctx.device, dtype=dtype,
-                                      progress=progress and ctx.is_main)
+        for plan in plans:
+            plan["request"] = replace(plan["request"], device=ctx.device, dtype=dtype, progress=progress and ctx.is_main)
+            report, paths = _evaluate(plan, model=model, saes=saes, ctx=ctx)
             reports.append(report)
             if ctx.is_main:
                 print(format_report(report, paths), flush=True)

@@ -154,7 +154,8 @@ def run_data_name(run: dict) -> Optional[str]:
 def export_run_graphs(run_dir: "str | os.PathLike[str]", *, slug: Optional[str] = None,
                       scan: Optional[str] = None, node_threshold: float = 1.0,
                       feature_json_base_url: Optional[str] = None,
-                      graph_files_dir: "str | os.PathLike[str] | None" = None) -> dict[str, Path]:
+                      graph_files_dir: "str | os.PathLike[str] | None" = None, run: Optional[dict] = None,
+                      summary: Optional[dict] = None) -> dict[str, Path]:
     """A run's attribution graphs from its ``circuit.json``, ``summary.json`` and ``run.json``
     (no model): ``RUN/neuronpedia.json`` (the file to upload to Neuronpedia; ``scan`` = the model
     id) and ``RUN/graph_files/`` (circuit-tracer's local server, feature panel reading
@@ -165,6 +166,8 @@ def export_run_graphs(run_dir: "str | os.PathLike[str]", *, slug: Optional[str] 
     :func:`featcirc.export.neuronpedia.neuronpedia_model_id`). ``summary.json``'s ``example`` (the
     example pair's own logit difference and answer probabilities), when there, labels the metric
     node (``to_neuronpedia(example=...)``); older runs without it get the mean-over-pairs label.
+    ``run`` / ``summary``: the content of ``run.json`` / ``summary.json`` when the caller holds it
+    already (``discover``, which has just written them), else read from ``run_dir``.
     Returns ``{"neuronpedia": path, "graph_files": path of {slug}.json}``.
     """
     from featcirc.export.formats import read_json
@@ -172,8 +175,8 @@ def export_run_graphs(run_dir: "str | os.PathLike[str]", *, slug: Optional[str] 
 
     run_dir = Path(run_dir)
     files = RunDir(run_dir)
-    summary = _read_json(files.summary_json)
-    run = _read_json(files.run_json)
+    summary = _read_json(files.summary_json) if summary is None else summary
+    run = _read_json(files.run_json) if run is None else run
     if not files.circuit_json.exists():
         raise FileNotFoundError(f"{files.circuit_json} not found; run `featcirc discover ... --out {run_dir}` first")
     C = read_json(files.circuit_json)
