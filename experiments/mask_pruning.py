@@ -44,7 +44,8 @@ def add_setup_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--saes", default="tiny")
     ap.add_argument("--task", default=None, help="(default sva-nounpp without --data)")
     ap.add_argument("--data", default=None)
-    ap.add_argument("--pairs", type=int, default=64, help="discovery pairs, and at most as many held-out ones")
+    ap.add_argument("--pairs", type=int, default=64, help="discovery pairs")
+    ap.add_argument("--eval-pairs", type=int, default=None, help="held-out pairs (default: as many as --pairs)")
     ap.add_argument("--batch-size", type=int, default=16)
 
 
@@ -56,9 +57,10 @@ def load_setup(a: argparse.Namespace, note: str = ""):
     if not (a.task or a.data):
         a.task = "sva-nounpp"
     model, saes = load_model_and_saes(a.model, a.saes, "feature")
-    pairs = run_pairs(task=a.task, data=a.data, n=a.pairs, seed=0, eval_fraction=0.5)
-    disc = tokenize_pairs(model, pairs.discovery, batch_size=a.batch_size, max_pairs=a.pairs)
-    held = tokenize_pairs(model, pairs.evaluation, batch_size=a.batch_size, max_pairs=a.pairs)
+    n = max(a.pairs, a.eval_pairs or 0)  # half of them held out, as discover splits
+    pairs = run_pairs(task=a.task, data=a.data, n=n, seed=0, eval_fraction=0.5)
+    disc = tokenize_pairs(model, pairs.discovery, batch_size=a.batch_size, max_pairs=a.pairs)  # the first --pairs
+    held = tokenize_pairs(model, pairs.evaluation, batch_size=a.batch_size, max_pairs=a.eval_pairs or a.pairs)
     alignment = make_alignment(disc, resolve_alignment(disc, "auto").mode)
     print(f"{a.model} + {a.saes} SAEs, {a.task or a.data}: {disc.n_pairs} discovery / {held.n_pairs} held-out "
           f"pairs, alignment {alignment.mode}" + (f", {note}" if note else ""), flush=True)

@@ -63,6 +63,12 @@ gemma() {
   python experiments/mask_pruning.py --model gemma-3-270m --saes gemma-3-270m-local \
     --data ../shared/data/sva/nounpp_test.json --pairs 24 --batch-size 8 --max-nodes 4000 \
     --sizes 50,100,200,500,1000,2000,3000,4000 --out $R/mask/gemma_sva.json > $R/mask/gemma_sva.txt
+  python experiments/mask_pruning.py --model gemma-3-270m --saes gemma-3-270m-local \
+    --data ../shared/data/sva/nounpp_test.json --pairs 24 --eval-pairs 96 --batch-size 8 --max-nodes 4000 \
+    --methods relp --sizes 50,100,200,500,1000,1500,2000,3000,4000 --out $R/mask/gemma_sva_96.json > $R/mask/gemma_sva_96.txt
+  python experiments/mask_pruning.py --model gemma-3-270m --saes gemma-3-270m-local --task ioi --pairs 24 \
+    --batch-size 8 --max-nodes 4000 --methods atp,relp --sizes 50,100,200,500,1000,2000,3000,4000 \
+    --out $R/mask/gemma_ioi.json > $R/mask/gemma_ioi.txt
   python experiments/rule_variants.py --model gemma-3-270m --task ioi --n 24 --batch-size 8 \
     --methods atp,relp,relp-no-ah,relp-no-half,relp-no-ln,relp-attn-grad > $R/rule_variants/gemma_component_ioi.txt
   python experiments/bench_edges.py --model gemma-3-270m --saes none --task ioi --n 16 --batch-size 8 \

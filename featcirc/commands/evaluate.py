@@ -211,6 +211,9 @@ def _evaluate(plan: dict, *, model, saes, ctx):
         log_summary(dataset)
     else:
         dataset = load_data(model, src)
+    if getattr(cfg, "prune", "threshold") == "mask":
+        logger.info("the run's circuit (circuit.json, the 'exported' row) was chosen by the learned mask; the curves "
+                    "prune the run's scores by threshold (`featcirc compare --mask` gives the mask's curve)")
     if split == SPLIT_IN_SAMPLE:
         logger.warning("in-sample: %s has no %s, so faithfulness is measured on the pairs the "
                        "circuit was discovered on (%s); discover with a held-out split for honest numbers",
