@@ -139,6 +139,14 @@ def hook_names_of(site: "str | Site") -> tuple[str, ...]:
     return (s.hook_name, f"blocks.{s.layer + 1}.hook_resid_pre") if s.kind == "resid" else (s.hook_name,)
 
 
+def site_width(site: "str | Site", cfg) -> tuple[int, str]:
+    """``(width, what)`` of a site's vectors for a model config: ``n_heads * d_head`` at ``z`` sites
+    (heads flattened), ``d_model`` elsewhere; ``what`` names it for messages."""
+    if Site.parse(site).kind == "z":
+        return int(cfg.n_heads) * int(cfg.d_head), "n_heads * d_head"
+    return int(cfg.d_model), "d_model"
+
+
 def all_sites(n_layers: int, kinds: Iterable[str] = ("embed", "resid", "attn", "mlp")) -> list[Site]:
     """Every site of an ``n_layers`` model in forward order: embed, attn.0, mlp.0, resid.0, attn.1, ..."""
     kinds = set(kinds)

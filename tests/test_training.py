@@ -416,3 +416,24 @@ def test_gemma_shape_matches_transformer_lens_config(tmp_path, monkeypatch):
     assert {k: getattr(cfg, k) for k in GEMMA_SHAPE} == GEMMA_SHAPE == model_shape("google/gemma-3-270m")
     (res,) = _probe(tmp_path, [["--recipe", "gemma-3-270m", "--sites", "resid.18", "--out", str(tmp_path / "o")]])
     assert res["rc"] == 2 and "it has 18 layers" in res["err"] and res["torch"] is False
+
+
+def test_z_site_saes_are_as_wide_as_the_heads(tmp_path, tiny):
+    """A ``z`` SAE reads ``n_heads * d_head`` values, which need not be ``d_model`` (Gemma-3-270M: 4 x 256
+    = 1024 against 640; the tiny model has 128 both ways, so it never showed): it trains, loads and
+    splices on a model whose heads are narrower than its stream."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from featcirc.data.corpus import Corpus, load_corpus
+    from featcirc.saes import load_saes
+    from featcirc.saes.training import train_saes
+
+    cfg = HookedTransformerConfig(n_layers=1, d_model=64, n_heads=2, d_head=16, d_mlp=128, n_ctx=48,
+                                  d_vocab=tiny.cfg.d_vocab, act_fn="gelu", normalization_type="LN", seed=0)
+    model = HookedTransformer(cfg, tokenizer=tiny.tokenizer).eval()
+    out = tmp_path / "z"
+    train_saes(model, ["z.0", "resid.0"], Corpus.from_texts("t", load_corpus("tiny").texts[:400]), out,
+               TrainSettings(width=48, k=4, tokens=1024, batch_tokens=256, context_size=32, pack=False,
+                             eval_tokens=256, ce_eval_tokens=64), model_name="narrow-heads", progress=False)
+    saes = load_saes(model, out)
+    assert int(saes["z.0"].cfg.d_in) == 32 and int(saes["resid.0"].cfg.d_in) == 64

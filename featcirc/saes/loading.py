@@ -52,7 +52,7 @@ from featcirc.io import staged_dir
 from featcirc.saes.identity import loaded_files, record_sae_files
 from featcirc.saes.spec import SAESpec, named_sae_sets, parse_sae_spec, set_reference
 from featcirc.saes.trained import trained_set_dir
-from featcirc.sites import Site, sort_sites
+from featcirc.sites import Site, site_width, sort_sites
 from featcirc.sites import site_from_hook_name as _aliased_site
 
 __all__ = [
@@ -182,8 +182,7 @@ def validate_sae(model: HookedTransformer, site: "str | Site", sae: Any) -> None
             f"{_model_sites_text(model)} — this SAE set was made for another model"
         )
     d_in = int(sae.cfg.d_in)
-    width, what = ((model.cfg.n_heads * model.cfg.d_head, "n_heads * d_head") if site.kind == "z"
-                   else (model.cfg.d_model, "d_model"))
+    width, what = site_width(site, model.cfg)
     if d_in != width:
         raise SAEMismatchError(
             f"SAE for {label} has d_in={d_in} but model {_model_name(model)!r} has {what}={width} at "

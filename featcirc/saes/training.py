@@ -133,10 +133,12 @@ def _evaluate_saes(model: Any, saes: Mapping[str, Any], windows: "torch.Tensor",
         return keep & (toks != pad_id) if pad_id is not None else keep
 
     def recon(site: Site, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and reconstruction of ``x`` (``[N, d]``, or ``[N, H, d_head]`` at a ``z`` site: the SAE
+        reads the heads flattened, and the reconstruction comes back in ``x``'s shape)."""
         sae = sae_of[site]
         dtype = getattr(getattr(sae, "W_dec", None), "dtype", x.dtype)
-        f = sae.encode(x.to(dtype))
-        return f, sae.decode(f).to(x.dtype)
+        f = sae.encode(x.reshape(x.shape[0], -1).to(dtype))
+        return f, sae.decode(f).to(x.dtype).reshape(x.shape)
 
     # L0, FVE, dead features: one forward up to the last site's block per batch
     hooks = {s.hook_name for s in sites}
@@ -348,9 +350,10 @@ def train_saes(model: Any, sites: Sequence["Site | str"], corpus: Corpus, out: "
     from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner, MultiSAETrainingRunnerConfig
 
     device = str(next(model.parameters()).device)
-    d_model = int(model.cfg.d_model)
+    from featcirc.sites import site_width
+
     sae_cfgs = {s.name: TopKTrainingSAEConfig(
-        d_in=d_model, d_sae=settings.width, k=settings.k, dtype=settings.dtype, device=device,
+        d_in=site_width(s, model.cfg)[0], d_sae=settings.width, k=settings.k, dtype=settings.dtype, device=device,
         normalize_activations="expected_average_only_in", aux_loss_coefficient=settings.aux_loss_coefficient)
         for s in sites}
     steps = settings.steps
