@@ -66,6 +66,10 @@ gemma() {
   python experiments/mask_pruning.py --model gemma-3-270m --saes gemma-3-270m-local \
     --data ../shared/data/sva/nounpp_test.json --pairs 24 --eval-pairs 96 --batch-size 8 --max-nodes 4000 \
     --methods relp --sizes 50,100,200,500,1000,1500,2000,3000,4000 --out $R/mask/gemma_sva_96.json > $R/mask/gemma_sva_96.txt
+  # the Gemma Scope 2 layout trained here (bash experiments/train_gemma_saes.sh scope)
+  python experiments/mask_pruning.py --model gemma-3-270m --saes "${FEATCIRC_CACHE:-$HOME/.cache/featcirc}/saes/gemma-3-270m-scope-layout" \
+    --data ../shared/data/sva/nounpp_test.json --pairs 24 --eval-pairs 96 --batch-size 8 --max-nodes 4000 \
+    --methods relp --sizes 100,200,500,1000,2000,3000,4000 --out $R/mask/gemma_scope_sva_96.json > $R/mask/gemma_scope_sva_96.txt
   python experiments/mask_pruning.py --model gemma-3-270m --saes gemma-3-270m-local --task ioi --pairs 24 \
     --batch-size 8 --max-nodes 4000 --methods atp,relp --sizes 50,100,200,500,1000,2000,3000,4000 \
     --out $R/mask/gemma_ioi.json > $R/mask/gemma_ioi.txt
