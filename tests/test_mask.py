@@ -208,11 +208,23 @@ def test_compare_mask_adds_size_rows(tmp_path, capsys):
     assert "smallest F >= 0.8" in capsys.readouterr().out
 
 
-def test_compare_mask_needs_relp(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("argv, needle", [(["--methods", "atp", "--mask"], "relp"),
+                                         (["--methods", "relp", "--sizes", "0,50"], "positive")])
+def test_compare_size_options_fail_before_loading(tmp_path, capsys, monkeypatch, argv, needle):
     from conftest import one_line_error, set_tripwires
     from featcirc.cli import main
 
-    set_tripwires(monkeypatch, "--mask without relp should have been refused first")
+    set_tripwires(monkeypatch, "a bad size-table option should have been refused first")
     code = main(["compare", "--model", "tiny", "--saes", "tiny", "--task", "sva-nounpp", "--level", "feature",
-                 "--methods", "atp", "--mask", "--out", str(tmp_path / "x")])
-    assert code == 2 and "relp" in one_line_error(capsys)
+                 *argv, "--out", str(tmp_path / "x")])
+    assert code == 2 and needle in one_line_error(capsys)
+
+
+def test_compare_sizes_are_parsed_like_evaluates(capsys):
+    """One ``--sizes`` parser (commands.checks.size_list) for evaluate and compare: argparse's one-line error."""
+    from featcirc.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["compare", "--model", "tiny", "--level", "feature", "--sizes", "ten", "--out", "x"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "argument --sizes: expected comma-separated whole numbers" in err

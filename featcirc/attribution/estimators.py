@@ -19,6 +19,7 @@ imported when it runs, from :mod:`featcirc.attribution.nodes`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
@@ -44,7 +45,7 @@ class NodeEffects(NamedTuple):
 
 
 @dataclass(frozen=True)
-class Estimator:
+class Estimator(ABC):
     """How a method estimates node effects (and what that implies for edges and memory).
 
     Subclasses set :attr:`name` (recorded as ``NodeScores.info["estimator"]``) and implement
@@ -65,12 +66,12 @@ class Estimator:
         """What ``NodeScores.info`` records about this estimator's settings."""
         return dict(ig_steps=None)
 
+    @abstractmethod
     def node_effects(self, splice: "Splice", batch: "PairBatch", method: "Method", patch: "dict[Site, SiteState]",
                      ig_steps: int, max_rows: int, cost: "Cost") -> NodeEffects:
         """One batch (the patch run, ``patch``, already done): clean node values, node gradients (zeros
         for an estimator without them), the clean residual stream per block, the clean metric and every
         pair's node effects."""
-        raise NotImplementedError
 
     def active_features(self, splice: "Splice", site: "Site", record: "BatchRecord", x: "torch.Tensor",
                         pair: "torch.Tensor") -> "torch.Tensor":
@@ -78,12 +79,12 @@ class Estimator:
         ``[N, T, d]``, rows of pairs ``pair``), i.e. where its encoder's Jacobian can be nonzero."""
         return (record.clean[site].features != 0)[pair]
 
+    @abstractmethod
     def node_transient_elements(self, cfg: Any, sites: "dict[Site, tuple[int, int]]", *, B: int, T: int,
                                 a: float, ig_steps: int, max_rows: int, active_features: int) -> float:
         """Elements (times the element size: bytes) the node pass holds for a batch beyond its record:
         ``sites`` ``{site: (d, F)}``, ``a`` the activation elements per token and layer, ``active_features``
         the features active per position (see ``featcirc.memory``)."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -180,6 +180,21 @@ def check_prune(prune: Any, mask_ablation: Any, top_k: Any, node_threshold: Any)
         raise InputError("--prune mask needs a circuit size: pass --top-k N (N >= 1)")
 
 
+def size_list(text: str) -> list[int]:
+    """``--sizes`` (evaluate, compare): comma-separated whole numbers of nodes, as an argparse type."""
+    import argparse
+
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers of nodes, e.g. 10,20,50; "
+                                         f"got {text!r}") from None
+    if not vals or any(v < 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected non-negative sizes, e.g. 10,20,50; got {text!r}")
+    return vals
+
+
+
 # ------------------------------------------------------------------------------------- device, dtype
 def check_export_names(slug: Optional[str], scan: Optional[str]) -> None:
     """``--slug`` and ``--scan`` as Neuronpedia's upload accepts them (:mod:`featcirc.export.names`)."""

@@ -167,12 +167,12 @@ def compare(model, saes, dataset, out: Path, settings: Optional[CompareSettings]
             G = full[method] = full_graph(nodes, edges, n_layers=model.cfg.n_layers)
             curves[method] = evaluate_curves(ab, G, n_resamples=n_resamples, area_n_max=max_nodes, progress=progress)
             faith_rows += [[method, *r] for r in curves[method].csv_rows()]
-        del ab
         grid = sorted({k for k in (sizes or DEFAULT_SIZES) if k <= max_nodes} | ({max_nodes} if not sizes else set()))
         seconds = {m: costs[m].seconds + edge_costs[m].seconds for m in graphs}
         size_rows = size_table(model, saes, dataset, eval_data, full, seconds, ablations=ablations, grid=grid,
                                mask=mask, level=level, ctx=ctx, alignment=alignment, max_nodes=max_nodes,
-                               n_resamples=n_resamples, progress=progress)
+                               n_resamples=n_resamples, progress=progress, ablator=ab)
+        del ab
 
     cost_header = ["method", "seconds", "forward_passes", "backward_passes"]
     if graphs:
@@ -235,10 +235,11 @@ def compare(model, saes, dataset, out: Path, settings: Optional[CompareSettings]
 
 def size_table(model, saes, dataset, eval_data, graphs: dict, seconds: dict, *, ablations: Sequence[str],
                grid: Sequence[int], mask: bool, level: str, ctx, alignment, max_nodes: int, n_resamples: int,
-               progress: bool) -> list[list]:
+               progress: bool, ablator=None) -> list[list]:
     """Rows of :data:`SIZES_HEADER`: every method's threshold pruning (and with ``mask`` the learned mask
     from RelP's graph, trained on ``dataset`` under each ablation) measured on ``eval_data`` at the
-    ``grid`` sizes under every ablation."""
+    ``grid`` sizes under every ablation. ``ablator``: one already built on ``eval_data`` (the curves'), reused
+    for its ablation with the metric values it has cached."""
     import time
 
     from featcirc.circuit import circuit_from_nodes
@@ -258,8 +259,9 @@ def size_table(model, saes, dataset, eval_data, graphs: dict, seconds: dict, *, 
         return out + [secs]
 
     for ablation in ablations:
-        ab = ctx.ablator(model, eval_data, level=level, saes=saes, ablation=ablation, progress=progress,
-                         alignment=alignment)
+        ab = (ablator if ablator is not None and ablator.ablation == ablation else
+              ctx.ablator(model, eval_data, level=level, saes=saes, ablation=ablation, progress=progress,
+                          alignment=alignment))
         for method, G in graphs.items():
             rep = evaluate_curves(ab, G, sizes=grid, fractions=None, n_resamples=n_resamples, progress=progress)
             rows.append(row(method, "threshold", ablation, rep, seconds[method]))
@@ -280,6 +282,7 @@ def size_table(model, saes, dataset, eval_data, graphs: dict, seconds: dict, *, 
 
 # ----------------------------------------------------------------------------- command line
 def add_arguments(p) -> None:
+    from featcirc.commands.checks import size_list
     from featcirc.attribution.methods import method_names
     from featcirc.vocabulary import ABLATIONS, ALIGN_CHOICES, FAITHFULNESS_ABLATIONS, LEVELS, default_first
     from featcirc.commands.common import (add_data_arguments, add_device_arguments, add_model_arguments,
@@ -305,7 +308,7 @@ def add_arguments(p) -> None:
     p.add_argument("--mask", action="store_true",
                    help="feature level: add the learned mask from RelP's scores (trained on the discovery pairs "
                         "under each --ablation) to the size table")
-    p.add_argument("--sizes", default=None, metavar="LIST",
+    p.add_argument("--sizes", type=size_list, default=None, metavar="LIST",
                    help="circuit sizes of the size table (default 25,50,100,...,3000 up to --max-nodes)")
     p.add_argument("--bootstrap", type=int, default=1000, help="pair resamples for the intervals")
     add_device_arguments(p)
@@ -326,7 +329,9 @@ def run(args, progress: bool) -> int:
     from featcirc.commands.checks import parse_ablations
 
     ablations = parse_ablations(args.ablation, "--ablation")
-    sizes = _sizes(args.sizes)
+    sizes = sorted(set(args.sizes)) if args.sizes else None
+    if sizes is not None and sizes[0] < 1:
+        raise InputError(f"--sizes must be positive node counts, got {','.join(map(str, args.sizes))}")
     if args.mask and "relp" not in methods:
         raise InputError("--mask learns the circuit from RelP's scores: add relp to --methods")
     if args.mask and args.level != "feature":
@@ -390,20 +395,6 @@ def run(args, progress: bool) -> int:
               f"F@200 {f(200)}; {r['seconds']:.1f} s")
     print(f"-> {args.out}/")
     return 0
-
-
-def _sizes(text: Optional[str]) -> Optional[list[int]]:
-    from featcirc.commands.checks import InputError
-
-    if text is None:
-        return None
-    try:
-        sizes = sorted({int(x) for x in text.split(",")})
-    except ValueError:
-        raise InputError(f"--sizes must be whole numbers separated by commas, e.g. 50,100,200; got {text!r}") from None
-    if not sizes or sizes[0] < 1:
-        raise InputError(f"--sizes must be positive node counts, got {text!r}")
-    return sizes
 
 
 def _ci(value: float, lo: Optional[float], hi: Optional[float]) -> str:

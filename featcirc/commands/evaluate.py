@@ -345,19 +345,6 @@ def format_report(report, paths: dict[str, Path]) -> str:
 HELP = "faithfulness of a discovered circuit on held-out pairs (intervals, CPR/CMD)"
 
 
-def _int_list(text: str) -> list[int]:
-    import argparse
-
-    try:
-        vals = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers of nodes, e.g. 10,20,50; "
-                                         f"got {text!r}") from None
-    if not vals or any(v < 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"expected non-negative sizes, e.g. 10,20,50; got {text!r}")
-    return vals
-
-
 def _fraction_list(text: str) -> list[float]:
     import argparse
 
@@ -371,6 +358,8 @@ def _fraction_list(text: str) -> list[float]:
 
 
 def add_arguments(p) -> None:
+    from featcirc.commands.checks import size_list
+
     from featcirc.commands.common import add_data_arguments, add_device_arguments, add_fit_argument
 
     p.add_argument("dir", help="a run directory made by `featcirc discover`")
@@ -381,7 +370,7 @@ def add_arguments(p) -> None:
                    help="value of the nodes outside the circuit: mean / zero / resample over the patch "
                         "prompts, or patch (each pair's own patch prompt); several, comma-separated "
                         "(mean,patch), are evaluated in one run, each into its own files")
-    p.add_argument("--sizes", type=_int_list, default=None,
+    p.add_argument("--sizes", type=size_list, default=None,
                    help="circuit sizes (top-k nodes), e.g. 10,20,50,100, instead of node thresholds (default: none, "
                         "a log-spaced grid of node thresholds)")
     p.add_argument("--fractions", type=_fraction_list, default=None,

@@ -114,6 +114,11 @@ class Ablator:
         self.m_empty_values = self.metric_values(set())
 
     @property
+    def device(self) -> torch.device:
+        """Where the model's activations (and so every mask) live."""
+        return next(self.model.parameters()).device
+
+    @property
     def pairs(self) -> list[PromptPair]:
         """The pairs, in the order of every per-pair array."""
         return [p for b in self.data.batches for p in b.pairs]
@@ -162,8 +167,11 @@ class Ablator:
                     sums[s][k] = padded if sums[s][k] is None else sums[s][k] + padded
                     dtypes[s] = x.dtype
         c = count.clamp(min=1)
-        return {s: SiteState(None if f is None else (f / c[:, None]).to(dtypes[s]), (v / c[:, None]).to(dtypes[s]))
-                for s, (f, v) in sums.items()}
+
+        def mean(total: torch.Tensor, site: str) -> torch.Tensor:  # in the site's dtype, where the streams are
+            return (total / c[:, None]).to(device=self.device, dtype=dtypes[site])
+
+        return {s: SiteState(None if f is None else mean(f, s), mean(v, s)) for s, (f, v) in sums.items()}
 
     def _ablation_for(self, batch_idx: int, site: str, B: int, t: int) -> Optional[SiteState]:
         """The values ablated nodes take at ``site`` for batch ``batch_idx`` (None: zero)."""
@@ -219,9 +227,11 @@ class Ablator:
             return {s: SiteState(None if m.features is None else m.features[index], m.vector[index])
                     for s, m in slots.items()}
         out = {}
+        device = self.device  # built where the streams are, so mixing never moves them
         for s in self.splice.site_names:
             F = self.splice.n_features(s)
-            out[s] = SiteState(torch.zeros(T, F, dtype=torch.long) if F else None, torch.zeros(T, dtype=torch.long))
+            out[s] = SiteState(torch.zeros(T, F, dtype=torch.long, device=device) if F else None,
+                               torch.zeros(T, dtype=torch.long, device=device))
         for i, nid in enumerate(nodes):
             ref = parse_node_id(nid)
             s = ref.site.name
@@ -366,9 +376,6 @@ class Ablator:
         hooks = {}
 
         def mix(mk: torch.Tensor, x: torch.Tensor, a: Optional[torch.Tensor]) -> torch.Tensor:
-            mk = mk.to(x.device)  # masks are built on the CPU; the model may not be
-            if a is not None:
-                a = a.to(x.device)
             if mk.dtype == torch.bool:
                 return torch.where(mk, x, 0.0 if a is None else a)
             mk = mk.to(x.dtype)  # a float32 mask must not turn a bfloat16 stream into float32

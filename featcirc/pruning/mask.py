@@ -19,9 +19,7 @@ a share ``shrink`` of the kept nodes, those of least importance, is dropped::
 
 Per pair (rms), so effects of opposite sign on different pairs cannot cancel. ``w = context_weight``
 blends the in-context effect with the attribution method's score (the warm start: ``w = 0`` is threshold
-pruning). This passes through every size asked for; ``refine`` swap steps at each size then exchange the
-5% least important kept nodes for the 5% most important others, each swap kept only if it brings the
-training F closer to 1. A size's circuit is returned only when its ``|1 - F|`` on the discovery pairs is
+pruning). This passes through every size asked for. A size's circuit is returned only when its ``|1 - F|`` on the discovery pairs is
 no larger than threshold pruning's at that size; else threshold pruning's is (``learned`` False).
 Deterministic: no sampling, pairs in a fixed order.
 
@@ -54,19 +52,15 @@ class MaskSettings:
     """How the mask is learned: ``candidates``, the nodes of largest ``|score|`` that may be kept (None:
     every node of the graph with an edge score, else every node); ``shrink``, the share of kept nodes
     dropped per step (smaller: more steps, each one forward and one backward pass over the pairs);
-    ``refine``: swap steps at each size (each one more forward and backward pass, and one forward);
     ``context_weight``, ``w`` of the importance (1: the in-context effect alone, 0: the scores alone)."""
 
     candidates: Optional[int] = None
     shrink: float = 0.2
-    refine: int = 0
     context_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if not (0 <= self.context_weight <= 1):
             raise ValueError(f"mask context weight must be in [0, 1], got {self.context_weight!r}")
-        if isinstance(self.refine, bool) or not isinstance(self.refine, int) or self.refine < 0:
-            raise ValueError(f"mask refine steps must be a non-negative integer, got {self.refine!r}")
         if not (0 < self.shrink < 1):
             raise ValueError(f"mask shrink must be in (0, 1), got {self.shrink!r}")
         if self.candidates is not None and (isinstance(self.candidates, bool) or not isinstance(self.candidates, int)
@@ -147,14 +141,14 @@ class MaskTrainer:
         other nodes ablated) and ``G[p, i] = d m_p / d mask_i`` there: removing node ``i`` changes pair
         ``p``'s metric by about ``-G[p, i]``. One forward and one backward pass per batch."""
         ms, gs = [], []
-        base = torch.tensor(keep, dtype=torch.float32)
+        base = torch.tensor(keep, dtype=torch.float32, device=self.ab.device)
         for i, b in enumerate(self.ab.data.batches):
             m = base.expand(b.clean.shape[0], -1).clone().requires_grad_(True)
             with torch.enable_grad():
                 metric = self.ab.mixed_metric(i, b, self._masks(i, m))
                 (g,) = torch.autograd.grad(metric.sum(), [m])
             ms.append(metric.detach().double().cpu().numpy())
-            gs.append(g.double().cpu().numpy())
+            gs.append(g.detach().double().cpu().numpy())
         self.forward_passes += 1
         self.backward_passes += 1
         return np.concatenate(ms), np.concatenate(gs)
@@ -180,6 +174,7 @@ def learn_masks(ab, G: nx.DiGraph, sizes: Sequence[int], settings: MaskSettings 
     scored graph), trained on ``ab``'s pairs under ``ab.ablation``. Sizes above the candidate count are
     capped at it."""
     t0 = time.perf_counter()
+    evaluations0 = ab.n_evaluations  # the guard's forward sweeps count too
     candidates = ranked_candidates(G, settings.candidates)
     if not candidates:
         raise ValueError("the scored graph has no candidate nodes for a mask")
@@ -201,20 +196,6 @@ def learn_masks(ab, G: nx.DiGraph, sizes: Sequence[int], settings: MaskSettings 
             keep[alive[np.lexsort((-alive, imp))[:step]]] = False  # ties: the lower-scored candidate goes
             size -= step
             bar.update(step)
-        for _ in range(settings.refine):  # swaps at size k, each accepted only if the exact loss drops
-            _, grad = trainer.metric_and_gradient(keep)
-            imp = importance(grad, prior, keep, settings.context_weight)
-            inside, outside = np.flatnonzero(keep), np.flatnonzero(~keep)
-            r = min(max(1, int(0.05 * k)), len(outside))
-            if r == 0:
-                break
-            drop = inside[np.lexsort((-inside, imp[inside]))[:r]]
-            add = outside[np.lexsort((outside, -imp[outside]))[:r]]
-            trial = keep.copy()
-            trial[drop], trial[add] = False, True
-            now = trainer.shortfall([candidates[i] for i in np.flatnonzero(keep)])
-            if trainer.shortfall([candidates[i] for i in np.flatnonzero(trial)]) < now:
-                keep = trial
         learned = [candidates[i] for i in np.flatnonzero(keep)]
         warm = candidates[:k]
         loss, warm_loss = trainer.shortfall(learned), trainer.shortfall(warm)
@@ -222,7 +203,7 @@ def learn_masks(ab, G: nx.DiGraph, sizes: Sequence[int], settings: MaskSettings 
         result.circuits[k] = MaskedCircuit(k, learned if use else warm, min(loss, warm_loss), warm_loss, use)
     bar.close()
     result.seconds = time.perf_counter() - t0
-    result.forward_passes = trainer.forward_passes
+    result.forward_passes = trainer.forward_passes + ab.n_evaluations - evaluations0
     result.backward_passes = trainer.backward_passes
     return result
 
