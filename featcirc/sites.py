@@ -1,13 +1,14 @@
 """Sites (hook points where an SAE may be spliced) and node ids (docs/design.md §3).
 
 A site is ``embed`` (``blocks.0.hook_resid_pre``), ``resid.L`` (``blocks.L.hook_resid_post``),
-``attn.L`` (``blocks.L.hook_attn_out``), ``mlp.L`` (``blocks.L.hook_mlp_out``) or ``z.L``
+``attn.L`` (``blocks.L.hook_attn_out``), ``mlp.L`` (``blocks.L.hook_mlp_out``), ``z.L``
 (``blocks.L.attn.hook_z``: the attention heads' outputs before ``W_O``, flattened to
-``n_heads * d_head``; Gemma Scope 2's attention SAEs read it). ``z.L`` plays the role of ``attn.L``
-in the site graph (a layer has one or the other).
+``n_heads * d_head``; Gemma Scope 2's attention SAEs read it) or ``tc.L`` (a transcoder: it reads the
+MLP's input, ln2's output, and writes ``blocks.L.hook_mlp_out``). ``z.L`` plays the role of ``attn.L``
+and ``tc.L`` that of ``mlp.L`` in the site graph (a layer has one or the other).
 
 Node ids:
-    feature   ``resid.3/1234@7``  (``resid.3/1234`` with positions summed)
+    feature   ``resid.3/1234@7``  (``resid.3/1234`` with positions summed; ``tc.3/1234@7`` a transcoder's)
     error     ``resid.3/err@7``
     component ``mlp.3@7``
     output    ``metric``
@@ -21,22 +22,22 @@ from typing import Iterable, Literal, Optional
 
 from featcirc.vocabulary import NodeKind  # noqa: F401  (re-exported)
 
-SiteKind = Literal["embed", "resid", "attn", "z", "mlp"]
-SITE_KINDS: tuple[str, ...] = ("embed", "resid", "attn", "z", "mlp")
+SiteKind = Literal["embed", "resid", "attn", "z", "mlp", "tc"]
+SITE_KINDS: tuple[str, ...] = ("embed", "resid", "attn", "z", "mlp", "tc")
 RESID_KINDS: tuple[str, ...] = ("embed", "resid")
 """Sites that hold the whole residual stream (``embed`` is the stream entering block 0)."""
 METRIC = "metric"
 
 _HOOK_OF_KIND = {"resid": "hook_resid_post", "attn": "hook_attn_out", "z": "attn.hook_z",
                  "mlp": "hook_mlp_out"}
-_SITE_RE = re.compile(r"^(embed|(resid|attn|z|mlp)\.(\d+))$")
-_NODE_RE = re.compile(r"^(?P<site>embed|(?:resid|attn|z|mlp)\.\d+)(?:/(?P<feat>\d+|err))?(?:@(?P<pos>[A-Za-z0-9_+-]+))?$")
+_SITE_RE = re.compile(r"^(embed|(resid|attn|z|mlp|tc)\.(\d+))$")
+_NODE_RE = re.compile(r"^(?P<site>embed|(?:resid|attn|z|mlp|tc)\.\d+)(?:/(?P<feat>\d+|err))?(?:@(?P<pos>[A-Za-z0-9_+-]+))?$")
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_+-]+$")
 
 
 @dataclass(frozen=True, order=True)
 class Site:
-    """A hook point: ``kind`` in embed/resid/attn/z/mlp, ``layer`` (-1 for embed).
+    """A hook point: ``kind`` in embed/resid/attn/z/mlp/tc, ``layer`` (-1 for embed).
 
     A site equals, and hashes like, its name (``Site("resid", 3) == "resid.3"``), so a dict keyed by
     sites can be read with names (as in the saved score files) without parsing them again.
@@ -69,7 +70,19 @@ class Site:
     def hook_name(self) -> str:
         if self.kind == "embed":
             return "blocks.0.hook_resid_pre"
+        if self.kind == "tc":  # a transcoder writes the MLP's output (it reads the MLP's input)
+            return f"blocks.{self.layer}.hook_mlp_out"
         return f"blocks.{self.layer}.{_HOOK_OF_KIND[self.kind]}"
+
+    @property
+    def is_transcoder(self) -> bool:
+        """True for transcoder sites (``tc.L``): features encoded from the MLP's input, decoded to its output."""
+        return self.kind == "tc"
+
+    @property
+    def is_mlp(self) -> bool:
+        """True for the MLP's output (``mlp.L``) and a transcoder replacing the MLP (``tc.L``)."""
+        return self.kind in ("mlp", "tc")
 
     @property
     def is_resid(self) -> bool:
@@ -96,7 +109,7 @@ class Site:
         m = _SITE_RE.match(name)
         if not m:
             raise ValueError(
-                f"not a site: {name!r}; sites are 'embed', 'resid.L', 'attn.L', 'z.L', 'mlp.L'"
+                f"not a site: {name!r}; sites are 'embed', 'resid.L', 'attn.L', 'z.L', 'mlp.L', 'tc.L'"
             )
         if m.group(1) == "embed":
             return cls("embed", -1)
@@ -132,6 +145,21 @@ def site_from_hook_name(hook_name: str) -> Site:
     return Site.from_hook_name(hook_name)
 
 
+_TRANSCODER_IN_RE = re.compile(r"^blocks\.(\d+)\.(hook_mlp_in|ln2\.hook_normalized|hook_mlp_out)$")
+
+
+def transcoder_site_from_hook_name(hook_name: str) -> Site:
+    """The ``tc.L`` site of a transcoder from its SAELens input (or output) hook name: Gemma Scope 2's
+    configs say ``blocks.L.hook_mlp_in`` (with ``hf_hook_name`` the ``pre_feedforward_layernorm``'s
+    output), circuit-tracer's ``blocks.L.ln2.hook_normalized``; either way featcirc feeds a transcoder
+    the MLP's input, ln2's output (docs/design.md §4b). ``ValueError`` for any other hook."""
+    m = _TRANSCODER_IN_RE.match(hook_name)
+    if not m:
+        raise ValueError(f"hook {hook_name!r} is not a transcoder's; a transcoder reads blocks.L.hook_mlp_in "
+                         "(or blocks.L.ln2.hook_normalized) and writes blocks.L.hook_mlp_out")
+    return Site("tc", int(m.group(1)))
+
+
 def hook_names_of(site: "str | Site") -> tuple[str, ...]:
     """Every hook name that :func:`site_from_hook_name` maps to ``site``: its own hook and, for
     ``resid.L``, ``blocks.(L+1).hook_resid_pre`` (which a model of L+1 layers lacks)."""
@@ -152,15 +180,15 @@ def all_sites(n_layers: int, kinds: Iterable[str] = ("embed", "resid", "attn", "
     kinds = set(kinds)
     out = [Site("embed", -1)] if "embed" in kinds else []
     for layer in range(n_layers):
-        out += [Site(k, layer) for k in ("attn", "z", "mlp", "resid") if k in kinds]
+        out += [Site(k, layer) for k in ("attn", "z", "mlp", "tc", "resid") if k in kinds]
     return out
 
 
-_KIND_ORDER = {"embed": 0, "attn": 1, "z": 1, "mlp": 2, "resid": 3}
+_KIND_ORDER = {"embed": 0, "attn": 1, "z": 1, "mlp": 2, "tc": 2, "resid": 3}
 
 
 def stream_index(site: "str | Site", n_layers: int) -> int:
-    """Forward order of a site in the residual stream: embed 0, attn.L (or z.L) 3L+1, mlp.L 3L+2,
+    """Forward order of a site in the residual stream: embed 0, attn.L (or z.L) 3L+1, mlp.L (or tc.L) 3L+2,
     resid.L 3L+3, metric 3*n_layers+1. Every edge of the site graph strictly increases it."""
     if site == METRIC:
         return 3 * n_layers + 1

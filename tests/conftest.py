@@ -72,6 +72,36 @@ def make_saes(model: HookedTransformer, *, d_sae: int = 48, seed: int = 0, kinds
     return saes
 
 
+def make_transcoders(model: HookedTransformer, *, layers=None, d_sae: int = 48, seed: int = 0, skip: bool = False,
+                     jumprelu: bool = False) -> dict:
+    """Random transcoders (SAELens ``Transcoder``; ``skip``: ``SkipTranscoder`` with a nonzero ``W_skip``;
+    ``jumprelu``: ``JumpReLUTranscoder`` with positive thresholds) at ``tc.L`` for each layer, nonzero biases.
+    Keyed by site name (``tc.0``); their input hook is ``blocks.L.hook_mlp_in`` as in Gemma Scope 2's configs."""
+    from sae_lens.saes.transcoder import (JumpReLUTranscoder, JumpReLUTranscoderConfig, SkipTranscoder,
+                                          SkipTranscoderConfig, Transcoder, TranscoderConfig)
+
+    cls, cfg_cls = ((JumpReLUTranscoder, JumpReLUTranscoderConfig) if jumprelu else
+                    (SkipTranscoder, SkipTranscoderConfig) if skip else (Transcoder, TranscoderConfig))
+    out = {}
+    for layer in (range(model.cfg.n_layers) if layers is None else layers):
+        torch.manual_seed(seed * 1000 + 500 + layer)
+        tc = cls(cfg_cls(d_in=model.cfg.d_model, d_sae=d_sae, d_out=model.cfg.d_model, apply_b_dec_to_input=False))
+        with torch.no_grad():
+            tc.W_enc.normal_(0, 0.3)
+            tc.W_dec.normal_(0, 0.3)
+            tc.b_enc.normal_(0, 0.3)
+            tc.b_dec.normal_(0, 0.1)
+            if skip:
+                tc.W_skip.normal_(0, 0.1)
+            if jumprelu:
+                tc.threshold.uniform_(0.05, 0.3)
+        tc.cfg.metadata.hook_name = f"blocks.{layer}.hook_mlp_in"
+        for p in tc.parameters():
+            p.requires_grad_(False)
+        out[f"tc.{layer}"] = tc.eval()
+    return out
+
+
 def make_dataset(n_batches: int = 2, batch: int = 3, length: int = 7, seed: int = 0,
                  diff_from: int = 3) -> PairDataset:
     """Random token pairs that agree before position ``diff_from`` and may differ after it."""

@@ -14,6 +14,12 @@ A site without an SAE is a *component* site: its single vector node is the whole
 ``SiteState(features: [B,T,F] | None, vector: [B,T,d])``, with ``x = dec(features) + vector``.
 At ``z.L`` sites (``blocks.L.attn.hook_z``, ``[B,T,H,d_head]``) the heads are flattened to
 ``d = H * d_head`` before the SAE and unflattened after it, so states are ``[B,T,H*d_head]`` too.
+
+A *transcoder* site ``tc.L`` (docs/design.md §4b) encodes its features from the MLP's input ``x_in``
+(ln2's output, captured by a forward pre-hook on ``blocks.L.mlp`` during the same forward) and decodes
+them to the MLP's output ``x = blocks.L.hook_mlp_out``: ``f = enc(x_in)``, ``eps = x - dec(f)``,
+``y = dec(f) + eps = x``; everything else (leaves, straight-through) is as for an SAE at ``mlp.L``. A
+skip transcoder's linear skip ``W_skip x_in`` is not a feature: it is part of the error node.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Optional
 import torch
 from transformer_lens import HookedTransformer
 
+from featcirc.models.mlp_io import capturing_mlp_inputs
 from featcirc.sites import Site, all_sites, sort_sites
 
 
@@ -78,8 +85,20 @@ class Splice:
         for layer in {s.layer for s in self.sites if s.kind == "z"}:
             if Site("attn", layer) in self.sites:
                 raise ValueError(f"layer {layer} has both attn.{layer} and z.{layer}; splice one of them")
+        for layer in {s.layer for s in self.sites if s.kind == "tc"}:
+            if Site("mlp", layer) in self.sites:
+                raise ValueError(f"layer {layer} has both mlp.{layer} and a transcoder tc.{layer}; splice one of them")
+        for site in self.sites:
+            sae = self.saes.get(site)
+            if site.is_transcoder and (sae is None or not is_transcoder(sae)):
+                raise ValueError(f"site {site} is a transcoder site and needs a transcoder (a SAELens Transcoder), "
+                                 f"got {'no SAE' if sae is None else type(sae).__name__}")
+            if sae is not None and not site.is_transcoder and is_transcoder(sae):
+                raise ValueError(f"a transcoder ({type(sae).__name__}) cannot be spliced at {site}: transcoders go "
+                                 f"at tc.{max(site.layer, 0)} (MLP input -> MLP output)")
         self._dirs: dict[Site, torch.Tensor] = {}
         self._enc: dict[Site, torch.Tensor] = {}
+        self._mlp_in: dict[Site, torch.Tensor] = {}  # tc sites: the MLP input of the forward running now
 
     @property
     def site_names(self) -> list[str]:
@@ -94,16 +113,29 @@ class Splice:
         return 0 if sae is None else int(sae.cfg.d_sae)
 
     def encode(self, site: Site, x: torch.Tensor) -> torch.Tensor:
+        """``f = enc(x)``; ``x`` is the encoder's input: the site vector, or a transcoder's MLP input."""
         return self.saes[site].encode(x)
 
     def decode(self, site: Site, f: torch.Tensor) -> torch.Tensor:
         return self.saes[site].decode(f)
 
+    def encoder_input(self, site: Site, x: torch.Tensor) -> torch.Tensor:
+        """What ``site``'s encoder reads when the site vector is ``x``: ``x`` itself, or at a transcoder
+        site the MLP input captured during the forward that is running (inside :meth:`hooks`)."""
+        site = Site.parse(site)
+        if not site.is_transcoder:
+            return x
+        if site not in self._mlp_in:
+            raise RuntimeError(f"the transcoder at {site} reads the MLP's input, which is only known inside "
+                               "Splice.hooks during a forward pass through that block")
+        return self._mlp_in[site]
+
     def split(self, site: Site, x: torch.Tensor) -> SiteState:
-        """``x -> (f, eps)`` with ``eps = x - dec(f)``; at a component site ``(None, x)``."""
+        """``x -> (f, eps)`` with ``eps = x - dec(f)``; at a component site ``(None, x)``. At a transcoder
+        site ``f = enc(x_in)`` from the MLP input of the running forward (:meth:`encoder_input`)."""
         if site not in self.saes:
             return SiteState(None, x)
-        f = self.encode(site, x)
+        f = self.encode(site, self.encoder_input(site, x))
         return SiteState(f, x - self.decode(site, f))
 
     def combine(self, site: Site, state: SiteState) -> torch.Tensor:
@@ -146,9 +178,24 @@ class Splice:
         """Install ``{site: x -> y}`` as forward hooks for the duration of the context; ``x`` and ``y``
         are ``[B, T, d]`` (``z`` sites are flattened over heads and unflattened around ``fn``)."""
         sites = {Site.parse(s): fn for s, fn in fns.items()}
-        fwd = [(site.hook_name, _as_hook(fn, site.kind == "z")) for site, fn in sites.items()]
-        with self.model.hooks(fwd_hooks=fwd):
-            yield
+        inputs: dict[int, torch.Tensor] = {}
+        tc = {s.layer: s for s in sites if s.is_transcoder}
+
+        def fn_reading_input(site: Site, fn: SiteFn) -> SiteFn:
+            def run(x: torch.Tensor) -> torch.Tensor:
+                self._mlp_in[site] = inputs[site.layer]
+                return fn(x)
+
+            return run
+
+        fwd = [(site.hook_name, _as_hook(fn_reading_input(site, fn) if site.is_transcoder else fn, site.kind == "z"))
+               for site, fn in sites.items()]
+        try:
+            with capturing_mlp_inputs(self.model, tc, inputs), self.model.hooks(fwd_hooks=fwd):
+                yield
+        finally:
+            for s in tc.values():
+                self._mlp_in.pop(s, None)
 
     @contextmanager
     def record(self, sites: Optional[Iterable[Site]] = None) -> Iterator[dict[Site, SiteState]]:
@@ -188,6 +235,12 @@ class Splice:
 
         with self.hooks({s: make(s) for s in self.sites}):
             yield store
+
+
+def is_transcoder(sae) -> bool:
+    """True for SAELens's transcoders (``Transcoder``, ``SkipTranscoder``, ``JumpReLUTranscoder``, ...):
+    their config has an output width ``d_out``."""
+    return getattr(getattr(sae, "cfg", None), "d_out", None) is not None
 
 
 def _encoder_directions(site: Site, sae) -> torch.Tensor:
