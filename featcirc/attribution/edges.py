@@ -78,7 +78,7 @@ def edge_groups(model: HookedTransformer, sites: Iterable[Site]) -> list[EdgeGro
         last_resid = max((j for j, s in enumerate(before) if s.is_resid), default=None)
         R = None if last_resid is None else before[last_resid]
         between = before if last_resid is None else before[last_resid + 1:]  # attention / MLP sites
-        if parallel and d.kind == "mlp":  # attention and MLP read the same stream
+        if parallel and d.is_mlp:  # attention and MLP read the same stream
             between = [s for s in between if not (s.is_attention and s.layer == d.layer)]
         parents = tuple(([R] if R is not None else []) + list(between))
         if parents:
@@ -92,10 +92,11 @@ def edge_groups(model: HookedTransformer, sites: Iterable[Site]) -> list[EdgeGro
         positionwise, identity = {}, {}
         for d in parents:
             feeding = [layer for layer in range(start, d.block + 1)
-                       if not (layer == d.block and (d.is_attention or (parallel and d.kind == "mlp")))]
+                       if not (layer == d.block and (d.is_attention or (parallel and d.is_mlp)))]
             positionwise[d] = not d.is_attention and all(layer in attn_leaf for layer in feeding)
             identity[d] = (d.kind == "resid" and start == d.layer and Site("attn", d.layer) in inner
-                           and (Site("mlp", d.layer) in inner or bool(model.cfg.attn_only)))
+                           and (Site("mlp", d.layer) in inner or Site("tc", d.layer) in inner
+                                or bool(model.cfg.attn_only)))
         groups.append(EdgeGroup(R, start, max(d.block for d in parents), leaves, parents, positionwise,
                                 identity))
     return groups
@@ -124,11 +125,13 @@ def batch_edges(splice: Splice, group: EdgeGroup, record: BatchRecord, cands: di
         return
     need_graph = any(not group.identity[d] for d in down)
     captured: dict[Site, torch.Tensor] = {}
+    captured_in: dict[Site, torch.Tensor] = {}  # transcoders: the MLP input their encoder reads
 
     def make(site: Site) -> Callable[[torch.Tensor], torch.Tensor]:
         def fn(x: torch.Tensor) -> torch.Tensor:
             if site in group.parents:
                 captured[site] = x
+                captured_in[site] = splice.encoder_input(site, x)
             return leaves[site] if site in leaves else x
 
         return fn
@@ -141,16 +144,17 @@ def batch_edges(splice: Splice, group: EdgeGroup, record: BatchRecord, cands: di
             x = model.blocks[layer](x)
     cost.forward_passes += 1
     for d in down:
-        rows = _downstream_rows(splice, d, cands[d], record, captured[d].detach(), pair, method, summed)
+        # a transcoder's nodes read two tensors: cotangents live on [x_out | x_in] (docs/design.md §7)
+        x_d = torch.cat([captured[d], captured_in[d]], -1) if d.is_transcoder else captured[d]
+        rows = _downstream_rows(splice, d, cands[d], record, captured_in[d].detach(), pair, method, summed)
         if rows is None:
             continue
-        for packed in _pack(rows, group.positionwise[d] and not summed, x_shape=captured[d].shape,
-                            max_rows=max_rows):
+        for packed in _pack(rows, group.positionwise[d] and not summed, x_shape=x_d.shape, max_rows=max_rows):
             if group.identity[d]:
                 grads = {u: packed.cotangent for u in group.parents[d]}
             else:
                 inputs = [leaves[u] for u in group.parents[d]]
-                gs = torch.autograd.grad(captured[d], inputs, packed.cotangent, retain_graph=True,
+                gs = torch.autograd.grad(x_d, inputs, packed.cotangent, retain_graph=True,
                                          is_grads_batched=True, allow_unused=True)
                 cost.backward_passes += 1
                 grads = {u: (torch.zeros_like(packed.cotangent[..., :0]) if g is None else g)
@@ -172,18 +176,23 @@ class _Rows:
     w: torch.Tensor
 
 
-def _downstream_rows(splice: Splice, d: Site, cands: SiteCandidates, record: BatchRecord, x_d: torch.Tensor,
+def _downstream_rows(splice: Splice, d: Site, cands: SiteCandidates, record: BatchRecord, x_enc: torch.Tensor,
                      pair: torch.Tensor, method: Method, summed: bool) -> Optional[_Rows]:
     """Step 1: every live (row, candidate)'s gradient pulled back through ``d``'s encoder (closed form).
-    A row is live when its gradient is nonzero and, for a feature, the feature is active there."""
-    N, T = x_d.shape[:2]
+    A row is live when its gradient is nonzero and, for a feature, the feature is active there.
+    ``x_enc`` is what the encoder reads (the site vector; a transcoder's MLP input). At a transcoder site
+    the cotangents are on ``[x_out | x_in]``: a feature's ``[0 | g_i E_i]``, the error's
+    ``[g | -E^T([f != 0] (D g))]`` (``eps = x_out - dec(enc(x_in))``)."""
+    N, T = x_enc.shape[:2]
     grad = record.grads[d]
     nf = cands.n_features
     ns, cs, ws = [], [], []
     active = None
     if splice.has_sae(d):
-        active = method.estimator.active_features(splice, d, record, x_d, pair)
+        active = method.estimator.active_features(splice, d, record, x_enc, pair)
         E, D = splice.encoder_directions(d), splice.decoder_directions(d)
+        if d.is_transcoder:
+            E_out = torch.cat([torch.zeros_like(D), E], -1)  # a feature does not read x_out
     pos = cands.positions.clamp(max=T - 1)
     valid = torch.ones(len(cands), dtype=torch.bool) if summed else cands.positions < T
     if nf:
@@ -193,7 +202,7 @@ def _downstream_rows(splice: Splice, d: Site, cands: SiteCandidates, record: Bat
             gf = gf[:, fp, torch.arange(nf)][:, None, :]  # [N, 1, nf]: each at its own position
         gate = gf * valid[:nf]
         n, c = torch.nonzero(gate.abs().sum(1) > 0, as_tuple=True)
-        w = gate[n, :, c][..., None] * E[fi[c]][:, None, :]  # [M, T or 1, d]
+        w = gate[n, :, c][..., None] * (E_out if d.is_transcoder else E)[fi[c]][:, None, :]  # [M, T or 1, d]
         ns.append(n)
         cs.append(c)
         ws.append(w if summed else w[:, 0])
@@ -206,7 +215,10 @@ def _downstream_rows(splice: Splice, d: Site, cands: SiteCandidates, record: Bat
         w = g[n, c]  # [M, T or 1, d]
         if active is not None:  # error node: (I - E^T diag(f != 0) D) g
             act = active[n] if summed else active[n, vp[c]][:, None]
-            w = w - ((w @ D.T) * act) @ E
+            if d.is_transcoder:
+                w = torch.cat([w, -((w @ D.T) * act) @ E], -1)
+            else:
+                w = w - ((w @ D.T) * act) @ E
         ns.append(n)
         cs.append(c + nf)
         ws.append(w if summed else w[:, 0])

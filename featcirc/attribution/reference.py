@@ -28,7 +28,7 @@ def _parents(site: Site, spliced: list[Site], parallel: bool) -> list[Site]:
     earlier = sorted((s for s in spliced if key(s) < key(site)), key=key)
     out: list[Site] = []
     for s in reversed(earlier):
-        if parallel and site.kind == "mlp" and s.kind in ("attn", "z") and s.layer == site.layer:
+        if parallel and site.kind in ("mlp", "tc") and s.kind in ("attn", "z") and s.layer == site.layer:
             continue
         out.insert(0, s)
         if s.kind in ("embed", "resid"):
@@ -37,7 +37,7 @@ def _parents(site: Site, spliced: list[Site], parallel: bool) -> list[Site]:
 
 
 def _rank(s: Site) -> int:
-    return {"embed": -1, "attn": 0, "z": 0, "mlp": 1, "resid": 2}[s.kind]
+    return {"embed": -1, "attn": 0, "z": 0, "mlp": 1, "tc": 1, "resid": 2}[s.kind]
 
 
 def reference_edges(model, saes: dict, sites: list[str], records: list[BatchRecord], candidate_ids: list[str],
@@ -92,12 +92,20 @@ def _one(model, saes, rec: BatchRecord, b: int, alpha: float, d: Site, parents: 
         seen["x"] = act.flatten(-2) if d.kind == "z" else act
         return act
 
+    def capture_mlp_input(module, args):  # noqa: ARG001  (a transcoder reads the MLP's input)
+        seen["x_in"] = args[0]
+
     fwd = [(u.hook_name, replace(u)) for u in parents] + [(d.hook_name, capture)]
-    with torch.enable_grad(), lrp_rules(model, method.rules), model.hooks(fwd_hooks=fwd):
-        model(rec.batch.clean[b:b + 1], stop_at_layer=d.block + 1)
+    handle = model.blocks[d.block].mlp.register_forward_pre_hook(capture_mlp_input) if d.kind == "tc" else None
+    try:
+        with torch.enable_grad(), lrp_rules(model, method.rules), model.hooks(fwd_hooks=fwd):
+            model(rec.batch.clean[b:b + 1], stop_at_layer=d.block + 1)
+    finally:
+        if handle is not None:
+            handle.remove()
     x = seen["x"]
     sae = saes.get(d.name)
-    f_d = None if sae is None else sae.encode(x)
+    f_d = None if sae is None else sae.encode(seen["x_in"] if d.kind == "tc" else x)
     e_d = x if sae is None else x - sae.decode(f_d)
     g = rec.grads[d]
     for ref in by_site[d]:
