@@ -46,8 +46,9 @@ def test_spliced_forward_is_exact(arch, variant):
     x_in, x_out = mlp_io(model, tokens, 1)
     assert torch.allclose(states[Site("tc", 1)].features, tcs["tc.1"].encode(x_in), atol=1e-6)
     assert not torch.allclose(states[Site("tc", 1)].features, tcs["tc.1"].encode(x_out), atol=1e-3)
-    assert torch.allclose(states[Site("tc", 1)].vector, x_out - tcs["tc.1"].decode(tcs["tc.1"].encode(x_in)),
-                          atol=1e-5)
+    skip = x_in @ tcs["tc.1"].W_skip.T if variant == "skip" else 0.0
+    assert torch.allclose(states[Site("tc", 1)].vector,
+                          x_out - tcs["tc.1"].decode(tcs["tc.1"].encode(x_in)) - skip, atol=1e-5)
 
 
 def test_splice_rejects_misplaced_transcoders():
@@ -70,7 +71,8 @@ def score(model, data, method, saes, **kw):
 
 
 def test_exact_transcoder_nodes_equal_hand_patch():
-    """Patching one transcoder feature (or its error) by hand, with the MLP input read by our own pre-hook."""
+    """Patching one skip transcoder's feature (or its error) by hand, with the MLP input read by our own
+    pre-hook: the error is ``x - dec(f) - W_skip x_in``; the skip follows the input."""
     model = make_model("gpt2")
     tcs = make_transcoders(model, skip=True)
     tc = tcs["tc.0"]
@@ -82,16 +84,17 @@ def test_exact_transcoder_nodes_equal_hand_patch():
     xi_p, xo_p = mlp_io(model, batch.patch, 0)
     xi_c, _ = mlp_io(model, batch.clean, 0)
     f_p, f_c = tc.encode(xi_p), tc.encode(xi_c)
-    e_p = xo_p - tc.decode(f_p)
+    skip = lambda x_in: x_in @ tc.W_skip.T  # noqa: E731  (a linear path: neither a feature nor the error)
+    e_p = xo_p - tc.decode(f_p) - skip(xi_p)
     seen = {}
     handle = model.blocks[0].mlp.register_forward_pre_hook(lambda mod, args: seen.__setitem__("in", args[0]))
 
     def patched(fn):
         def hook(act, hook):  # noqa: ARG001
             f = tc.encode(seen["in"])
-            eps = act - tc.decode(f)
+            eps = act - tc.decode(f) - skip(seen["in"])
             f, eps = fn(f.clone(), eps.clone())
-            return tc.decode(f) + eps
+            return tc.decode(f) + eps + skip(seen["in"])
         return [("blocks.0.hook_mlp_out", hook)]
 
     try:

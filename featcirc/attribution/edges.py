@@ -66,8 +66,10 @@ class EdgeGroup:
     identity: dict[Site, bool]
 
 
-def edge_groups(model: HookedTransformer, sites: Iterable[Site]) -> list[EdgeGroup]:
-    """The site graph of ``sites`` (see the module doc), grouped by residual input."""
+def edge_groups(model: HookedTransformer, sites: Iterable[Site], skip_sites: Iterable[Site] = ()) -> list[EdgeGroup]:
+    """The site graph of ``sites`` (see the module doc), grouped by residual input. ``skip_sites``: skip
+    transcoders, whose linear skip keeps ``resid.L`` from being the plain sum of its inputs."""
+    skip_sites = {Site.parse(s) for s in skip_sites}
     spliced = sort_sites(sites)
     parallel = bool(model.cfg.parallel_attn_mlp)
     by_upstream: dict[Optional[Site], dict[Site, tuple[Site, ...]]] = {}
@@ -95,8 +97,8 @@ def edge_groups(model: HookedTransformer, sites: Iterable[Site]) -> list[EdgeGro
                        if not (layer == d.block and (d.is_attention or (parallel and d.is_mlp)))]
             positionwise[d] = not d.is_attention and all(layer in attn_leaf for layer in feeding)
             identity[d] = (d.kind == "resid" and start == d.layer and Site("attn", d.layer) in inner
-                           and (Site("mlp", d.layer) in inner or Site("tc", d.layer) in inner
-                                or bool(model.cfg.attn_only)))
+                           and (Site("mlp", d.layer) in inner or bool(model.cfg.attn_only)
+                                or (Site("tc", d.layer) in inner and Site("tc", d.layer) not in skip_sites)))
         groups.append(EdgeGroup(R, start, max(d.block for d in parents), leaves, parents, positionwise,
                                 identity))
     return groups

@@ -188,7 +188,7 @@ def _edge_pass(splice: Splice, data, method: Method, settings: AttributionSettin
     cost = Cost()
     t0 = time.perf_counter()
     cands = select_candidates(nodes, settings.max_nodes)
-    groups = edge_groups(splice.model, splice.sites)
+    groups = edge_groups(splice.model, splice.sites, splice.skip_sites)
     summed = settings.aggregation == "sum"
     sums = {(d, u): torch.zeros(len(cands[d]), len(cands[u]))
             for g in groups for d, ps in g.parents.items() for u in ps}

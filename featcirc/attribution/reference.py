@@ -80,32 +80,40 @@ def _one(model, saes, rec: BatchRecord, b: int, alpha: float, d: Site, parents: 
         leaves[u] = (f, e)
     seen: dict[str, torch.Tensor] = {}
 
+    def skip(site: Site) -> "torch.Tensor | float":  # a skip transcoder's linear path, live (docs/design.md §4b)
+        w = getattr(saes.get(site.name), "W_skip", None)
+        return 0.0 if w is None else seen[f"in{site.layer}"] @ w.T
+
     def replace(u: Site):
         def hook(act, hook):  # noqa: ARG001
             f, e = leaves[u]
             value = e if f is None else saes[u.name].decode(f) + e
-            return value.view_as(act)
+            return value.view_as(act) + (skip(u) if u.kind == "tc" else 0.0)
 
         return hook
 
     def capture(act, hook):  # noqa: ARG001
-        seen["x"] = act.flatten(-2) if d.kind == "z" else act
+        seen["x"] = act.flatten(-2) if d.kind == "z" else act - (skip(d) if d.kind == "tc" else 0.0)
         return act
 
-    def capture_mlp_input(module, args):  # noqa: ARG001  (a transcoder reads the MLP's input)
-        seen["x_in"] = args[0]
+    def capture_mlp_input(layer: int):  # a transcoder reads the MLP's input
+        def pre_hook(module, args):  # noqa: ARG001
+            seen[f"in{layer}"] = args[0]
+
+        return pre_hook
 
     fwd = [(u.hook_name, replace(u)) for u in parents] + [(d.hook_name, capture)]
-    handle = model.blocks[d.block].mlp.register_forward_pre_hook(capture_mlp_input) if d.kind == "tc" else None
+    handles = [model.blocks[s.block].mlp.register_forward_pre_hook(capture_mlp_input(s.block))
+               for s in parents + [d] if s.kind == "tc"]
     try:
         with torch.enable_grad(), lrp_rules(model, method.rules), model.hooks(fwd_hooks=fwd):
             model(rec.batch.clean[b:b + 1], stop_at_layer=d.block + 1)
     finally:
-        if handle is not None:
-            handle.remove()
+        for h in handles:
+            h.remove()
     x = seen["x"]
     sae = saes.get(d.name)
-    f_d = None if sae is None else sae.encode(seen["x_in"] if d.kind == "tc" else x)
+    f_d = None if sae is None else sae.encode(seen[f"in{d.block}"] if d.kind == "tc" else x)
     e_d = x if sae is None else x - sae.decode(f_d)
     g = rec.grads[d]
     for ref in by_site[d]:

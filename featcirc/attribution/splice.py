@@ -19,7 +19,10 @@ A *transcoder* site ``tc.L`` (docs/design.md §4b) encodes its features from the
 (ln2's output, captured by a forward pre-hook on ``blocks.L.mlp`` during the same forward) and decodes
 them to the MLP's output ``x = blocks.L.hook_mlp_out``: ``f = enc(x_in)``, ``eps = x - dec(f)``,
 ``y = dec(f) + eps = x``; everything else (leaves, straight-through) is as for an SAE at ``mlp.L``. A
-skip transcoder's linear skip ``W_skip x_in`` is not a feature: it is part of the error node.
+skip transcoder's linear skip ``W_skip x_in`` is neither a feature nor part of the error: it is a linear
+path, like the residual stream. The site vector the nodes split is ``x - W_skip x_in`` and the hook adds
+``W_skip x_in`` of the running forward back after the site function, so it follows the MLP's input
+whatever the nodes are set to (patched, ablated, interpolated, held as leaves).
 """
 
 from __future__ import annotations
@@ -99,6 +102,11 @@ class Splice:
         self._dirs: dict[Site, torch.Tensor] = {}
         self._enc: dict[Site, torch.Tensor] = {}
         self._mlp_in: dict[Site, torch.Tensor] = {}  # tc sites: the MLP input of the forward running now
+
+    @property
+    def skip_sites(self) -> list[Site]:
+        """Transcoder sites with a linear skip ``W_skip x_in`` (a path from the MLP's input to its output)."""
+        return [s for s in self.sites if s.is_transcoder and getattr(self.saes[s], "W_skip", None) is not None]
 
     @property
     def site_names(self) -> list[str]:
@@ -182,9 +190,14 @@ class Splice:
         tc = {s.layer: s for s in sites if s.is_transcoder}
 
         def fn_reading_input(site: Site, fn: SiteFn) -> SiteFn:
+            w_skip = getattr(self.saes[site], "W_skip", None)  # [d_out, d_in]
+
             def run(x: torch.Tensor) -> torch.Tensor:
-                self._mlp_in[site] = inputs[site.layer]
-                return fn(x)
+                x_in = self._mlp_in[site] = inputs[site.layer]
+                if w_skip is None:
+                    return fn(x)
+                skip = x_in @ w_skip.T.to(x_in.dtype)  # a linear path, not a node (docs/design.md §4b)
+                return fn(x - skip) + skip
 
             return run
 
