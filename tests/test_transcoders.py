@@ -4,6 +4,7 @@ edges between transcoder features are the analytic linear direct effects (frozen
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -239,3 +240,33 @@ def test_relp_edges_are_the_analytic_linear_direct_effects():
         assert w == pytest.approx(want, rel=1e-4, abs=1e-6 * max(abs(x) for x in got.values())), (u, d)
         checked += 1
     assert checked >= 20
+
+
+@pytest.mark.parametrize("ablation", ["mean", "patch"])
+def test_ablating_transcoder_nodes(ablation):
+    """Keeping every node gives the clean metric; ablating one skip transcoder's nodes (features and error)
+    under patch ablation equals patching its MLP output minus the skip, with the skip still live."""
+    from featcirc.evaluate.faithfulness import Ablator
+
+    model = make_model("gpt2")
+    tcs = make_transcoders(model, skip=True)
+    data = make_dataset(n_batches=1, batch=2, length=6)
+    batch = data.batches[0]
+    ab = Ablator(model, data, saes=tcs, ablation=ablation, progress=False)
+    assert np.allclose(ab.m_full_values, metric(model, batch).numpy(), atol=1e-5)
+    if ablation != "patch":
+        assert not np.allclose(ab.m_empty_values, ab.m_full_values)
+        return
+    T = batch.clean.shape[1]
+    keep = {f"tc.1/err@{t}" for t in range(T)} | {f"tc.1/{i}@{t}" for t in range(T) for i in range(48)}
+    got = ab.metric_values(keep)  # tc.0's nodes ablated, tc.1's kept
+    tc = tcs["tc.0"]
+    xi_p, xo_p = mlp_io(model, batch.patch, 0)
+    seen = {}
+    handle = model.blocks[0].mlp.register_forward_pre_hook(lambda mod, args: seen.__setitem__("in", args[0]))
+    try:  # the patch run's features and error at tc.0, the skip of the (clean) input of this run
+        want = metric(model, batch, [("blocks.0.hook_mlp_out", lambda act, hook: xo_p - xi_p @ tc.W_skip.T
+                                      + seen["in"] @ tc.W_skip.T)])
+    finally:
+        handle.remove()
+    assert np.allclose(got, want.numpy(), atol=1e-5)
