@@ -17,9 +17,11 @@ METRIC_COLOUR = "#f6b93b"
 
 SITE_COLOURS: dict[str, tuple[str, str]] = {  # (band fill, label ink) of a site kind's rows
     "embed": ("#eef0f7", "#44507a"), "attn": ("#e8f3e8", "#2f6f2f"), "z": ("#e8f3e8", "#2f6f2f"),
-    "mlp": ("#fbeedd", "#a35a12"), "resid": ("#eef0f7", "#44507a"), "metric": ("#fff5d6", "#7a5a00"),
+    "mlp": ("#fbeedd", "#a35a12"), "tc": ("#f5e6f3", "#8a2b7c"), "resid": ("#eef0f7", "#44507a"),
+    "metric": ("#fff5d6", "#7a5a00"),
 }
-"""Row colours of a site kind in drawings and the viewer (``z``, the heads' outputs, as ``attn``)."""
+"""Row colours of a site kind in drawings and the viewer (``z``, the heads' outputs, as ``attn``; ``tc``,
+a transcoder replacing the MLP, in its own colour beside ``mlp``'s so the two never look alike)."""
 
 SIGN_LEGEND = ("blue: supports the clean answer (score / weight > 0)", "red: opposes it (score / weight < 0)")
 """The sign legend of every drawing and the viewer."""

@@ -7,7 +7,10 @@
     node phase = one batch's node pass + the records kept from earlier batches
     edge phase = one batch's edge pass + the records kept for it + the SAE direction caches
 
-- *model weights*, *SAE weights*: the parameters (``E`` bytes an element of the model's dtype).
+- *model weights*, *SAE weights*: the parameters (``E`` bytes an element of the model's dtype; a
+  transcoder's ``d_in d_sae + d_sae d_out`` and a skip transcoder's ``W_skip``).
+- sites: ``d`` is a site vector's width and ``F`` its SAE's features; a transcoder site ``tc.L``
+  holds the MLP's output (``d = d_out``, d_model) and has the transcoder's ``d_sae`` features.
 - *SAE direction caches*: decoder and encoder directions ``[F, d]`` per site, cached by the splice
   for the edge pass.
 - *node pass* (one batch of ``B`` pairs, ``T`` positions): the batch's record (clean, patch, gradient
@@ -174,16 +177,30 @@ def activation_elements(cfg: Any, n_positions: int) -> float:
     return c_d * cfg.d_model + c_m * d_mlp + 1.25 * cfg.n_heads * n_positions + 8 * cfg.n_heads * cfg.d_head
 
 
+def _widths(sae: Any) -> tuple[int, int, int]:
+    """``(d_in, d_sae, d_out)`` of an SAE or transcoder, or of a tuple ``(d_in, d_sae)`` /
+    ``(d_in, d_sae, d_out)``; ``d_out = d_in`` for an SAE."""
+    if isinstance(sae, (tuple, list)):
+        if len(sae) not in (2, 3):
+            raise ValueError(f"an SAE's shape is (d_in, d_sae) or, for a transcoder, (d_in, d_sae, d_out); got {sae!r}")
+        return int(sae[0]), int(sae[1]), int(sae[-1] if len(sae) == 3 else sae[0])
+    d_out = getattr(sae.cfg, "d_out", None)
+    return int(sae.cfg.d_in), int(sae.cfg.d_sae), int(sae.cfg.d_in if d_out is None else d_out)
+
+
 def _site_shapes(cfg: Any, saes: Optional[Mapping[str, Any]], level: str) -> dict[Site, tuple[int, int]]:
-    """``{site: (d, F)}``: width and number of features (0 at a component site)."""
+    """``{site: (d, F)}``: width of the site's vector and number of features (0 at a component site).
+    A transcoder site ``tc.L`` holds the MLP's output: ``d`` is the transcoder's ``d_out`` (d_model),
+    ``F`` its ``d_sae``; its input (the MLP's, ``d_in``) is an activation the forward keeps anyway."""
     if level == "feature":
         if not saes:
-            raise ValueError("a feature-level estimate needs the SAEs (or {site: (d_in, d_sae)})")
+            raise ValueError("a feature-level estimate needs the SAEs (or {site: (d_in, d_sae)}, a transcoder's "
+                             "(d_in, d_sae, d_out))")
         out = {}
         for key, sae in saes.items():
-            d, f = (int(sae[0]), int(sae[1])) if isinstance(sae, (tuple, list)) else \
-                (int(sae.cfg.d_in), int(sae.cfg.d_sae))
-            out[Site.parse(key)] = (d, f)
+            d_in, f, d_out = _widths(sae)
+            site = Site.parse(key)
+            out[site] = (d_out if site.is_transcoder else d_in, f)
         return out
     if level != "component":
         raise ValueError(f"unknown level {level!r}; choose 'feature' or 'component'")
@@ -194,8 +211,8 @@ def _sae_bytes(saes: Optional[Mapping[str, Any]], e: int) -> int:
     total = 0
     for sae in (saes or {}).values():
         if isinstance(sae, (tuple, list)):
-            d, f = int(sae[0]), int(sae[1])
-            total += (2 * d * f + f + d) * e
+            d_in, f, d_out = _widths(sae)
+            total += (d_in * f + f * d_out + f + d_out) * e
         else:
             total += sum(t.numel() * t.element_size() for t in list(sae.parameters()) + list(sae.buffers()))
     return total
@@ -209,7 +226,7 @@ def estimate_peak_bytes(model_cfg: Any, saes: Optional[Mapping[str, Any]] = None
     """Estimated peak memory of ``attribute(model, data, method, saes, settings=...)`` (module doc).
 
     ``model_cfg``: the model's ``HookedTransformerConfig``; ``saes``: ``{site: SAE}`` (or
-    ``{site: (d_in, d_sae)}``); ``n_positions``: the longest prompt; ``n_pairs``: the dataset's size
+    ``{site: (d_in, d_sae)}``; a transcoder at ``tc.L``: its own, or ``(d_in, d_sae, d_out)``); ``n_positions``: the longest prompt; ``n_pairs``: the dataset's size
     (None: assume the kept records reach ``record_bytes``)."""
     if batch_size < 1 or n_positions < 1 or max_rows < 1:
         raise ValueError("batch_size, n_positions and max_rows must be >= 1")

@@ -14,10 +14,18 @@ feature        ``feature_type="cross layer transcoder"``, ``feature`` = :func:`f
                (circuit-tracer's encoding: its viewer shows ``L{layer}/{index}`` by un-pairing).
                The site code is :func:`featcirc.sites.stream_index` (embed 0, attn.L / z.L 3L+1,
                mlp.L 3L+2, resid.L 3L+3), not the layer as in circuit-tracer, because featcirc has
-               up to three sites per layer. Feature files for the viewer's feature panel are
-               named ``{feature}.json`` (:mod:`featcirc.export.graph_files`).
-error          ``feature_type="mlp reconstruction error"`` at every site (attn, z, mlp, resid,
-               embed), ``feature = -(1 + site code)`` (unique per site, negative like
+               up to three sites per layer; a transcoder ``tc.L`` has its own code
+               :data:`TC_SITE_CODE_BASE` ``+ L`` (it takes mlp.L's place in the graph, but an SAE set
+               may hold both, and their feature files share one directory). Feature files for the
+               viewer's feature panel are named ``{feature}.json`` (:mod:`featcirc.export.graph_files`).
+               A transcoder's feature (``tc.3/1234@7``: encoded from the MLP's input, decoded to
+               its output) is what circuit-tracer's own graphs hold: ``feature_type="cross layer
+               transcoder"`` with ``layer`` = the transcoder's layer, ``clerp`` ``tc.3 f1234 @7``;
+               ``metadata.info["features"]`` says which sites are transcoders
+               (:func:`feature_description`; ``kind="transcoder"`` when every feature node is one).
+error          ``feature_type="mlp reconstruction error"`` at every site (attn, z, mlp, tc, resid,
+               embed; for a transcoder it is what the name says: the MLP output the transcoder
+               does not reconstruct), ``feature = -(1 + site code)`` (unique per site, negative like
                circuit-tracer's ``-1``: no feature dashboard). The true site is in ``clerp``,
                ``Err: resid.2 “ wall”`` (``Err: resid.2`` when positions are summed), in
                ``node_id`` and in the extra ``site`` key. Why the type stays: it is the one error
@@ -93,7 +101,7 @@ import networkx as nx
 from featcirc.circuit import graph_n_layers, magnitude, node_label
 from featcirc.io import jsonable, write_text
 from featcirc.export.names import NEURONPEDIA_ID_RE, SLUG_RE, check_scan, check_slug, neuronpedia_model_id, slug_part
-from featcirc.sites import METRIC, stream_index
+from featcirc.sites import METRIC, Site, stream_index
 
 SCHEMA_VERSION = 1
 """``metadata.schema_version``: 1 = feature numbers are Cantor pairs (circuit-tracer >= 0.3)."""
@@ -123,14 +131,24 @@ def cantor_unpair(z: int) -> tuple[int, int]:
     return w - y, y
 
 
+TC_SITE_CODE_BASE = 10_000
+"""Site codes of transcoder sites: ``tc.L`` is ``TC_SITE_CODE_BASE + L``. Every other site's code is its
+stream index (``3L + 1 .. 3L + 3``), which stays below it for any model of fewer than 3,332 layers, so an
+``mlp.L`` SAE feature and a ``tc.L`` transcoder feature never share a feature number or viewer key."""
+
+
 def site_code(site: str) -> int:
     """A site's number in feature numbers: :func:`featcirc.sites.stream_index` (unique per site
-    of a model; it does not depend on the layer count for non-metric sites)."""
-    return stream_index(site, 0)
+    of a model; it does not depend on the layer count for non-metric sites), and for a transcoder
+    site ``tc.L`` :data:`TC_SITE_CODE_BASE` ``+ L`` (``tc.L`` shares mlp.L's stream index)."""
+    s = Site.parse(site)
+    if s.is_transcoder:
+        return TC_SITE_CODE_BASE + s.layer
+    return stream_index(s, 0)
 
 
 def feature_number(site: str, index: int) -> int:
-    """The attribution-graph ``feature`` of SAE feature ``index`` at ``site``:
+    """The attribution-graph ``feature`` of SAE (or transcoder) feature ``index`` at ``site``:
     ``cantor_pair(site_code(site), index)``; also the name of its feature file (``{n}.json``)."""
     return cantor_pair(site_code(site), int(index))
 
@@ -138,6 +156,25 @@ def feature_number(site: str, index: int) -> int:
 def vector_feature_number(site: str) -> int:
     """The ``feature`` of a site's error or component node: ``-(1 + site_code(site))``."""
     return -(1 + site_code(site))
+
+
+def feature_description(sites: Iterable[str]) -> dict:
+    """What a graph's feature nodes are (``metadata.info["features"]``), from the sites of its
+    feature nodes: ``kind`` ``"transcoder"`` (every one a transcoder feature, ``tc.L``: encoded from
+    the MLP's input, decoded to the MLP's output, as circuit-tracer's per-layer transcoders),
+    ``"sae"`` (none), ``"mixed"`` or ``"none"`` (no feature node), with the transcoder sites and
+    the SAE sites in forward order."""
+    named = sorted({Site.parse(s) for s in sites}, key=lambda s: (s.layer, site_code(s)))
+    tc = [s.name for s in named if s.is_transcoder]
+    sae = [s.name for s in named if not s.is_transcoder]
+    kind = "none" if not named else "transcoder" if not sae else "sae" if not tc else "mixed"
+    text = {"transcoder": "transcoder features: each tc.L feature is encoded from block L's MLP input and "
+                          "decoded to its MLP output (feature_type 'cross layer transcoder', layer L)",
+            "sae": "SAE features: each is encoded from and decoded to its own site",
+            "mixed": "SAE features and transcoder features (tc.L: encoded from block L's MLP input, decoded to "
+                     "its MLP output)",
+            "none": "no feature nodes"}[kind]
+    return {"kind": kind, "transcoder_sites": tc, "sae_sites": sae, "description": text}
 
 
 def graph_digest(G: nx.DiGraph) -> str:
@@ -435,6 +472,7 @@ def to_neuronpedia(G: nx.DiGraph, *, prompt: str, prompt_tokens: Iterable[str], 
         meta_info["n_nodes_not_in_example"] = len(dropped)
     metric_info, metric_text = _metric_info(mean, n_pairs, answers, example)
     meta_info["metric"] = metric_info
+    meta_info["features"] = feature_description(d["site"] for _, d in others if d["kind"] == "feature")
     desc = meta_info.get("description")
     desc = desc.rstrip() if isinstance(desc, str) else ""
     meta_info["description"] = (f"{desc}{'' if desc.endswith(('.', '!', '?')) else '.'} " if desc else "") + metric_text
@@ -616,7 +654,8 @@ def write_neuronpedia(G: nx.DiGraph, path, **kw: Any):
     return write_text(path, json.dumps(data, allow_nan=False) + "\n")
 
 
-__all__ = ["SCHEMA_VERSION", "NEURONPEDIA_ID_RE", "cantor_pair", "cantor_unpair", "site_code", "feature_number",
+__all__ = ["SCHEMA_VERSION", "NEURONPEDIA_ID_RE", "TC_SITE_CODE_BASE", "cantor_pair", "cantor_unpair", "site_code",
+           "feature_number", "feature_description",
            "vector_feature_number", "graph_digest", "default_slug", "neuronpedia_model_id", "check_scan",
            "check_slug", "slug_part", "strip_paths", "display_token", "influence_scores", "check_example",
            "metric_clerp", "to_neuronpedia", "validate_neuronpedia", "write_neuronpedia"]

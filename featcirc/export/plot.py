@@ -25,7 +25,7 @@ from matplotlib.collections import PatchCollection
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import PathPatch
+from matplotlib.patches import Patch, PathPatch
 from matplotlib.path import Path as MplPath
 
 from featcirc.circuit import graph_n_layers, is_scored, magnitude
@@ -38,6 +38,17 @@ from featcirc.sites import METRIC, stream_index
 
 _MARKER = {"feature": "o", "error": "s", "component": "D"}
 _KIND_NAME = {"feature": "SAE feature", "error": "SAE error node", "component": "component (whole site)"}
+_TC_ROWS = "tc rows: transcoder, MLP input \u2192 MLP output"
+
+
+def _kind_names(dictionary_kinds: "set[str]") -> dict[str, str]:
+    """The legend's names of the node kinds, from the site kinds of the feature and error nodes: with
+    transcoder sites (``tc.L``) among them, "transcoder feature" (every one a transcoder's) or "SAE or
+    transcoder feature"."""
+    if "tc" not in dictionary_kinds:
+        return dict(_KIND_NAME)
+    what = "transcoder" if dictionary_kinds == {"tc"} else "SAE or transcoder"
+    return {**_KIND_NAME, "feature": f"{what} feature", "error": f"{what} error node"}
 _METRIC_CHAR_PT = 4.8  # width of a character of the star's 7.5 pt bold label, with some slack
 
 
@@ -314,8 +325,13 @@ def circuit_figure(G: nx.DiGraph, *, title: str = "", tokens: Optional[Sequence[
     ax.set_title(head + what, fontsize=10, loc="left")
     handles = [Line2D([], [], color=POSITIVE_COLOUR, lw=2.5, label=SIGN_LEGEND[0]),
                Line2D([], [], color=NEGATIVE_COLOUR, lw=2.5, label=SIGN_LEGEND[1])]
+    kinds = {site.split(".")[0] for site in L.rows if site != METRIC}
+    names = _kind_names({str(d["site"]).split(".")[0] for _, d in others if d["kind"] in ("feature", "error")})
     handles += [Line2D([], [], marker=m, ls="", color="#999999", markeredgecolor="black",
-                       markeredgewidth=1.3 if k == "error" else 0.5, label=_KIND_NAME[k]) for k, m in _MARKER.items()]
+                       markeredgewidth=1.3 if k == "error" else 0.5, label=names[k]) for k, m in _MARKER.items()]
+    if "tc" in kinds:  # the transcoder's rows: their own colour, named (mlp.L's place in the block)
+        handles += [Patch(facecolor=SITE_COLOURS["tc"][0], edgecolor=SITE_COLOURS["tc"][1], lw=0.8,
+                          label=_TC_ROWS)]
     handles += [Line2D([], [], marker="*", ls="", color=METRIC_COLOUR, markersize=10,
                        label="metric: logit(clean answer) \u2212 logit(patch answer)")]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7.5, frameon=False,
@@ -329,7 +345,8 @@ def draw_circuit(G: nx.DiGraph, path: "str | os.PathLike[str]", *, title: str = 
     """Draw a circuit to a PNG (atomically).
 
     Rows are sites in forward order (embed at the bottom, the metric on top, attn / mlp / resid of
-    a layer in coloured bands); columns are token positions labelled with ``tokens`` (the prompt
+    a layer in coloured bands; a transcoder's ``tc.L`` row in mlp.L's place, in its own colour, named in
+    the legend); columns are token positions labelled with ``tokens`` (the prompt
     the positions index into; ``@p`` without them). Features are circles, error nodes squares
     with a heavy outline, component nodes diamonds, the metric a star; colour is the sign (blue:
     supports the clean answer, score > 0; red: opposes it), size and opacity grow with

@@ -50,15 +50,20 @@ def model_fingerprint(model) -> str:
 
 def sae_set_fingerprint(saes: Mapping[str, Any]) -> str:
     """sha256 over the sites of an SAE set: each SAE's site, width, architecture and samples of
-    its encoder and decoder weights."""
+    its encoder and decoder weights; for a transcoder (a config with an output width ``d_out``)
+    also ``d_out``, its class (``Transcoder``, ``SkipTranscoder``, ...) and its skip weights, so a
+    transcoder never shares cards with an SAE of the same shape."""
     h = hashlib.sha256()
     for site in sorted(saes):
         sae = saes[site]
         arch = getattr(sae.cfg, "architecture", None)
         arch = arch() if callable(arch) else arch
         h.update(json.dumps([site, int(sae.cfg.d_in), int(sae.cfg.d_sae), str(arch)]).encode())
-        for name in ("W_enc", "W_dec", "b_enc"):
-            if hasattr(sae, name):
+        d_out = getattr(sae.cfg, "d_out", None)
+        if d_out is not None:
+            h.update(json.dumps(["transcoder", int(d_out), type(sae).__name__]).encode())
+        for name in ("W_enc", "W_dec", "b_enc") + (("W_skip",) if d_out is not None else ()):
+            if getattr(sae, name, None) is not None:
                 h.update(_tensor_sample(getattr(sae, name)))
     return h.hexdigest()
 

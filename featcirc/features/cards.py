@@ -1,4 +1,4 @@
-"""Feature cards: what makes an SAE feature fire, computed locally in one pass over a corpus.
+"""Feature cards: what makes an SAE (or transcoder) feature fire, computed locally in one pass over a corpus.
 
 For every requested feature ``(site, index)`` a card holds
 
@@ -17,6 +17,10 @@ For every requested feature ``(site, index)`` a card holds
   logits per unit of activation *before* that division (they rank tokens exactly). Decoders of
   ``z.L`` sites (attention heads before ``W_O``) are mapped into the residual stream by ``W_O``.
 
+A transcoder's feature (``tc.L``) is encoded from the MLP's input (ln2's output, captured by
+:func:`featcirc.models.mlp_io.capturing_mlp_inputs` during the same forward), not from the site's own
+vector ``blocks.L.hook_mlp_out``, which is what it decodes to (its logit lens reads that decoder).
+
 Examples are token spans of their window, ``context_before`` tokens before the marked token and
 ``context_after`` after it (trailing padding left out), with the feature's activation at every token. Statistics skip BOS and
 padding positions (an SAE's activation at BOS says nothing about text; windows from
@@ -24,7 +28,7 @@ padding positions (an SAE's activation at BOS says nothing about text; windows f
 
 One pass: the windows go through the model in batches, with hooks only up to the last block
 needed (``model(tokens, stop_at_layer=...)``); every requested site's SAE encodes its activations
-from that one forward, and all statistics are updated from running state:
+(a transcoder: the MLP's input) from that one forward, and all statistics are updated from running state:
 
 - the top windows: a stable sort of (kept, batch) window maxima per feature;
 - the quantile examples: activations fall into fixed logarithmic buckets (``BUCKETS_PER_OCTAVE``
@@ -46,6 +50,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
 
+from featcirc.models.mlp_io import capturing_mlp_inputs
 from featcirc.sites import Site, card_key, parse_card_key, sort_sites, stream_index
 
 LOG2_LOW = -10
@@ -217,7 +222,7 @@ class CardAccumulator:
         self.settings = settings
         self.columns: list[tuple[str, int]] = [(s, i) for s, idx in features.items() for i in idx]
         F = len(self.columns)
-        self.uid = torch.tensor([(stream_index(s, 0) << 20) + i for s, i in self.columns], dtype=torch.long)
+        self.uid = torch.tensor([_feature_uid(s, i) for s, i in self.columns], dtype=torch.long)
         self.T = seq_len
         self.span = settings.context_before + settings.context_after + 1
         K, S = settings.top_k, N_BUCKETS * SAMPLES_PER_BUCKET
@@ -435,18 +440,18 @@ def compute_cards(model, saes: Mapping[str, Any], features: Mapping[str, Iterabl
             captured[name] = act.detach()
         return hook
 
-    fwd_hooks = [(s.hook_name, capture(s.name)) for s in sites]
-    with torch.no_grad():
+    fwd_hooks = [(s.hook_name, capture(s.name)) for s in sites if not s.is_transcoder]
+    mlp_in: dict[int, torch.Tensor] = {}  # tc sites: what a transcoder encodes, the MLP's input
+    with torch.no_grad(), capturing_mlp_inputs(model, sorted({s.layer for s in sites if s.is_transcoder}), mlp_in):
         for start in tqdm(range(0, N, batch_size), desc="feature cards", unit="batch",
                           disable=not progress, leave=False):
             batch = windows[start:start + batch_size]
             captured.clear()
+            mlp_in.clear()
             model.run_with_hooks(batch.to(device), fwd_hooks=fwd_hooks, stop_at_layer=stop, return_type=None)
             cols = []
             for s in sites:
-                x = captured[s.name]
-                if s.kind == "z":
-                    x = x.flatten(-2)
+                x = encoder_input(s, captured, mlp_in)
                 sae = saes[s.name]
                 f = sae.encode(x.to(sae.W_dec.dtype))
                 cols.append(f[..., idx[s.name].to(f.device)].float().cpu())
@@ -461,6 +466,22 @@ def compute_cards(model, saes: Mapping[str, Any], features: Mapping[str, Iterabl
     tokenizer = getattr(model, "tokenizer", None)
     pad_id = getattr(tokenizer, "pad_token_id", None)
     return acc.cards(windows, token_decoder(tokenizer), lens, pad_id=pad_id), acc.n_valid
+
+
+def encoder_input(site: Site, captured: Mapping[str, torch.Tensor], mlp_in: Mapping[int, torch.Tensor]) -> torch.Tensor:
+    """What ``site``'s SAE encodes, ``[B, T, d]``, from one forward's captures: the site's hook
+    activation (``z`` sites: heads flattened), or for a transcoder (``tc.L``) block L's MLP input."""
+    if site.is_transcoder:
+        return mlp_in[site.layer].detach()
+    x = captured[site.name]
+    return x.flatten(-2) if site.kind == "z" else x
+
+
+def _feature_uid(site: str, index: int) -> int:
+    """A feature's id in the sampling hash (below 2**32): its site's stream index and its index; a
+    transcoder's ``tc.L`` (mlp.L's stream index) is shifted by 2**31 so the two never share keys."""
+    s = Site.parse(site)
+    return (stream_index(s, 0) << 20) + int(index) + ((1 << 31) if s.is_transcoder else 0)
 
 
 def token_decoder(tokenizer):
@@ -478,4 +499,4 @@ def token_decoder(tokenizer):
 
 __all__ = ["CardSettings", "FeatureRequestError", "card_key", "parse_card_key", "normalize_request",
            "compute_cards", "logit_lens", "decoder_directions", "uniform_keys", "bucket_of", "bucket_edges",
-           "CardAccumulator", "token_decoder", "N_BUCKETS", "SAMPLES_PER_BUCKET"]
+           "CardAccumulator", "encoder_input", "token_decoder", "N_BUCKETS", "SAMPLES_PER_BUCKET"]

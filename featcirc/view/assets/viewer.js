@@ -2,7 +2,7 @@
  *
  * Reads the graph embedded in <script id="featcirc-data"> (written by featcirc.view.write_viewer),
  * prunes it in the page with the rule of featcirc.circuit.prune, lays it out by layer (rows, one
- * sub-row per site: attn (or z), mlp, resid in forward order) and token position (columns), fitted to the
+ * sub-row per site: attn (or z), mlp (or a transcoder's tc), resid in forward order) and token position (columns), fitted to the
  * window (redone on resize), and shows a node's details and feature card on hover / click. The
  * header gives the exported circuit's faithfulness F under each ablation measured (each named) and
  * whether the circuit shown is that one;
@@ -112,7 +112,9 @@
   }
 
   // ---------------------------------------------------------------------------- layout
-  var SITE_KIND_ORDER = { embed: 0, attn: 1, z: 1, mlp: 2, resid: 3 };  // featcirc.sites.stream_index (z.L in attn.L's place)
+  // featcirc.sites.stream_index (z.L in attn.L's place, a transcoder's tc.L in mlp.L's)
+  var SITE_KIND_ORDER = { embed: 0, attn: 1, z: 1, mlp: 2, tc: 2, resid: 3 };
+  var TC_TEXT = "transcoder: MLP input \u2192 MLP output";
   function siteKind(site) { return site.split(".")[0]; }
   function streamIndex(site) {
     if (site === "metric") return 3 * D.n_layers + 1;
@@ -672,10 +674,16 @@
     row(function (s) { el("line", { x1: -12, x2: 12, y1: 0, y2: 0, stroke: STYLE.negative, "stroke-width": 3 }, s);
                        el("circle", { r: 5, fill: STYLE.negative }, s); },
         STYLE.sign_legend[1]);
+    // feature and error nodes: an SAE's, a transcoder's (tc.L) or, in a mixed circuit, either
+    var dictKinds = {};
+    nodes.forEach(function (n) { if (n.kind === "feature" || n.kind === "error") dictKinds[siteKind(n.site)] = 1; });
+    var hasTc = rowSites.some(function (site) { return siteKind(site) === "tc"; });
+    var onlyTc = dictKinds.tc && Object.keys(dictKinds).length === 1;
+    var dict = onlyTc ? "transcoder" : (dictKinds.tc ? "SAE or transcoder" : "SAE");
     row(function (s) { el("circle", { r: 6, fill: "#999", stroke: "#2b2b2b", "stroke-width": 0.7 }, s); },
-        "SAE feature (size and opacity grow with |score|)");
+        dict + " feature (size and opacity grow with |score|)");
     row(function (s) { el("rect", { x: -6, y: -6, width: 12, height: 12, fill: "#999", stroke: "#000", "stroke-width": 1.6 }, s); },
-        "SAE error node (what the SAE does not reconstruct)");
+        dict + " error node (what the " + dict + " does not reconstruct)");
     row(function (s) { el("polygon", { points: "0,-8 8,0 0,8 -8,0", fill: "#999", stroke: "#2b2b2b", "stroke-width": 0.7 }, s); },
         "component node (a whole site, no SAE)");
     row(function (s) {
@@ -685,9 +693,10 @@
       el("polygon", { points: pts.join(" "), fill: STYLE.metric, stroke: "#6b4d00" }, s);
     }, "metric: logit(clean answer) \u2212 logit(patch answer)");
     var hasZ = rowSites.some(function (site) { return siteKind(site) === "z"; });
-    (hasZ ? ["attn", "z", "mlp", "resid"] : ["attn", "mlp", "resid"]).forEach(function (kind) {
+    ["attn"].concat(hasZ ? ["z"] : [], ["mlp"], hasTc ? ["tc"] : [], ["resid"]).forEach(function (kind) {
       row(function (s) { el("rect", { x: -12, y: -7, width: 24, height: 14, fill: BAND_FILL[kind], stroke: BAND_INK[kind] }, s); },
           kind + " rows: " + { attn: "attention output", z: "attention heads' outputs before W_O (hook_z)", mlp: "MLP output",
+                               tc: TC_TEXT + " (in the MLP's place)",
                                resid: "residual stream after the block (embed: before block 0)" }[kind]);
     });
     h("p", { "class": "help" }, "Edge width and opacity grow with |weight|. Rows run from the embedding (bottom) " +
@@ -778,7 +787,7 @@
       metricFacts().forEach(function (row) { fact(row[0], row[1]); });
     } else {
       fact("kind", n.kind + (n.kind === "feature" ? " " + n.feature : ""));
-      fact("site", n.site);
+      fact("site", n.site + (siteKind(n.site) === "tc" ? "  (" + TC_TEXT + ")" : ""));
       if (n.position >= 0) fact("position", n.position + (D.tokens ? "  " + JSON.stringify(D.tokens[n.position]) : ""));
       fact("score", signed(n.score), n.score > 0 ? "pos" : (n.score < 0 ? "neg" : ""));
       fact("", n.score > 0 ? "supports the clean answer" : (n.score < 0 ? "opposes the clean answer" : "no effect"));
@@ -917,7 +926,9 @@
     h("span", null, " \u00b7 ", k);
     var neg = h("b", null, STYLE.sign_legend[1], k);
     neg.style.color = STYLE.negative;
-    h("span", null, " \u00b7 \u25cf feature \u25a0 SAE error \u25c6 component \u2605 metric \u00b7 size |score|, width |weight|", k);
+    var tcRows = rowSites.some(function (site) { return siteKind(site) === "tc"; });
+    h("span", null, " \u00b7 \u25cf feature \u25a0 " + (tcRows ? "SAE or transcoder error" : "SAE error") +
+      " \u25c6 component \u2605 metric \u00b7 size |score|, width |weight|" + (tcRows ? " \u00b7 tc: " + TC_TEXT : ""), k);
   })();
   var notes = document.getElementById("notes");
   var caps = D.caps;
