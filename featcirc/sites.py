@@ -162,8 +162,11 @@ def transcoder_site_from_hook_name(hook_name: str) -> Site:
 
 def hook_names_of(site: "str | Site") -> tuple[str, ...]:
     """Every hook name that :func:`site_from_hook_name` maps to ``site``: its own hook and, for
-    ``resid.L``, ``blocks.(L+1).hook_resid_pre`` (which a model of L+1 layers lacks)."""
+    ``resid.L``, ``blocks.(L+1).hook_resid_pre`` (which a model of L+1 layers lacks). For a transcoder site
+    ``tc.L`` the input hooks its configs name, which :func:`transcoder_site_from_hook_name` maps back."""
     s = Site.parse(site)
+    if s.is_transcoder:
+        return (f"blocks.{s.layer}.hook_mlp_in", f"blocks.{s.layer}.ln2.hook_normalized")
     return (s.hook_name, f"blocks.{s.layer + 1}.hook_resid_pre") if s.kind == "resid" else (s.hook_name,)
 
 

@@ -229,3 +229,110 @@ def test_other_models_are_measured_on_a_packed_english_sample(tiny, monkeypatch)
     monkeypatch.setattr(fit, "_default_corpus_head", lambda: ["The river rose.", "A short text."])
     name, windows, keep = fit.fit_sample(other, "other")
     assert name.startswith("default corpus") and windows.shape[0] == 1 and int(keep.sum()) < 20
+
+
+# ------------------------------------------------------------------------------------------ (g) transcoders
+def _fitted_transcoder(model, layer: int, *, read: str = "mlp_in", skip: bool = False, d_sae: int = 512):
+    """A ReLU transcoder for block ``layer``'s MLP, fitted here on sentences other than the fit sample's: a
+    random encoder of ``read`` (``mlp_in``: ln2's output, as featcirc feeds it; or a hook such as
+    ``hook_resid_mid``, the pre-norm stream) with about 1 in 6 features active, and the decoder (with ``skip``:
+    the decoder and a linear skip ``W_skip``) by ridge least squares onto the MLP's output."""
+    from sae_lens.saes.transcoder import SkipTranscoder, SkipTranscoderConfig, Transcoder, TranscoderConfig
+
+    from featcirc.data.corpus import Corpus, token_windows
+    from featcirc.data.tiny_corpus import build_corpus, load_vocab_split
+    from featcirc.models.mlp_io import recording_mlp_io
+
+    texts = build_corpus(load_vocab_split(), 7, n_ioi=64, n_sva=16, n_filler=256)[:300]
+    windows = token_windows(model, Corpus.from_texts("fit-train", texts), 32, pack=False)
+    keep = windows != model.tokenizer.pad_token_id
+    keep[:, 0] = False
+    hook = f"blocks.{layer}.{read}"
+    with torch.no_grad(), recording_mlp_io(model, [layer]) as io:
+        _, cache = model.run_with_cache(windows, names_filter=lambda h: h == hook, stop_at_layer=layer + 1,
+                                        prepend_bos=False)
+    x = io[layer][0][keep] if read == "mlp_in" else cache[hook][keep]
+    y = io[layer][1][keep]
+    d = model.cfg.d_model
+    g = torch.Generator().manual_seed(layer)
+    w = torch.randn(d, d_sae, generator=g)
+    w = w / ((x - x.mean(0)) @ w).std(0)
+    b = -(x.mean(0) @ w) - 1.0
+    feats = [torch.relu(x @ w + b)] + ([x] if skip else [])
+    a = torch.cat([*feats, torch.ones(len(x), 1)], 1).double()
+    sol = torch.linalg.solve(a.T @ a + 1e-2 * torch.eye(a.shape[1], dtype=torch.double), a.T @ y.double()).float()
+    cls, cfg_cls = (SkipTranscoder, SkipTranscoderConfig) if skip else (Transcoder, TranscoderConfig)
+    tc = cls(cfg_cls(d_in=d, d_sae=d_sae, d_out=d, apply_b_dec_to_input=False))
+    with torch.no_grad():
+        tc.W_enc.copy_(w)
+        tc.b_enc.copy_(b)
+        tc.W_dec.copy_(sol[:d_sae])
+        tc.b_dec.copy_(sol[-1])
+        if skip:
+            tc.W_skip.copy_(sol[d_sae:d_sae + d].T)
+    tc.cfg.metadata.hook_name = f"blocks.{layer}.hook_mlp_in"
+    tc.cfg.metadata.model_name = "featcirc-tiny"
+    return tc.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def transcoders(tiny):
+    model, _ = tiny
+    return dict(good=_fitted_transcoder(model, 2), prenorm=_fitted_transcoder(model, 2, read="hook_resid_mid"),
+                skip=_fitted_transcoder(model, 2, skip=True), layer3=_fitted_transcoder(model, 3))
+
+
+def test_a_fitted_transcoder_fits_its_mlp_beside_saes_and_is_recorded(tiny, transcoders, tmp_path):
+    model, saes = tiny
+    mixed = {"resid.1": saes["resid.1"], "tc.2": transcoders["good"], "resid.2": saes["resid.2"]}
+    record = check_fit(model, mixed, model_name="tiny")
+    assert record["tc.2"]["fve"] > 0.9  # measured 0.989
+    assert 20 < record["tc.2"]["l0"] < 200 and record["tc.2"]["tokens"] == record["resid.1"]["tokens"]
+    assert record["resid.2"]["fve"] > 0.95 and fit_record(mixed) == record
+    # the skip connection is part of the prediction (SAELens's SkipTranscoder.forward adds x @ W_skip.T)
+    skip = transcoders["skip"]
+    with_skip = check_fit(model, {"tc.2": skip}, model_name="tiny")["tc.2"]["fve"]
+    assert with_skip > 0.9
+    cut = copy.deepcopy(skip)
+    cut.W_skip.zero_()
+    assert fit.measure_fit(model, {"tc.2": cut}, *fit.fit_sample(model, "tiny")[1:])["tc.2"]["fve"] < with_skip - 0.05
+    # through a command's loader: a directory mixing SAEs and the transcoder, cached like the SAEs
+    from featcirc.saes.loading import save_saes
+
+    save_saes({"resid.2": saes["resid.2"], "tc.2": transcoders["good"]}, tmp_path / "set")
+    _, loaded = load_model_and_saes("tiny", str(tmp_path / "set"), "feature")
+    rec = fit_record(loaded)
+    assert set(rec) == {"resid.2", "tc.2"} and rec["tc.2"]["fve"] == pytest.approx(record["tc.2"]["fve"], abs=1e-4)
+    assert len(list((tmp_path / "cache" / "sae-fit").glob("*.json"))) == 1
+
+
+def test_a_transcoder_reading_the_pre_norm_stream_is_caught_with_its_cause(tiny, transcoders):
+    model, _ = tiny
+    with pytest.raises(SAEFitError) as e:
+        check_fit(model, {"tc.2": transcoders["prenorm"]}, model_name="tiny")
+    msg = str(e.value)
+    assert "\n" not in msg and "--skip-fit-check" in msg
+    assert "site tc.2 a transcoder from block 2's MLP input to blocks.2.hook_mlp_out: FVE" in msg
+    assert re.search(r"likely its input is read at the wrong point: it predicts blocks\.2\.hook_mlp_out from "
+                     r"blocks\.2\.hook_resid_mid \(FVE 0\.9\d\), the pre-norm residual stream \(ln2's input\), instead "
+                     r"of the MLP's input \(ln2's output", msg), msg
+
+
+def test_a_transcoder_of_another_layer_or_model_is_caught(tiny, transcoders):
+    from transformer_lens import HookedTransformer
+
+    model, _ = tiny
+    moved = copy.deepcopy(transcoders["layer3"])
+    moved.cfg.metadata.hook_name = "blocks.1.hook_mlp_in"
+    with pytest.raises(SAEFitError, match=r"site tc\.1 .*likely a transcoder of another layer: it predicts block 3's "
+                                          r"MLP output from that MLP's input \(FVE 0\.9\d\) instead"):
+        check_fit(model, {"tc.1": moved}, model_name="tiny")
+    cfg = copy.deepcopy(model.cfg)  # the same shapes, other (random) weights
+    cfg.model_name, cfg.seed = "other-model", 5
+    other = HookedTransformer(cfg, tokenizer=model.tokenizer).eval()
+    with pytest.raises(SAEFitError) as e:
+        check_fit(other, {"tc.2": transcoders["good"]}, model_name="other")
+    msg = str(e.value)
+    assert "site tc.2" in msg and "likely a transcoder trained for another model (its cfg.json says model " \
+                                  "'featcirc-tiny')" in msg
+    assert "no input point of blocks 0-3 predicts the MLP's output with it" in msg

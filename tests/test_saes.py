@@ -99,7 +99,8 @@ def test_hook_aliasing_has_one_definition_in_sites():
         assert site_from_hook_name(hook) == _site_of_hook(hook, Path("cfg.json")) == site
         assert hook in sites.hook_names_of(site)
     for site in sites.all_sites(4, kinds=sites.SITE_KINDS):
-        assert {sites.site_from_hook_name(h) for h in sites.hook_names_of(site)} == {site}
+        back = sites.transcoder_site_from_hook_name if site.is_transcoder else sites.site_from_hook_name
+        assert {back(h) for h in sites.hook_names_of(site)} == {site}
     assert sites.hook_names_of("resid.2") == ("blocks.2.hook_resid_post", "blocks.3.hook_resid_pre")
     with pytest.raises(ValueError, match="not a featcirc site"):
         sites.site_from_hook_name("blocks.0.hook_mlp_in")
@@ -395,7 +396,8 @@ def test_set_descriptions_match_saelens_registry(name, monkeypatch):
         info = directory[e["release"]]
         assert e["sae_id"] in info.saes_map, (name, site, e)
         assert info.model in {desc["model"], *desc["model_aliases"]}
-        assert site_from_hook_name(e["hook_name"]) == Site.parse(site)
+        tc = Site.parse(site).is_transcoder
+        assert site_from_hook_name(e["hook_name"], transcoder=tc) == Site.parse(site)
         assert Site.parse(site).layer < desc["n_layers"]
         if info.conversion_func is None:  # SAELens-format repos: ids are the hook names
             assert e["hook_name"] == e["sae_id"]
@@ -406,9 +408,12 @@ def test_set_descriptions_match_saelens_registry(name, monkeypatch):
             def no_config(*a, **k):
                 raise EntryNotFoundError("no config.json")
             monkeypatch.setattr(loaders, "hf_hub_download", no_config)
-            monkeypatch.setattr(loaders, "get_safetensors_tensor_shapes", lambda repo, f: {"w_enc": [1024, 16384]})
+            monkeypatch.setattr(loaders, "get_safetensors_tensor_shapes",
+                                lambda repo, f: {"w_enc": [1024, 16384], "w_dec": [16384, desc["d_model"]]})
             cfg = loaders.get_gemma_3_config_from_hf(info.repo_id, info.saes_map[e["sae_id"]], "cpu")
-            assert cfg["hook_name"] == e["hook_name"] and cfg["architecture"] == "jumprelu"
+            want = ("jumprelu_skip_transcoder" if e["sae_id"].endswith("_affine") else "jumprelu_transcoder") if tc \
+                else "jumprelu"
+            assert cfg["hook_name"] == e["hook_name"] and cfg["architecture"] == want
         else:
             pytest.fail(f"untested conversion {info.conversion_func}")
 

@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 from featcirc.saes.spec import named_sae_sets, parse_sae_spec
-from featcirc.sites import Site, site_from_hook_name
+from featcirc.sites import Site, site_from_hook_name, transcoder_site_from_hook_name
 from featcirc.vocabulary import ABLATIONS as ABLATION_NAMES  # the names --ablation(s) take
 from featcirc.vocabulary import DTYPE_NAMES, MASK_ABLATIONS, PRUNERS
 
 SAE_CFG = "cfg.json"
 SAE_WEIGHTS = "sae_weights.safetensors"
+TRANSCODER_ARCHITECTURES: tuple[str, ...] = ("transcoder", "skip_transcoder", "jumprelu_transcoder",
+                                             "jumprelu_skip_transcoder")
+"""SAELens's transcoder architectures (``cfg.json``'s ``architecture``): read the MLP's input, write its output."""
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -244,10 +247,30 @@ def check_model_name(name: str) -> Optional[dict]:
 
 
 # --------------------------------------------------------------------------------------------- SAEs
-def _site_of_hook(hook: str, where: Path) -> Site:
+def is_transcoder_config(cfg: dict) -> bool:
+    """Whether a SAELens ``cfg.json`` (as a dict) is a transcoder's: a transcoder architecture, or an
+    output width ``d_out``."""
+    return cfg.get("architecture") in TRANSCODER_ARCHITECTURES or cfg.get("d_out") is not None
+
+
+def _site_of_hook(hook: str, where: Path, transcoder: bool = False) -> Site:
+    """The site of an SAE's (``transcoder``: a transcoder's) hook; a plain SAE at the MLP's input cannot be
+    spliced (only a transcoder reads it)."""
     try:
+        if transcoder:
+            return transcoder_site_from_hook_name(hook)
         return site_from_hook_name(hook)
     except ValueError as e:
+        if not transcoder:
+            try:
+                transcoder_site_from_hook_name(hook)
+            except ValueError:
+                pass
+            else:
+                raise InputError(f"{where}: hook_name {hook!r} is not a site featcirc can splice with an SAE: it is "
+                                 "the MLP's input, where featcirc splices only a transcoder (architecture transcoder, "
+                                 "skip_transcoder, jumprelu_transcoder or jumprelu_skip_transcoder, with d_out); "
+                                 "remove this SAE from the set") from None
         raise InputError(f"{where}: hook_name {hook!r} is not a site featcirc can splice ({e})") from None
 
 
@@ -286,7 +309,9 @@ def check_sae_config(directory: Path, model_shape: Optional[dict] = None) -> Sit
     """Check one SAELens SAE directory: ``cfg.json`` is a JSON object with positive ``d_in`` and
     ``d_sae`` and a hook name featcirc can splice, the weights file exists and its ``W_enc`` /
     ``W_dec`` shapes agree with ``d_in`` x ``d_sae``, and (given ``model_shape``) ``d_in`` fits the
-    site. Returns the SAE's site."""
+    site. A transcoder (:func:`is_transcoder_config`) also has a positive ``d_out`` (``W_dec`` is
+    ``d_sae`` x ``d_out``, ``W_skip`` ``d_out`` x ``d_in``), its site is ``tc.L`` from its input hook, and
+    both ``d_in`` and ``d_out`` must be the model's ``d_model``. Returns the SAE's site."""
     cfg_path = directory / SAE_CFG
     fix = f"re-save the SAE (SAELens `sae.save_model(dir)`) or remove {directory} from the set"
     try:
@@ -298,7 +323,8 @@ def check_sae_config(directory: Path, model_shape: Optional[dict] = None) -> Sit
     if not isinstance(cfg, dict):
         raise InputError(f"SAE config {cfg_path} holds {type(cfg).__name__}, not a JSON object; {fix}")
     dims = {}
-    for key in ("d_in", "d_sae"):
+    tc = is_transcoder_config(cfg)
+    for key in ("d_in", "d_sae", "d_out") if tc else ("d_in", "d_sae"):
         v = cfg.get(key)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise InputError(f"SAE config {cfg_path}: {key!r} must be a positive integer, got {v!r}; {fix}")
@@ -307,7 +333,7 @@ def check_sae_config(directory: Path, model_shape: Optional[dict] = None) -> Sit
     hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
     if not isinstance(hook, str) or not hook:
         raise InputError(f"SAE config {cfg_path} names no hook (metadata.hook_name), so its site is unknown; {fix}")
-    site = _site_of_hook(hook, cfg_path)
+    site = _site_of_hook(hook, cfg_path, transcoder=tc)
     weights = directory / SAE_WEIGHTS
     if not weights.is_file():
         raise InputError(f"{weights} is missing: an SAE directory holds {SAE_CFG} and {SAE_WEIGHTS}")
@@ -318,20 +344,41 @@ def check_sae_config(directory: Path, model_shape: Optional[dict] = None) -> Sit
     except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
         raise InputError(f"{weights} is not a readable safetensors file ({e}); {fix}") from None
     d_in, d_sae = dims["d_in"], dims["d_sae"]
-    for name, want in (("W_enc", [d_in, d_sae]), ("W_dec", [d_sae, d_in])):
+    d_out = dims.get("d_out", d_in)
+    said = f"d_in={d_in}, d_sae={d_sae}" + (f", d_out={d_out}" if tc else "")
+    for name, want in (("W_enc", [d_in, d_sae]), ("W_dec", [d_sae, d_out]), ("W_skip", [d_out, d_in])):
         if name in shapes and shapes[name] != want:
-            raise InputError(f"SAE {directory} is inconsistent: {cfg_path.name} says d_in={d_in}, d_sae={d_sae} "
+            raise InputError(f"SAE {directory} is inconsistent: {cfg_path.name} says {said} "
                              f"but {SAE_WEIGHTS} holds {name} of shape {shapes[name]} (expected {want}); {fix}")
-    if model_shape:
+    if model_shape and tc:
+        width = model_shape.get("d_model")
+        if width and (d_in, d_out) != (width, width):
+            raise InputError(f"transcoder {directory} (site {site.name}) has d_in={d_in} and d_out={d_out}, but the "
+                             f"model's MLP input and output are d_model={width} wide: it was trained for another model")
+    elif model_shape:
         width = (model_shape.get("n_heads", 0) * model_shape.get("d_head", 0) if site.kind == "z"
                  else model_shape.get("d_model"))
         if width and d_in != width:
             raise InputError(f"SAE {directory} reads {hook} with d_in={d_in}, but the model's {site.name} has "
                              f"width {width}: it was trained for another model")
-        n_layers = model_shape.get("n_layers")
-        if n_layers is not None and site.layer >= n_layers:
-            raise InputError(f"SAE {directory} reads {hook}, but the model has {n_layers} layers")
+    n_layers = (model_shape or {}).get("n_layers")
+    if n_layers is not None and site.layer >= n_layers:
+        raise InputError(f"SAE {directory} reads {hook}, but the model has {n_layers} layers")
     return site
+
+
+def check_sae_dir_name(directory: Path, root: Path, site: Site) -> None:
+    """A subdirectory of a set named like a site (``tc.1``, ``resid.3``: as ``save_saes`` and ``featcirc
+    train-saes`` name them) must hold that site's SAE (``site``, from its ``cfg.json``); other names are free."""
+    if directory == root:
+        return
+    try:
+        named = Site.parse(directory.name)
+    except ValueError:
+        return
+    if named != site:
+        raise InputError(f"{directory} is named for site {named.name}, but its {SAE_CFG} is for site {site.name}; "
+                         f"rename the directory to {site.name} or fix metadata.hook_name in its {SAE_CFG}")
 
 
 def check_sae_spec(spec: Optional[str], model_shape: Optional[dict] = None) -> None:
@@ -372,10 +419,12 @@ def check_sae_spec(spec: Optional[str], model_shape: Optional[dict] = None) -> N
         if site in seen:
             raise InputError(f"two SAEs for site {site.name} in {path}: {seen[site].name} and {d.name}; keep one")
         seen[site] = d
+    for site, d in seen.items():
+        check_sae_dir_name(d, path, site)
 
 
 __all__ = ["ABLATION_NAMES", "DTYPE_NAMES", "InputError", "check_device_name", "check_dtype_name", "check_float", "check_int",
-           "check_memory_size",
+           "check_memory_size", "check_sae_dir_name", "is_transcoder_config", "TRANSCODER_ARCHITECTURES",
            "check_model_name", "check_sae_config", "check_sae_spec", "named_sae_sets", "safetensors_shapes",
            "tiny_model_config", "TruncatedFileError", "MAX_BOOTSTRAP", "MAX_IG_STEPS", "MAX_SAE_WIDTH",
            "check_saes_level", "check_train_size", "max_threads", "parse_ablations", "physical_memory_bytes",

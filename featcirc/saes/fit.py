@@ -8,7 +8,9 @@ measures, on a few hundred tokens of a fixed text (:func:`fit_sample`), every SA
 its own site:
 
 - ``fve``: fraction of variance explained, ``1 - sum |x - x_hat|^2 / sum |x - mean(x)|^2`` over
-  tokens (BOS and padding excluded; ``z`` sites flattened over heads);
+  tokens (BOS and padding excluded; ``z`` sites flattened over heads); for a transcoder at ``tc.L``,
+  ``x`` is the MLP's output ``blocks.L.hook_mlp_out`` and ``x_hat = dec(enc(x_in)) (+ W_skip x_in)``
+  from the MLP's input ``x_in`` (ln2's output, :func:`featcirc.models.mlp_io.recording_mlp_io`);
 - ``l0``: mean number of active features per token, beside ``expected_l0``, what the SAE's card or
   config says (``metrics.json`` of a set trained by ``featcirc train-saes``, SAELens's registry for
   named sets, ``cfg.metadata.l0``, TopK's ``k``; None when unknown), and ``expected_fve`` where the
@@ -18,7 +20,9 @@ An SAE with FVE below :data:`MIN_FVE` (or not finite) is an :class:`SAEFitError`
 the command line prints one line, exit 2) naming the site, the FVE and the likely cause, found by
 trying the SAE on the model's other hooks of its width in nearby blocks (a wrong hook, a pre- vs
 post-norm mix-up) and by its card's own FVE (an SAE that reconstructs poorly anyway), else an SAE
-trained for another model or other weights. An L0 far from the expected one is a warning.
+trained for another model or other weights. A failing transcoder is tried on the other input points of
+nearby blocks (the pre-norm residual stream, ln2's input, instead of ln2's output) and on the MLPs of
+nearby blocks (another layer's transcoder). An L0 far from the expected one is a warning.
 ``--skip-fit-check`` (:func:`skipping`) or ``FEATCIRC_SKIP_FIT_CHECK=1`` (:data:`SKIP_ENV`) skips the check.
 
 The measurements are cached once per (model identity, SAE identity, dtype, sample) in
@@ -240,21 +244,28 @@ def _flat(act: Any) -> Any:
     return act.flatten(-2) if act.dim() == 4 else act
 
 
-def _reconstruction(sae: Any, x: Any, chunk: int = 256) -> tuple[float, float, float, float]:
+def _reconstruction(sae: Any, x: Any, target: Any = None, chunk: int = 256) -> tuple[float, float, float, float]:
     """``(squared error, total variance around the mean, active features, tokens)`` of ``sae`` on the
-    rows of ``x`` ``[N, d]``, in float64 sums."""
+    rows of ``x`` ``[N, d]``, in float64 sums. ``target``: what ``sae`` is to predict from ``x`` (a
+    transcoder: the MLP's output from its input; a skip transcoder's ``x @ W_skip.T`` is added, as
+    SAELens's ``SkipTranscoder.forward`` does); None: ``x`` itself."""
     import torch
 
+    target = x if target is None else target
     n = x.shape[0]
     sq = act = 0.0
-    s = torch.zeros(x.shape[-1], dtype=torch.float64, device=x.device)
+    s = torch.zeros(target.shape[-1], dtype=torch.float64, device=x.device)
     ss = 0.0
     dtype = getattr(getattr(sae, "W_dec", None), "dtype", x.dtype)
+    skip = getattr(sae, "W_skip", None)
     for i in range(0, n, chunk):
-        xi = x[i:i + chunk]
-        f = sae.encode(xi.to(dtype))
-        xh = sae.decode(f).to(torch.float64)
-        x64 = xi.to(torch.float64)
+        xi = x[i:i + chunk].to(dtype)
+        f = sae.encode(xi)
+        xh = sae.decode(f)
+        if skip is not None:
+            xh = xh + xi @ skip.T.to(xi.device)
+        xh = xh.to(torch.float64)
+        x64 = target[i:i + chunk].to(torch.float64)
         sq += float(((x64 - xh) ** 2).sum())
         act += float((f != 0).sum())
         s += x64.sum(0)
@@ -269,21 +280,29 @@ def _fve(sq: float, var: float) -> float:
 
 def measure_fit(model: Any, saes: Mapping[str, Any], windows: Any, keep: Any) -> dict[str, dict]:
     """``{site: {"fve", "l0", "tokens"}}`` of each SAE on its own site's activations over ``windows``
-    (positions where ``keep``): one forward up to the last site's block."""
+    (positions where ``keep``): one forward up to the last site's block. A transcoder (``tc.L``) predicts
+    the MLP's output from its input, both recorded in the same forward."""
     import torch
 
+    from featcirc.models.mlp_io import recording_mlp_io
+
     sites = sort_sites(saes)
-    hooks = {s.hook_name for s in sites}
+    hooks = {s.hook_name for s in sites if not s.is_transcoder}
+    tc_layers = sorted({s.layer for s in sites if s.is_transcoder})
     device = next(model.parameters()).device
     out: dict[str, dict] = {}
     with torch.no_grad():
-        _, cache = model.run_with_cache(windows.to(device), names_filter=lambda h: h in hooks, prepend_bos=False,
-                                        stop_at_layer=max(s.block for s in sites) + 1)
+        with recording_mlp_io(model, tc_layers) as mlp_io:
+            _, cache = model.run_with_cache(windows.to(device), names_filter=lambda h: h in hooks,
+                                            prepend_bos=False, stop_at_layer=max(s.block for s in sites) + 1)
         k = keep.to(device)
         for s in sites:
             sae = saes[s.name]
-            x = _flat(cache[s.hook_name])[k]
-            sq, var, act, n = _reconstruction(sae, x)
+            if s.is_transcoder:
+                x_in, x_out = mlp_io[s.layer]
+                sq, var, act, n = _reconstruction(sae, x_in[k], x_out[k])
+            else:
+                sq, var, act, n = _reconstruction(sae, _flat(cache[s.hook_name])[k])
             out[s.name] = dict(fve=_fve(sq, var), l0=act / n if n else float("nan"), tokens=int(n))
     return out
 
@@ -506,7 +525,10 @@ def _failure(model: Any, saes: Mapping[str, Any], fits: Mapping[str, SiteFit], b
             f" (expected {f.expected_l0:g})" if f.expected_l0 else "")
         cause = _cause(model, site, sae, f, windows, keep, name, min_fve, search=searched < MAX_DIAGNOSED)
         searched += cause.startswith("likely")
-        parts.append(f"site {site}{where} at {Site.parse(site).hook_name}: FVE {fve}{l0}; {cause}")
+        s = Site.parse(site)
+        at = (f"a transcoder from block {s.layer}'s MLP input to {s.hook_name}" if s.is_transcoder
+              else f"at {s.hook_name}")
+        parts.append(f"site {site}{where} {at}: FVE {fve}{l0}; {cause}")
     head = (f"{'an SAE does' if len(bad) == 1 else f'{len(bad)} SAEs do'} not fit {name!r}: "
             f"below FVE {min_fve} (fraction of its site's variance explained, on {f.tokens} tokens of {sample}): ")
     return (head + "; ".join(parts)
@@ -525,6 +547,8 @@ def _cause(model: Any, site: str, sae: Any, fit: SiteFit, windows: Any, keep: An
                 "evaluation (undertrained? train longer with --tokens)")
     if not search:
         return "cause not looked for (see the sites before)"
+    if s.is_transcoder:
+        return _transcoder_cause(model, s, sae, fit, windows, keep, model_name, min_fve)
     best = _best_other_hook(model, s, sae, windows, keep)
     if best is not None and best[0] >= max(min_fve, fit.fve + 0.2):
         fve, hook = best
@@ -532,14 +556,42 @@ def _cause(model: Any, site: str, sae: Any, fit: SiteFit, windows: Any, keep: An
             return (f"likely a pre- vs post-norm mix-up: it reconstructs {hook} (FVE {fve:.2f}), a normalised "
                     "input, instead")
         return f"likely a wrong hook: it reconstructs {hook} (FVE {fve:.2f}) instead"
-    meta = getattr(getattr(sae, "cfg", None), "metadata", None)
-    trained_on = getattr(meta, "model_name", None) if meta is not None else None
-    own = {str(model_name), str(getattr(model.cfg, "model_name", ""))}
-    other = f" (its cfg.json says model {trained_on!r})" if trained_on and str(trained_on) not in own else ""
+    other = _trained_on(sae, model, model_name)
     near = "" if best is None else f" (best: {best[1]}, FVE {best[0]:.2f})"
     return (f"likely an SAE trained for another model{other}, or for other weights of this one (e.g. another "
             f"precision or quantisation): no hook of blocks {max(0, s.block - NEARBY_BLOCKS)}-"
             f"{min(model.cfg.n_layers - 1, s.block + NEARBY_BLOCKS)} of its width fits it either{near}")
+
+
+def _trained_on(sae: Any, model: Any, model_name: str) -> str:
+    """`` (its cfg.json says model 'x')`` when the SAE's config names a model other than this one."""
+    meta = getattr(getattr(sae, "cfg", None), "metadata", None)
+    trained_on = getattr(meta, "model_name", None) if meta is not None else None
+    own = {str(model_name), str(getattr(model.cfg, "model_name", ""))}
+    return f" (its cfg.json says model {trained_on!r})" if trained_on and str(trained_on) not in own else ""
+
+
+def _transcoder_cause(model: Any, s: Site, sae: Any, fit: SiteFit, windows: Any, keep: Any, model_name: str,
+                      min_fve: float) -> str:
+    """The likely cause of a transcoder's poor fit: its input read at another point (the pre-norm residual
+    stream, ln2's input, instead of ln2's output), a transcoder of another layer's MLP, else another model."""
+    best = _best_other_transcoder_input(model, s, sae, windows, keep)
+    lo, hi = max(0, s.block - NEARBY_BLOCKS), min(model.cfg.n_layers - 1, s.block + NEARBY_BLOCKS)
+    if best is not None and best[0] >= max(min_fve, fit.fve + 0.2):
+        fve, what, layer = best
+        if layer != s.layer:
+            return (f"likely a transcoder of another layer: it predicts block {layer}'s MLP output from that "
+                    f"MLP's input (FVE {fve:.2f}) instead")
+        norm = ("the pre-norm residual stream (ln2's input)" if what.endswith("hook_resid_mid")
+                else "the normalised stream before ln2's weight and bias" if "hook_normalized" in what
+                else "the residual stream" if "hook_resid" in what else "another point")
+        return (f"likely its input is read at the wrong point: it predicts {s.hook_name} from {what} (FVE "
+                f"{fve:.2f}), {norm}, instead of the MLP's input (ln2's output, which featcirc feeds it): a "
+                "transcoder trained on another hook, e.g. pre- vs post-norm")
+    near = "" if best is None else f" (best: {best[1]}, FVE {best[0]:.2f})"
+    return (f"likely a transcoder trained for another model{_trained_on(sae, model, model_name)}, or for other "
+            f"weights of this one (e.g. another precision or quantisation): no input point of blocks {lo}-{hi} "
+            f"predicts the MLP's output with it, and no nearby block's MLP fits it either{near}")
 
 
 CANDIDATE_HOOKS = ("hook_embed", "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out",
@@ -584,4 +636,52 @@ def _best_other_hook(model: Any, site: Site, sae: Any, windows: Any, keep: Any) 
                     best = (fve, hook)
     except RuntimeError as e:  # out of memory or an odd hook: the message does without the search
         logger.debug("SAE fit: looking for a better hook failed: %s", e)
+    return best
+
+
+def _search_sample(windows: Any, keep: Any) -> tuple[Any, Any]:
+    """The first :data:`SEARCH_TOKENS` counted tokens of the sample (rows without any dropped)."""
+    keep = keep.clone()
+    keep.view(-1)[keep.view(-1).cumsum(0) > SEARCH_TOKENS] = False
+    rows = keep.any(1)
+    return windows[rows], keep[rows]
+
+
+def _best_other_transcoder_input(model: Any, site: Site, sae: Any, windows: Any,
+                                 keep: Any) -> Optional[tuple[float, str, int]]:
+    """``(fve, what, layer)`` of what a failing transcoder at ``site`` fits best: its own block's MLP output
+    predicted from another hook of :data:`CANDIDATE_HOOKS` (or ``hook_mlp_in``) of nearby blocks of its
+    width (``what`` the hook, ``layer`` its own), or a nearby block's MLP output from that MLP's input
+    (``what`` names the block, ``layer`` that block's); None when nothing was tried."""
+    import torch
+
+    from featcirc.models.mlp_io import recording_mlp_io
+
+    lo, hi = max(0, site.block - NEARBY_BLOCKS), min(model.cfg.n_layers - 1, site.block + NEARBY_BLOCKS)
+    prefixes = tuple(f"blocks.{b}." for b in range(lo, hi + 1))
+    ends = CANDIDATE_HOOKS + ("hook_mlp_in",)
+    names = {h for h in model.hook_dict if (h.startswith(prefixes) or (lo == 0 and h == "hook_embed"))
+             and h.endswith(ends) and h != site.hook_name}
+    d_in = int(sae.cfg.d_in)
+    device = next(model.parameters()).device
+    windows, keep = _search_sample(windows, keep)
+    best = None
+    try:
+        with torch.no_grad():
+            with recording_mlp_io(model, range(lo, hi + 1)) as mlp_io:
+                _, cache = model.run_with_cache(windows.to(device), names_filter=lambda h: h in names,
+                                                prepend_bos=False, stop_at_layer=hi + 1)
+            k = keep.to(device)
+            target = mlp_io[site.layer][1][k]
+            tried = [(hook, site.layer, _flat(cache[hook])) for hook in sorted(cache.keys())]
+            tried += [(f"block {b}'s MLP", b, mlp_io[b][0]) for b in range(lo, hi + 1) if b != site.layer]
+            for what, layer, act in tried:
+                if act.dim() != 3 or tuple(act.shape[:2]) != tuple(windows.shape) or act.shape[-1] != d_in:
+                    continue
+                out = target if layer == site.layer else mlp_io[layer][1][k]
+                fve = _fve(*_reconstruction(sae, act[k], out)[:2])
+                if math.isfinite(fve) and (best is None or fve > best[0]):
+                    best = (fve, what, layer)
+    except RuntimeError as e:  # out of memory or an odd hook: the message does without the search
+        logger.debug("SAE fit: looking for a better input of a transcoder failed: %s", e)
     return best

@@ -13,11 +13,22 @@ model's device and dtype, in eval mode, with ``requires_grad=False`` on its para
    :data:`NAMED_SETS`), or the path of such a ``.json`` file: per site a SAELens release and SAE id,
    loaded with ``SAE.from_pretrained(release, sae_id)``;
    ``name:variant`` for templated sets (``gemma-3-270m:16k-small``: Gemma Scope 2, residual, MLP and
-   attention (``hook_z``) SAEs at layers 5, 9, 12, 15; ``gemma-3-270m-all:262k-big``: every layer);
+   attention (``hook_z``) SAEs at layers 5, 9, 12, 15; ``gemma-3-270m-all:262k-big``: every layer;
+   ``gemma-3-270m-transcoders:16k-small-affine``: Gemma Scope 2 transcoders at every layer, ``-affine``
+   for those with a linear skip connection);
 3. ``"tiny"``: the SAEs bundled with the project's tiny model (``featcirc.models.tiny.TINY_SAE_DIR``);
 4. ``"<model>-local"``: a set trained on this machine by ``featcirc train-saes`` (in the user cache;
    the error names the command that trains it when it is missing);
 5. a dict ``{site: SAE}`` (keys may be site names or hook names), validated like the others.
+
+Transcoders (docs/design.md §4b). A SAELens transcoder (``Transcoder``, ``SkipTranscoder``,
+``JumpReLUTranscoder``, ``JumpReLUSkipTranscoder``: its config has ``d_out``) reads the MLP's input and
+writes its output; it is keyed by ``tc.L`` from its input hook (``blocks.L.hook_mlp_in``, as Gemma Scope 2's
+configs say, or ``blocks.L.ln2.hook_normalized``; :func:`featcirc.sites.transcoder_site_from_hook_name`),
+and both its ``d_in`` and ``d_out`` must be the model's ``d_model``. A set may mix SAEs and transcoders
+(``resid.*`` SAEs and ``tc.*`` transcoders); a layer has an ``mlp.L`` SAE or a ``tc.L`` transcoder.
+In a directory of SAE directories, a subdirectory named like a site (``tc.1``, ``resid.3``: as
+:func:`save_saes` writes them) must hold that site's SAE.
 
 Hook aliasing. TransformerLens feeds block L's output, ``blocks.L.hook_resid_post``, unchanged into
 block L+1, where it passes ``blocks.(L+1).hook_resid_pre``: the two hooks see the same tensor.
@@ -48,11 +59,13 @@ import torch
 from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
+from featcirc.attribution.splice import is_transcoder
+from featcirc.commands.checks import TRANSCODER_ARCHITECTURES, InputError, check_sae_dir_name
 from featcirc.io import staged_dir
 from featcirc.saes.identity import loaded_files, record_sae_files
 from featcirc.saes.spec import SAESpec, named_sae_sets, parse_sae_spec, set_reference
 from featcirc.saes.trained import trained_set_dir
-from featcirc.sites import Site, site_width, sort_sites
+from featcirc.sites import Site, site_width, sort_sites, transcoder_site_from_hook_name
 from featcirc.sites import site_from_hook_name as _aliased_site
 
 __all__ = [
@@ -69,6 +82,7 @@ __all__ = [
     "site_from_hook_name",
     "validate_sae",
 ]
+
 
 SAE_CFG_FILENAME = "cfg.json"
 SAE_HUB_ENV = "FEATCIRC_SAE_HUB"
@@ -92,19 +106,33 @@ class SAEUnavailableError(FileNotFoundError):
 # --------------------------------------------------------------------------- sites of SAEs
 
 
-def site_from_hook_name(hook_name: str) -> Site:
+def site_from_hook_name(hook_name: str, *, transcoder: bool = False) -> Site:
     """The featcirc site of a TransformerLens hook name, with resid_pre aliasing
     (:func:`featcirc.sites.site_from_hook_name`).
 
     ``blocks.0.hook_resid_pre -> embed``; ``blocks.(L+1).hook_resid_pre -> resid.L`` (same tensor as
     ``blocks.L.hook_resid_post``); ``blocks.L.hook_{resid_post,attn_out,mlp_out} -> {resid,attn,mlp}.L``.
-    Raises ``SAEMismatchError`` for any other hook.
+    ``transcoder``: the hook of a transcoder, which reads the MLP's input: ``blocks.L.hook_mlp_in`` (or
+    ``blocks.L.ln2.hook_normalized``, or its output hook ``blocks.L.hook_mlp_out``) ``-> tc.L``
+    (:func:`featcirc.sites.transcoder_site_from_hook_name`). Raises ``SAEMismatchError`` for any other hook
+    (an SAE, not a transcoder, at the MLP's input included).
     """
+    if transcoder:
+        try:
+            return transcoder_site_from_hook_name(hook_name)
+        except ValueError as e:
+            raise SAEMismatchError(f"{e}; this transcoder cannot be spliced by featcirc") from None
     try:
         return _aliased_site(hook_name)
     except ValueError as e:
+        try:
+            tc = transcoder_site_from_hook_name(hook_name)
+        except ValueError:
+            tc = None
+        only = (f"; {hook_name} is the MLP's input, where featcirc splices only a transcoder (site {tc.name})"
+                if tc is not None else "")
         raise SAEMismatchError(
-            f"{e} (blocks.L.hook_resid_pre for L >= 1 is also accepted, as resid.(L-1)); "
+            f"{e} (blocks.L.hook_resid_pre for L >= 1 is also accepted, as resid.(L-1)){only}; "
             "SAEs on other hooks (hook_embed, hook_mlp_in, ...) cannot be spliced by featcirc"
         ) from None
 
@@ -115,8 +143,16 @@ def _hook_name(sae: Any) -> Optional[str]:
     return hook or None
 
 
+def _hook_name_out(sae: Any) -> Optional[str]:
+    meta = getattr(getattr(sae, "cfg", None), "metadata", None)
+    hook = getattr(meta, "hook_name_out", None) if meta is not None else None
+    return hook or None
+
+
 def sae_site(sae: Any) -> Site:
-    """The site of an SAE, from ``sae.cfg.metadata.hook_name`` (see :func:`site_from_hook_name`)."""
+    """The site of an SAE, from ``sae.cfg.metadata.hook_name`` (see :func:`site_from_hook_name`); a
+    transcoder's (:func:`featcirc.attribution.splice.is_transcoder`) is ``tc.L`` from its input hook, and
+    its output hook, where its config names one (``hook_name_out``), must be ``blocks.L.hook_mlp_out``."""
     hook = _hook_name(sae)
     if hook is None:
         raise SAEMismatchError(
@@ -129,13 +165,22 @@ def sae_site(sae: Any) -> Site:
             f"SAE for {hook} reads attention head {head} only (hook_head_index={head}); featcirc sites "
             "are whole hook tensors, so per-head SAEs cannot be spliced"
         )
+    if is_transcoder(sae):
+        site = site_from_hook_name(hook, transcoder=True)
+        out = _hook_name_out(sae)
+        if out is not None and out != site.hook_name:
+            raise SAEMismatchError(
+                f"transcoder for {hook} writes {out}, but featcirc splices a transcoder in place of its block's "
+                f"MLP, writing {site.hook_name}; use a transcoder of the MLP (input {hook}, output {site.hook_name})")
+        return site
     return site_from_hook_name(hook)
 
 
-def _site_of_key(key: "str | Site") -> Site:
-    """A dict key as a site: a site name, a ``Site`` or a hook name."""
+def _site_of_key(key: "str | Site", sae: Any = None) -> Site:
+    """A dict key as a site: a site name, a ``Site`` or a hook name (of a transcoder when ``sae`` is one:
+    ``blocks.L.hook_mlp_in`` or ``blocks.L.hook_mlp_out`` is then ``tc.L``)."""
     if isinstance(key, str) and key.startswith("blocks."):
-        return site_from_hook_name(key)
+        return site_from_hook_name(key, transcoder=sae is not None and is_transcoder(sae))
     return Site.parse(key)
 
 
@@ -149,9 +194,10 @@ def _model_sites_text(model: HookedTransformer) -> str:
     probes = (Site("attn", 0), Site("mlp", 0), Site("resid", 0))
     kinds = [s.kind for s in probes if s.hook_name in model.hook_dict]
     per_layer = ", ".join(f"{k}.0..{last}" for k in kinds)
+    tc = f", tc.0..{last} (transcoders)" if "mlp" in kinds else ""
     return (
         f"model {_model_name(model)!r} has d_model={model.cfg.d_model} and {n} layers; its sites are "
-        f"embed, {per_layer} (hooks blocks.0.hook_resid_pre and blocks.L.hook_resid_post/hook_attn_out/"
+        f"embed, {per_layer}{tc} (hooks blocks.0.hook_resid_pre and blocks.L.hook_resid_post/hook_attn_out/"
         f"hook_mlp_out for L in 0..{last})"
     )
 
@@ -161,11 +207,21 @@ def validate_sae(model: HookedTransformer, site: "str | Site", sae: Any) -> None
 
     Checks: the site exists in the model (kind and layer range; the hook is in ``model.hook_dict``);
     the SAE's hook name, if it has one, denotes that site (with resid_pre aliasing); and
-    ``sae.cfg.d_in == model.cfg.d_model``.
+    ``sae.cfg.d_in == model.cfg.d_model``. A transcoder goes at a ``tc.L`` site (and only a transcoder
+    does), with ``d_in`` and ``d_out`` both ``d_model``.
     """
     site = Site.parse(site)
     hook = _hook_name(sae)
     label = hook or f"site {site.name}"
+    tc = is_transcoder(sae)
+    if tc and not site.is_transcoder:
+        raise SAEMismatchError(
+            f"a transcoder ({type(sae).__name__}{', for ' + hook if hook else ''}) cannot be spliced at site "
+            f"{site.name}: transcoders replace an MLP and go at tc.{site.block} (MLP input -> MLP output)")
+    if site.is_transcoder and not tc:
+        raise SAEMismatchError(
+            f"site {site.name} takes a transcoder (a SAELens Transcoder, whose config has d_out), but the SAE "
+            f"given for it is a {type(sae).__name__}; put an SAE of the MLP's output at mlp.{site.layer} instead")
     if hook is not None:
         try:
             own = sae_site(sae)
@@ -183,6 +239,14 @@ def validate_sae(model: HookedTransformer, site: "str | Site", sae: Any) -> None
         )
     d_in = int(sae.cfg.d_in)
     width, what = site_width(site, model.cfg)
+    if tc:
+        d_out = int(sae.cfg.d_out)
+        if (d_in, d_out) != (width, width):
+            raise SAEMismatchError(
+                f"transcoder for {label} at site {site.name} has d_in={d_in} and d_out={d_out}, but model "
+                f"{_model_name(model)!r} has {what}={width} at the MLP's input and output: both must be {width} — "
+                "this transcoder was made for another model")
+        return
     if d_in != width:
         raise SAEMismatchError(
             f"SAE for {label} has d_in={d_in} but model {_model_name(model)!r} has {what}={width} at "
@@ -262,13 +326,25 @@ def _check_requested(wanted: Optional[set[Site]], available: Iterable[Site], sou
 # --------------------------------------------------------------------------- directories
 
 
-def _cfg_hook(cfg_path: Path) -> Optional[str]:
-    """The hook name in a SAELens ``cfg.json`` (``metadata.hook_name``; before 6.0 ``hook_point``)."""
+def _cfg_hook(cfg_path: Path) -> tuple[Optional[str], bool]:
+    """``(hook name, transcoder)`` of a SAELens ``cfg.json`` (``metadata.hook_name``; before 6.0
+    ``hook_point``); ``transcoder``: its architecture is one of :data:`TRANSCODER_ARCHITECTURES` (or it
+    has an output width ``d_out``)."""
     from sae_lens.loading.pretrained_sae_loaders import handle_config_defaulting
 
     cfg = handle_config_defaulting(json.loads(cfg_path.read_text(encoding="utf-8")))
     meta = cfg.get("metadata") or {}
-    return meta.get("hook_name") or cfg.get("hook_name")
+    tc = cfg.get("architecture") in TRANSCODER_ARCHITECTURES or cfg.get("d_out") is not None
+    return meta.get("hook_name") or cfg.get("hook_name"), tc
+
+
+def _check_dir_name(d: Path, root: Path, site: Site) -> None:
+    """A subdirectory named like a site (as :func:`save_saes` names them) must hold that site's SAE
+    (:func:`featcirc.commands.checks.check_sae_dir_name`, the input checks' rule)."""
+    try:
+        check_sae_dir_name(d, root, site)
+    except InputError as e:
+        raise SAEMismatchError(str(e)) from None
 
 
 def _sae_dirs(root: Path) -> list[Path]:
@@ -286,15 +362,20 @@ def _sae_dirs(root: Path) -> list[Path]:
 def _load_dir(root: Path, wanted: Optional[set[Site]]) -> dict[Site, Any]:
     found: dict[Site, Path] = {}
     for d in _sae_dirs(root):
-        hook = _cfg_hook(d / SAE_CFG_FILENAME)
+        hook, tc = _cfg_hook(d / SAE_CFG_FILENAME)
         if hook is None:
             raise SAEMismatchError(f"{d / SAE_CFG_FILENAME} names no hook_name, so its site is unknown")
-        site = site_from_hook_name(hook)
+        try:
+            site = site_from_hook_name(hook, transcoder=tc)
+        except SAEMismatchError as e:
+            raise SAEMismatchError(f"{d / SAE_CFG_FILENAME}: {e}") from None
         if site in found:
             raise SAEMismatchError(
                 f"two SAEs for site {site.name} in {root}: {found[site].name} and {d.name}; keep one"
             )
         found[site] = d
+    for site, d in found.items():
+        _check_dir_name(d, root, site)
     _check_requested(wanted, found, str(root))
     out = {s: _load_sae_dir(d) for s, d in found.items() if wanted is None or s in wanted}
     for s, sae in out.items():  # the files of its identity (featcirc.saes.identity)
@@ -319,23 +400,30 @@ def save_saes(saes: Mapping[str, Any], directory: "str | os.PathLike[str]") -> P
 
     Each subdirectory is built in a temporary sibling and moved into place (:func:`featcirc.io.staged_dir`),
     replacing an existing one of the same site; other entries of ``directory`` are left alone. An SAE
-    without a hook name gets its site's hook in the saved config, so that ``load_saes`` keys it the same way.
+    without a hook name gets its site's hook in the saved config (a transcoder its input hook,
+    ``blocks.L.hook_mlp_in``), so that ``load_saes`` keys it the same way.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for key, sae in saes.items():
-        site = _site_of_key(key)
+        site = _site_of_key(key, sae)
         hook = _hook_name(sae)
+        tc = is_transcoder(sae)
         if hook is not None and sae_site(sae) != site:
             raise SAEMismatchError(
                 f"SAE for {hook} is stored under site {site.name}; it belongs at {sae_site(sae).name}"
             )
+        if tc != site.is_transcoder:
+            raise SAEMismatchError(
+                f"a {type(sae).__name__} cannot be stored under site {site.name}: transcoders go at tc.L sites, "
+                "and only transcoders do")
         with staged_dir(directory / site.name, replace=True) as tmp:
             sae.save_model(tmp)
             if hook is None:
                 cfg_path = tmp / SAE_CFG_FILENAME
                 cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-                cfg.setdefault("metadata", {})["hook_name"] = site.hook_name
+                cfg.setdefault("metadata", {})["hook_name"] = (f"blocks.{site.layer}.hook_mlp_in" if tc
+                                                               else site.hook_name)
                 cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
     return directory
 
@@ -350,9 +438,12 @@ def load_sae_set_description(spec: "str | os.PathLike[str] | SAESpec") -> dict[s
 
     Format: ``{"name", "model", "model_aliases", "n_layers", "d_model", "description", "notes",
     "saes": {site: {"release", "sae_id", "hook_name"}}}``. A description may instead hold a
-    ``"template"``: ``{"releases": {site kind: release}, "layers": [...], "sae_id": "...{layer}...{width}...{l0}",
-    "default": "16k-small"}``; the variant (``gemma-3-270m:65k-medium``) picks width and L0, and every
-    SAE id is checked against SAELens's registry.
+    ``"template"``: ``{"releases": {site kind: release}, "layers": [...], "sae_id":
+    "...{layer}...{width}...{l0}{suffix}", "suffixes": {"affine": "_affine"}, "default": "16k-small"}``;
+    the variant (``gemma-3-270m:65k-medium``, ``gemma-3-270m-transcoders:16k-small-affine``) picks width,
+    L0 and an optional suffix (one of the template's ``suffixes``), and every SAE id is checked against
+    SAELens's registry. A template's ``releases`` map site kinds (``resid``, ``mlp``, ``z``, ``tc``) to
+    releases, so one set may hold SAEs and transcoders.
     """
     ref = spec if isinstance(spec, SAESpec) else set_reference(spec)
     name, variant, path = ref.name if ref.name is not None else ref.text, ref.variant or "", ref.path
@@ -374,23 +465,38 @@ def load_sae_set_description(spec: "str | os.PathLike[str] | SAESpec") -> dict[s
 
 
 def _expand_template(desc: dict[str, Any], variant: str, path: Path) -> dict[str, Any]:
-    """``saes`` of a templated set for one variant (``<width>-<l0>``), checked against SAELens's registry."""
+    """``saes`` of a templated set for one variant (``<width>-<l0>[-<suffix>]``), checked against SAELens's
+    registry. A transcoder's ``hook_name`` is its input hook, as SAELens's config says
+    (``blocks.L.hook_mlp_in``)."""
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     t = desc["template"]
-    width, _, l0 = variant.partition("-")
+    set_name = desc.get("name", path.stem)
+    width, _, rest = variant.partition("-")
+    l0, _, suffix_name = rest.partition("-")
+    suffixes = t.get("suffixes") or {}
     registry = get_pretrained_saes_directory()
+
+    def variants(known: Iterable[str]) -> str:
+        return ", ".join(sorted({k.split("_width_")[-1].replace("_l0_", "-").replace("_", "-") for k in known}))
+
+    if suffix_name and suffix_name not in suffixes:
+        first = next(iter(t["releases"].values()), None)
+        known = registry[first].saes_map if first in registry else {}
+        raise ValueError(f"SAE set {set_name!r} has no variant {variant!r} (write <width>-<l0>"
+                         f"{'[-' + '|'.join(suffixes) + ']' if suffixes else ''}); variants: {variants(known)}")
+    suffix = suffixes.get(suffix_name, "") if suffix_name else ""
     saes = {}
     for kind, release in t["releases"].items():
         known = registry[release].saes_map if release in registry else {}
         for layer in t["layers"]:
-            sae_id = t["sae_id"].format(layer=layer, width=width, l0=l0)
+            sae_id = t["sae_id"].format(layer=layer, width=width, l0=l0, suffix=suffix)
             if sae_id not in known:
-                variants = sorted({k.split("_width_")[-1].replace("_l0_", "-") for k in known})
-                raise ValueError(f"SAE set {desc.get('name', path.stem)!r} has no variant {variant!r} "
-                                 f"({release}/{sae_id} is not in SAELens's registry); variants: {', '.join(variants)}")
+                raise ValueError(f"SAE set {set_name!r} has no variant {variant!r} "
+                                 f"({release}/{sae_id} is not in SAELens's registry); variants: {variants(known)}")
             site = Site(kind, layer)
-            saes[site.name] = dict(release=release, sae_id=sae_id, hook_name=site.hook_name)
+            hook = f"blocks.{layer}.hook_mlp_in" if site.is_transcoder else site.hook_name
+            saes[site.name] = dict(release=release, sae_id=sae_id, hook_name=hook)
     out = {k: v for k, v in desc.items() if k != "template"}
     out["name"] = f"{desc.get('name', path.stem)}:{variant}"
     out["saes"] = saes
@@ -558,7 +664,7 @@ def load_saes(
     if isinstance(spec, Mapping):
         raw: dict[Site, Any] = {}
         for key, sae in spec.items():
-            site = _site_of_key(key)
+            site = _site_of_key(key, sae)
             if site in raw:
                 raise SAEMismatchError(f"two SAEs given for site {site.name}")
             raw[site] = sae
