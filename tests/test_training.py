@@ -437,3 +437,22 @@ def test_z_site_saes_are_as_wide_as_the_heads(tmp_path, tiny):
                              eval_tokens=256, ce_eval_tokens=64), model_name="narrow-heads", progress=False)
     saes = load_saes(model, out)
     assert int(saes["z.0"].cfg.d_in) == 32 and int(saes["resid.0"].cfg.d_in) == 64
+
+
+def test_sae_training_refuses_transcoder_sites(tmp_path, tiny):
+    """``train_saes`` trains SAEs only: a ``tc.L`` site (a transcoder, trained by ``train_transcoders``)
+    is refused before anything is written."""
+    from featcirc.data.corpus import load_corpus
+    from featcirc.saes.training import train_saes
+
+    out = tmp_path / "saes"
+    with pytest.raises(ValueError, match="transcoders"):
+        train_saes(tiny, ["resid.0", "tc.1"], load_corpus("tiny"), out, model_name="tiny", progress=False)
+    assert not out.exists()
+
+
+def test_l1_coefficient_is_checked():
+    TrainSettings(l1_coefficient=0.0).check()
+    for bad in (-1.0, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="--l1-coefficient"):
+            TrainSettings(l1_coefficient=bad).check()

@@ -270,3 +270,26 @@ def test_ablating_transcoder_nodes(ablation):
     finally:
         handle.remove()
     assert np.allclose(got, want.numpy(), atol=1e-5)
+
+
+def test_demo_over_the_bundled_transcoders_discovers_evaluates_exports_and_views(tmp_path, capsys):
+    """``featcirc demo --transcoders``: a circuit of tiny transcoder features, evaluated on held-out pairs
+    under mean and patch ablation, exported with transcoder feature types, with cards and the viewer."""
+    import json
+
+    from featcirc.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["-q", "demo", "--transcoders", "--pairs", "4", "--max-nodes", "60", "--cards-tokens", "256",
+                 "--out", str(out)]) == 0
+    summ = json.loads((out / "summary.json").read_text())
+    assert list(summ["faithfulness"]) == ["mean", "patch"]
+    circuit = json.loads((out / "circuit.json").read_text())
+    sites = {n["site"] for n in circuit["nodes"] if n["kind"] in ("feature", "error")}
+    assert sites and all(s.startswith("tc.") for s in sites)
+    np_graph = json.loads((out / "neuronpedia.json").read_text())
+    feats = [n for n in np_graph["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    assert feats and np_graph["metadata"]["info"]["features"]["kind"] == "transcoder"
+    cards = json.loads((out / "cards.json").read_text())
+    assert cards["cards"] and all(k.startswith("tc.") for k in cards["cards"])
+    assert "tc" in (out / "circuit.html").read_text()

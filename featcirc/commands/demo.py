@@ -2,7 +2,8 @@
 feature circuit on the bundled held-out pairs of a task (half for discovery, half held out), evaluate
 it on the held-out half (curves, CPR / CMD, the exported circuit's faithfulness and completeness with
 intervals), and write feature cards and the offline viewer, into one directory built beside ``--out``
-and moved into place when complete."""
+and moved into place when complete. ``--transcoders``: over the bundled tiny transcoders (``tc.0 .. tc.3``,
+the set ``tiny-transcoders``, ``saes/tiny-transcoders``) instead of the tiny SAEs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from featcirc.commands.common import RunConfig, phase
 from featcirc.commands.discover import CardOptions, ExportOptions, discover
+from featcirc.saes.spec import TINY, TINY_TRANSCODERS
 
 logger = logging.getLogger("featcirc")
 
@@ -28,7 +30,8 @@ def heldout_file(task: str) -> Path:
 
 
 def demo_config(args) -> RunConfig:
-    return RunConfig(model="tiny", saes="tiny", method=args.method, level="feature", aggregation="none",
+    saes = TINY_TRANSCODERS if getattr(args, "transcoders", False) else TINY
+    return RunConfig(model="tiny", saes=saes, method=args.method, level="feature", aggregation="none",
                      data=str(heldout_file(args.task)), n=args.pairs, seed=args.seed, top_k=100,
                      max_nodes=args.max_nodes, eval_fraction=0.5, eval_pairs=args.pairs, device=args.device,
                      dtype=args.dtype)
@@ -45,6 +48,8 @@ def add_arguments(p) -> None:
     p.add_argument("--max-nodes", type=int, default=500, help="edges are scored among the top N nodes")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
     p.add_argument("--cards-tokens", type=int, default=DEMO_CARD_TOKENS, help="corpus tokens the feature cards scan")
+    p.add_argument("--transcoders", action="store_true", help="the circuit over the bundled tiny transcoders (tc.0 .. "
+                   "tc.3, which replace the MLPs) instead of the tiny SAEs")
     add_device_arguments(p)
     add_output_arguments(p, required=False, default="featcirc-demo")
 

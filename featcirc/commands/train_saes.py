@@ -1,5 +1,7 @@
 """``featcirc train-saes``: train one SAE per site with SAELens from one shared model forward, and
-write a SAELens-format set with its card (see :mod:`featcirc.saes.training`).
+write a SAELens-format set with its card (see :mod:`featcirc.saes.training`). With ``--transcoders``,
+one ReLU transcoder per layer instead (``tc.L``: the MLP's input -> its output; every layer unless
+``--sites tc.0,tc.2`` names some; :func:`featcirc.saes.training.train_transcoders`).
 
 Everything the user typed is checked first, by :func:`check` (no torch, well under a second): the
 recipe, the sites (against the model's layers where :func:`model_shape` knows them: the tiny
@@ -21,14 +23,14 @@ from typing import Any, Optional
 from featcirc.saes.train_settings import DEFAULT_CONTEXT, MODEL_DEFAULTS, TrainSettings
 from featcirc.vocabulary import DTYPE_NAMES, WINDOWS
 
-HELP = "train SAEs (SAELens TopK) at chosen sites of a model on an offline corpus"
+HELP = "train SAEs (SAELens TopK) at chosen sites of a model, or transcoders, on an offline corpus"
 
 logger = logging.getLogger("featcirc")
 
 # command-line flag -> TrainSettings field (None: not given, the recipe's or the default value holds)
 _SETTING_FLAGS = {"width": "width", "k": "k", "tokens": "tokens", "lr": "lr", "context_size": "context_size",
                   "batch_tokens": "batch_tokens", "eval_tokens": "eval_tokens", "ce_eval_tokens": "ce_eval_tokens",
-                  "seed": "seed", "sae_dtype": "dtype"}
+                  "seed": "seed", "sae_dtype": "dtype", "l1_coefficient": "l1_coefficient"}
 
 MODEL_CORPUS = {"tiny": "tiny"}
 """Default ``--corpus`` per model (lower-case name); ``default`` for every other model."""
@@ -59,13 +61,19 @@ def add_arguments(p) -> None:
                    "directory (~/.cache/featcirc/saes/<model>-local)")
     p.add_argument("--model", help="model name (tiny, gemma-3-270m, or a TransformerLens name)")
     p.add_argument("--sites", help="comma-separated sites (embed,resid.0,attn.3,mlp.3,...), all-resid "
-                   "(embed and every resid.L) or all")
+                   "(embed and every resid.L) or all; with --transcoders: tc.L names (tc.0,tc.2) or all, the default")
+    p.add_argument("--transcoders", action="store_true", help="train transcoders (ReLU, L1-penalised) instead of "
+                   "SAEs: tc.L reads block L's MLP input and writes its output; one per layer of --sites "
+                   "(default: every layer)")
     p.add_argument("--corpus", help="default (the offline English corpus), tiny (the tiny model's language), "
                    "or a .txt/.jsonl file or a directory of .txt files (default: tiny for --model tiny, "
                    "else default)")
     p.add_argument("--out", help="output directory (must not exist unless --force)")
     p.add_argument("--width", type=int, help=f"features per SAE {_default('width')}")
-    p.add_argument("--k", type=int, help=f"TopK: active features per token {_default('k')}")
+    p.add_argument("--k", type=int, help=f"TopK: active features per token {_default('k')} (SAEs only)")
+    p.add_argument("--l1-coefficient", type=float, help="transcoders only: weight of the L1 penalty on the "
+                   "features times their decoder norms, activations at mean norm sqrt(d_model); higher: "
+                   f"sparser (default: {_GENERIC.l1_coefficient:g})")
     p.add_argument("--tokens", type=int, help="training tokens per SAE "
                    + _default("tokens", fmt="{:,}")[:-1] + "; the tiny defaults train --sites all-resid in "
                    "about a minute on one CPU thread)")
@@ -100,6 +108,7 @@ class Plan:
     settings: dict                  # every TrainSettings field
     context_given: bool             # the context was set (flag, recipe or model default), not derived
     n_ctx: Optional[int]            # the model's context where known without loading it
+    transcoders: bool = False       # tc.L transcoders instead of SAEs (sites: all or tc.L names)
 
 
 def model_shape(model: str) -> Optional[dict]:
@@ -122,10 +131,17 @@ def _plan(args) -> Plan:
     from featcirc.saes.trained import LOCAL_SUFFIX, load_recipe, trained_set_path
 
     recipe = load_recipe(args.recipe) if args.recipe else {}
+    transcoders = bool(getattr(args, "transcoders", False))
     model = args.model or recipe.get("model")
-    sites = args.sites or recipe.get("sites")
+    sites = args.sites or (None if transcoders else recipe.get("sites"))
+    if transcoders and not sites:
+        sites = "all"
     if not model or not sites:
         raise ValueError("say what to train: --model and --sites (or --recipe, e.g. --recipe gemma-3-270m)")
+    if transcoders and getattr(args, "k", None) is not None:
+        raise ValueError("--k is the TopK of SAEs; transcoders are ReLU with an L1 penalty: set --l1-coefficient")
+    if not transcoders and getattr(args, "l1_coefficient", None) is not None:
+        raise ValueError("--l1-coefficient is for --transcoders (SAEs are TopK: set --k)")
     key = str(model).strip().lower()
     corpus = args.corpus or recipe.get("corpus") or MODEL_CORPUS.get(key, "default")
     if args.out:
@@ -148,7 +164,7 @@ def _plan(args) -> Plan:
     if getattr(args, "windows", None) is not None:
         settings["pack"] = args.windows == "packed"
     return Plan(model=model, sites=sites, corpus=corpus, out=out, settings=settings, context_given=context_given,
-                n_ctx=n_ctx)
+                n_ctx=n_ctx, transcoders=transcoders)
 
 
 def check_sites(spec: str, n_layers: Optional[int]) -> None:
@@ -165,6 +181,35 @@ def check_sites(spec: str, n_layers: Optional[int]) -> None:
     seen = set()
     for name in names:
         site = Site.parse(name)
+        if site.is_transcoder:
+            raise ValueError(f"{site.name} is a transcoder site: train transcoders with --transcoders (and SAEs "
+                             "in a separate run)")
+        if n_layers is not None and site.layer >= n_layers:
+            raise ValueError(f"site {site.name} is beyond the model: it has {n_layers} layers (0..{n_layers - 1})")
+        if site in seen:
+            raise ValueError(f"site {site.name} is listed twice in --sites {spec}")
+        seen.add(site)
+
+
+def check_transcoder_sites(spec: str, n_layers: Optional[int]) -> None:
+    """``--transcoders``: the sites are ``all`` (every layer) or ``tc.L`` names, none twice and (where the
+    model's depth is known) none beyond the model."""
+    from featcirc.sites import Site
+
+    text = str(spec).strip()
+    if text == "all":
+        return
+    if text == "all-resid":
+        raise ValueError("--sites all-resid names SAE sites; with --transcoders give tc.L names (tc.0,tc.1) or all")
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise ValueError("no sites given: with --transcoders write e.g. --sites tc.0,tc.1 or --sites all")
+    seen = set()
+    for name in names:
+        site = Site.parse(name)
+        if not site.is_transcoder:
+            raise ValueError(f"--transcoders trains tc.L sites (block L's MLP input -> output), not {site.name}: "
+                             "train SAEs and transcoders in separate runs")
         if n_layers is not None and site.layer >= n_layers:
             raise ValueError(f"site {site.name} is beyond the model: it has {n_layers} layers (0..{n_layers - 1})")
         if site in seen:
@@ -205,9 +250,13 @@ def check(args) -> Plan:
 
     plan = _plan(args)
     shape = model_shape(plan.model)
-    check_sites(plan.sites, int(shape["n_layers"]) if shape and shape.get("n_layers") else None)
+    n_layers = int(shape["n_layers"]) if shape and shape.get("n_layers") else None
+    (check_transcoder_sites if plan.transcoders else check_sites)(plan.sites, n_layers)
     TrainSettings(**plan.settings).check(n_ctx=plan.n_ctx)
-    check_train_size(plan.settings, plan.sites, shape)  # --width bounded; memory estimate where d_model is known
+    size_spec = plan.sites
+    if plan.transcoders and str(plan.sites).strip() == "all":  # one transcoder (2 x d_model x width) per layer
+        size_spec = ",".join(f"tc.{layer}" for layer in range(n_layers or 1))
+    check_train_size(plan.settings, size_spec, shape)  # --width bounded; memory estimate where d_model is known
     check_device_name(args.device)
     check_output_dir(plan.out, args.force)
     check_corpus_spec(plan.corpus)
@@ -223,7 +272,7 @@ def run(args, progress: bool) -> int:
 
     from featcirc.data.corpus import load_corpus
     from featcirc.models.loading import load_model
-    from featcirc.saes.training import parse_sites, train_saes
+    from featcirc.saes.training import parse_sites, parse_transcoder_sites, train_saes, train_transcoders
 
     corpus = load_corpus(plan.corpus)
     logger.info("corpus %s: %d documents, %d words, sha256 %s", corpus.name, len(corpus.texts), corpus.n_words,
@@ -231,14 +280,15 @@ def run(args, progress: bool) -> int:
     phase("checked")
     with stdout_to_log():
         model = load_model(plan.model, device=str(device))
-    sites = parse_sites(model, plan.sites)
+    sites = parse_transcoder_sites(model, plan.sites) if plan.transcoders else parse_sites(model, plan.sites)
     settings_kw = dict(plan.settings)
     if not plan.context_given:  # the generic default, cut to this model's context
         settings_kw["context_size"] = min(int(settings_kw["context_size"]), int(model.cfg.n_ctx))
     settings = TrainSettings(**settings_kw)
     settings.check(n_ctx=int(model.cfg.n_ctx))
     phase("loaded")
-    logger.info("training %d SAEs (%s) on %d tokens each -> %s", len(sites), ", ".join(s.name for s in sites),
+    what = "transcoders" if plan.transcoders else "SAEs"
+    logger.info("training %d %s (%s) on %d tokens each -> %s", len(sites), what, ", ".join(s.name for s in sites),
                 settings.tokens, plan.out)
     if "train-saes" in sys.argv[1:]:  # the command line as typed (python -m featcirc / featcirc)
         rest = sys.argv[sys.argv.index("train-saes") + 1:]
@@ -246,10 +296,11 @@ def run(args, progress: bool) -> int:
     else:  # called through featcirc.cli.main(argv)
         command = "featcirc train-saes " + _flags_text(args)
     # phases "trained" (SAELens done) and "written" (the set complete, before its move onto --out)
-    info = train_saes(model, sites, corpus, plan.out, settings, model_name=plan.model, command=command,
-                      force=args.force, progress=progress, phase=phase)
+    trainer = train_transcoders if plan.transcoders else train_saes
+    info = trainer(model, sites, corpus, plan.out, settings, model_name=plan.model, command=command,
+                   force=args.force, progress=progress, phase=phase)
     worst = min(info["saes"].items(), key=lambda kv: kv[1].get("ce_recovered", kv[1]["fve"]))
-    print(f"train-saes: {len(info['saes'])} SAEs -> {plan.out} ({info['train_seconds']:.0f} s training); "
+    print(f"train-saes: {len(info['saes'])} {what} -> {plan.out} ({info['train_seconds']:.0f} s training); "
           f"lowest CE recovered {worst[0]}: {worst[1].get('ce_recovered', float('nan')):.3f}, "
           f"FVE {worst[1]['fve']:.3f}; card: {plan.out / 'README.md'}")
     return 0
@@ -257,8 +308,11 @@ def run(args, progress: bool) -> int:
 
 def _flags_text(args) -> str:
     parts = []
-    for name in ("recipe", "model", "sites", "corpus", "out", "width", "k", "tokens", "lr", "context_size",
-                 "batch_tokens", "eval_tokens", "ce_eval_tokens", "windows", "sae_dtype", "device", "seed"):
+    if getattr(args, "transcoders", False):
+        parts.append("--transcoders")
+    for name in ("recipe", "model", "sites", "corpus", "out", "width", "k", "l1_coefficient", "tokens", "lr",
+                 "context_size", "batch_tokens", "eval_tokens", "ce_eval_tokens", "windows", "sae_dtype", "device",
+                 "seed"):
         v = getattr(args, name, None)
         if v is not None and not (name == "device" and v == "auto"):
             parts.append(f"--{name.replace('_', '-')} {shlex.quote(str(v))}")

@@ -114,7 +114,7 @@ def _set_dir(spec: str) -> Optional[Path]:
     if parsed.kind == "bundled":
         from featcirc.saes.bundled_path import bundled_sae_dir
 
-        return bundled_sae_dir() / "tiny"
+        return bundled_sae_dir() / parsed.name
     if parsed.kind == "local":
         from featcirc.saes.trained import trained_set_dir
 
@@ -138,7 +138,7 @@ def _dir_files(root: Path) -> dict[str, list[Path]]:
 
 def _where(ident: Mapping[str, Any]) -> str:
     if ident.get("kind") == "bundled":
-        return "the bundled 'tiny' SAEs"
+        return f"the bundled {ident.get('name') or 'tiny'!r} set"
     if ident.get("kind") == "named":
         return f"the named set {ident.get('name') or ident.get('spec')!r}"
     if ident.get("kind") == "local":
@@ -170,7 +170,7 @@ def sae_set_identity(spec: Optional[str], saes: Optional[Mapping[str, Any]] = No
     else:
         root = _set_dir(spec)
         if kind == "bundled":
-            ident["name"] = "tiny"
+            ident["name"] = spec
         else:
             ident["path"] = None if root is None else str(root.absolute())
         if root is None or not root.is_dir():

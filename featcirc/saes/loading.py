@@ -613,20 +613,26 @@ def _load_named(
 # --------------------------------------------------------------------------- entry point
 
 
-def _tiny_dir() -> Path:
+def _tiny_dir(name: str = "tiny") -> Path:
+    """The directory of a set bundled with the tiny model (``tiny``: ``featcirc.models.tiny.TINY_SAE_DIR``;
+    ``tiny-transcoders`` beside it)."""
     try:
         import importlib
 
         tiny = importlib.import_module("featcirc.models.tiny")  # the tiny model's module, owner of its SAEs
     except ImportError as e:
         raise FileNotFoundError(
-            f"SAE set 'tiny' needs featcirc.models.tiny (the project's tiny model), which cannot be imported: {e}"
+            f"SAE set {name!r} needs featcirc.models.tiny (the project's tiny model), which cannot be imported: {e}"
         ) from e
     path = getattr(tiny, "TINY_SAE_DIR", None)
+    if path is not None and name != "tiny":
+        path = Path(path).parent / name
     if path is None or not Path(path).is_dir():
+        script = "experiments/train_tiny.py" if name == "tiny" else "experiments/train_tiny_transcoders.py"
         raise FileNotFoundError(
-            f"the tiny model's SAEs are missing: featcirc.models.tiny.TINY_SAE_DIR = {path} is not a directory; "
-            "reinstall featcirc or rebuild the bundle with experiments/train_tiny.py"
+            f"the tiny model's bundled set {name!r} is missing: featcirc.models.tiny.TINY_SAE_DIR"
+            f"{'' if name == 'tiny' else '/../' + name} = {path} is not a directory; "
+            f"reinstall featcirc or rebuild the bundle with {script}"
         )
     return Path(path)
 
@@ -675,7 +681,7 @@ def load_saes(
         raise _unknown(spec)
     parsed = parse_sae_spec(spec)
     if parsed.kind == "bundled":
-        return _finish(model, _load_dir(_tiny_dir(), wanted), device)
+        return _finish(model, _load_dir(_tiny_dir(parsed.name), wanted), device)
     if parsed.kind == "named":
         return _finish(model, _load_named(model, parsed, wanted, dev), device)
     if parsed.kind == "local":

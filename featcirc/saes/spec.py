@@ -26,11 +26,15 @@ from typing import Literal, Optional
 
 from featcirc.saes.trained import LOCAL_SUFFIX
 
-__all__ = ["LOCAL_SUFFIX", "SAESpec", "SPEC_KINDS", "TINY", "named_sae_sets", "parse_sae_spec", "set_reference",
+__all__ = ["BUNDLED_SETS", "LOCAL_SUFFIX", "SAESpec", "SPEC_KINDS", "TINY", "TINY_TRANSCODERS", "named_sae_sets", "parse_sae_spec", "set_reference",
            "sets_dir"]
 
 TINY = "tiny"
 """The spec of the SAEs bundled with the tiny model."""
+TINY_TRANSCODERS = "tiny-transcoders"
+"""The spec of the transcoders bundled with the tiny model (``tc.0 .. tc.3``)."""
+BUNDLED_SETS: tuple[str, ...] = (TINY, TINY_TRANSCODERS)
+"""The sets bundled with the tiny model, each a directory ``saes/<name>`` (installed as ``featcirc.saes.bundled``)."""
 
 SpecKind = Literal["bundled", "named", "local", "directory"]
 SPEC_KINDS: tuple[str, ...] = ("bundled", "named", "local", "directory")
@@ -42,7 +46,7 @@ class SAESpec:
 
     - ``text``: the spec as given;
     - ``kind``: ``bundled``, ``named``, ``local`` or ``directory``;
-    - ``name``: ``"tiny"``; a bundled set's name (without the variant); ``<model>-local``; None for a
+    - ``name``: ``"tiny"`` or ``"tiny-transcoders"`` (:data:`BUNDLED_SETS`); a named set's name (without the variant); ``<model>-local``; None for a
       set description file or a directory;
     - ``variant``: the part after ``:`` of a templated named set (None: its default);
     - ``path``: the set description ``.json`` of a named set (bundled or given), the directory of a
@@ -96,8 +100,8 @@ def parse_sae_spec(spec: "str | os.PathLike[str]") -> SAESpec:
         raise TypeError(f"an SAE spec is a name or a path, got {type(spec).__name__}")
     text = os.fspath(spec)
     path = Path(text)
-    if text == TINY:
-        return SAESpec(text, "bundled", name=TINY)
+    if text in BUNDLED_SETS:
+        return SAESpec(text, "bundled", name=text)
     if text.partition(":")[0] in named_sae_sets() or (text.endswith(".json") and path.is_file()):
         return set_reference(text)
     if text.endswith(LOCAL_SUFFIX) and not path.is_dir():

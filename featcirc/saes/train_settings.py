@@ -31,7 +31,8 @@ recipe and above the :class:`TrainSettings` defaults."""
 
 _FLAGS = {"width": "--width", "k": "--k", "tokens": "--tokens", "context_size": "--context-size",
           "batch_tokens": "--batch-tokens", "lr": "--lr", "eval_tokens": "--eval-tokens",
-          "ce_eval_tokens": "--ce-eval-tokens", "seed": "--seed", "dtype": "--sae-dtype"}
+          "ce_eval_tokens": "--ce-eval-tokens", "seed": "--seed", "dtype": "--sae-dtype",
+          "l1_coefficient": "--l1-coefficient"}
 """The command-line flag of each setting that has one (for error messages)."""
 
 SAE_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
@@ -58,6 +59,7 @@ class TrainSettings:
     buffer_windows: int = 64        # mixing buffer, in windows (SAELens n_batches_in_buffer)
     norm_estimate_batches: int = 20  # batches used to estimate the activation norm scaling
     aux_loss_coefficient: float = 1.0 / 32  # AuxK weight (Gao et al. 2024)
+    l1_coefficient: float = 5.0     # transcoders only: L1 weight on f_i |W_dec,i| (activations at mean norm sqrt(d))
     heldout_fraction: float = 0.02  # documents held out of training, for the metrics
     eval_tokens: int = 8192         # held-out tokens for L0 and variance explained
     ce_eval_tokens: int = 2048      # held-out tokens for the CE-loss metrics (one forward per site each)
@@ -80,6 +82,9 @@ class TrainSettings:
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (math.isfinite(self.lr)
                                                                                      and self.lr > 0):
             raise ValueError(f"--lr must be a finite number > 0, got {self.lr!r}")
+        if isinstance(self.l1_coefficient, bool) or not isinstance(self.l1_coefficient, (int, float)) or not (
+                math.isfinite(self.l1_coefficient) and self.l1_coefficient >= 0):
+            raise ValueError(f"--l1-coefficient must be a finite number >= 0, got {self.l1_coefficient!r}")
         for name in ("warmup_fraction", "decay_fraction", "heldout_fraction"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
