@@ -209,6 +209,14 @@ def test_gemma_recipe_is_valid_and_writes_to_the_cache(tmp_path, monkeypatch):
     assert plan.settings["k"] == 16 and plan.settings["width"] == recipe["settings"]["width"]  # flags override
     assert plan.settings["context_size"] == recipe["settings"]["context_size"] and plan.corpus == "default"
     assert recipe_command("gemma-3-270m") == "featcirc train-saes --recipe gemma-3-270m"
+    # the Gemma Scope 2 layout recipe trains its own set, gemma-3-270m-scope-local, beside the 19-site one
+    scope = load_recipe("gemma-3-270m-scope")
+    TrainSettings(**scope["settings"]).check()
+    assert scope["model"] == "gemma-3-270m" and len(scope["sites"].split(",")) == 12
+    plan = _plan(argparse.Namespace(**{**vars(args), "recipe": "gemma-3-270m-scope", "k": None}))
+    assert plan.out == tmp_path / "saes" / "gemma-3-270m-scope-local" and plan.model == "gemma-3-270m"
+    with pytest.raises(TrainedSetMissing, match="featcirc train-saes --recipe gemma-3-270m-scope$"):
+        trained_set_dir("gemma-3-270m-scope-local")
 
 
 def test_bad_recipe(tmp_path):

@@ -146,8 +146,11 @@ def _plan(args) -> Plan:
     corpus = args.corpus or recipe.get("corpus") or MODEL_CORPUS.get(key, "default")
     if args.out:
         out = Path(args.out)
-    elif args.recipe:
-        out = trained_set_path(model + LOCAL_SUFFIX)
+    elif args.recipe:  # a bundled recipe trains the set named after it: gemma-3-270m-scope -> gemma-3-270m-scope-local
+        from featcirc.saes.trained import recipe_names
+
+        name = str(args.recipe) if str(args.recipe) in recipe_names() else str(model)
+        out = trained_set_path(name + LOCAL_SUFFIX)
     else:
         raise ValueError("--out is required without --recipe")
     shape = model_shape(model)
