@@ -490,31 +490,55 @@ def test_neuronpedia_validator_catches_problems():
     good = to_neuronpedia(G, slug="s", prompt="p", prompt_tokens=TOKENS)
     validate_neuronpedia(good)
 
-    def broken(edit):
+    def broken(edit, match="invalid Neuronpedia graph"):
         d = json.loads(json.dumps(good))
         edit(d)
-        with pytest.raises(ValueError, match="invalid Neuronpedia graph"):
+        with pytest.raises(ValueError, match="invalid Neuronpedia graph") as e:
             validate_neuronpedia(d)
+        assert re.search(match, str(e.value)), str(e.value)
 
-    broken(lambda d: d.pop("qParams"))
-    broken(lambda d: d["metadata"].pop("scan"))
-    broken(lambda d: d["metadata"].update(slug="has space"))
-    broken(lambda d: d["qParams"].pop("linkType"))
-    broken(lambda d: d["nodes"][0].pop("jsNodeId"))
-    broken(lambda d: d["nodes"][0].update(layer=None))
-    broken(lambda d: d["nodes"][0].update(ctx_idx=99))
-    broken(lambda d: d["nodes"].append(dict(d["nodes"][0])))  # duplicate node id
-    broken(lambda d: d["nodes"].append(dict(d["nodes"][0], node_id="x", jsNodeId="x")))  # a second token at 0
-    broken(lambda d: d["links"].append({"source": "nowhere", "target": METRIC, "weight": 1.0}))
-    broken(lambda d: d["links"][0].update(weight="heavy"))
+    # structure: Neuronpedia's published schema, one line naming the JSON path of the violation
+    schema = r"\(Neuronpedia's graph schema, rule '(required|type)'\)$"
+    broken(lambda d: d.pop("qParams"), r"^invalid Neuronpedia graph: \$: 'qParams' is a required property " + schema)
+    broken(lambda d: d["metadata"].pop("scan"), r": \$\.metadata: 'scan' is a required property " + schema)
+    broken(lambda d: d["qParams"].update(linkType=3), r": \$\.qParams\.linkType: 3 is not of type 'string' ")
+    broken(lambda d: d["nodes"][1].pop("jsNodeId"), r": \$\.nodes\[1\]: 'jsNodeId' is a required property ")
+    broken(lambda d: d["nodes"][0].update(layer=None), r": \$\.nodes\[0\]\.layer: None is not of type ")
+    broken(lambda d: d["nodes"][2].update(feature=1.5), r": \$\.nodes\[2\]\.feature: 1\.5 is not of type ")
+    broken(lambda d: d["nodes"][0].update(ctx_idx=True), r": \$\.nodes\[0\]\.ctx_idx: True is not of type 'integer'")
+    broken(lambda d: d["links"][0].update(weight="heavy"), r": \$\.links\[0\]\.weight: 'heavy' is not of type 'number'")
+    broken(lambda d: d["metadata"].update(prompt_tokens=["a", 2]), r": \$\.metadata\.prompt_tokens\[1\]: 2 is not of type")
+    # what the schema cannot say
+    broken(lambda d: d["links"][0].update(weight=float("nan")), r"\$\.links\[0\]\.weight is not a finite number")
+    broken(lambda d: d["metadata"].update(slug="has space"), "metadata.slug")
+    broken(lambda d: d["nodes"][0].update(ctx_idx=99), "does not index one of the")
+    broken(lambda d: d["nodes"].append(dict(d["nodes"][0])), "node_id 'token@0' is not unique")  # duplicate node id
+    broken(lambda d: d["nodes"].append(dict(d["nodes"][0], node_id="x", jsNodeId="x")),  # a second token at 0
+           "a second embedding node")
+    broken(lambda d: d["links"].append({"source": "nowhere", "target": METRIC, "weight": 1.0}), "is not a node_id")
     broken(lambda d: [n.update(clerp="out") for n in d["nodes"] if n["feature_type"] == "logit"])
     broken(lambda d: [n.update(clerp='Output " x" (p=1.5)') for n in d["nodes"] if n["feature_type"] == "logit"])
     broken(lambda d: [n.update(clerp='Output " x" (p=high)') for n in d["nodes"] if n["feature_type"] == "logit"])
-    broken(lambda d: [n.update(token_prob=2.0) for n in d["nodes"] if n["feature_type"] == "logit"])
+    broken(lambda d: [n.update(token_prob=2.0) for n in d["nodes"] if n["feature_type"] == "logit"], "token_prob")
     broken(lambda d: d["metadata"].update(scan="./data/features/gpt2-small.res-jb"))  # Neuronpedia rejects it
     broken(lambda d: d["metadata"].update(scan="google/gemma-3-270m"))
     broken(lambda d: d["metadata"].update(scan=""))
-    broken(lambda d: d["metadata"]["info"].update(description="run on /home/me/data/sva.jsonl"))
+    broken(lambda d: d["metadata"]["info"].update(description="run on /home/me/data/sva.jsonl"), "absolute paths")
+    # the published schema leaves qParams' keys optional, and allows keys of its own (featcirc's site, kind, ...)
+    ok = json.loads(json.dumps(good))
+    ok["qParams"].pop("linkType")
+    ok["nodes"][0]["extra"] = {"any": "thing"}
+    validate_neuronpedia(ok)
+
+
+def test_the_bundled_schema_is_neuronpedias():
+    from featcirc.export.neuronpedia import graph_schema_validator
+
+    schema = graph_schema_validator().schema
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert schema["required"] == ["metadata", "qParams", "nodes", "links"]
+    assert schema["properties"]["nodes"]["items"]["required"] == [
+        "node_id", "feature", "layer", "ctx_idx", "feature_type", "jsNodeId", "clerp"]
 
 
 def test_neuronpedia_argument_checks():

@@ -3,6 +3,7 @@ top-level saes/ as featcirc.saes.bundled, the tiny model bundle, the viewer's as
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import zipfile
@@ -26,7 +27,17 @@ def test_wheel_carries_every_package_and_the_bundled_data(tmp_path):
                      "featcirc/saes/bundled/tiny/resid.0/sae_weights.safetensors",
                      "featcirc/resources/tiny/model/model.safetensors",
                      "featcirc/resources/tiny/heldout_sva_nounpp.jsonl",
-                     "featcirc/view/assets/viewer.js"):
+                     "featcirc/view/assets/viewer.js",
+                     # Neuronpedia's graph schema that validate_neuronpedia checks the structure with, its source
+                     "featcirc/export/schemas/neuronpedia-graph.schema.json",
+                     "featcirc/export/schemas/README.md", "featcirc/export/schemas/LICENSE-Apache-2.0.txt"):
         assert required in names, required
+    # ... and the wheel's copy is the one in the source tree, and a draft-07 schema
+    schema = zipfile.ZipFile(wheel).read("featcirc/export/schemas/neuronpedia-graph.schema.json")
+    assert schema == (REPO / "featcirc/export/schemas/neuronpedia-graph.schema.json").read_bytes()
+    assert json.loads(schema)["$schema"] == "http://json-schema.org/draft-07/schema#"
+    # jsonschema is a declared dependency (validate_neuronpedia imports it)
+    meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    assert "Requires-Dist: jsonschema" in zipfile.ZipFile(wheel).read(meta).decode()
     # the tiny SAEs come only from saes/ (no stale copy inside featcirc/resources)
     assert not any(n.startswith("featcirc/resources/tiny/saes/") for n in names)

@@ -1,6 +1,8 @@
 """Circuits as attribution-graph JSON for Neuronpedia and circuit-tracer's viewer.
 
-Schema: Neuronpedia ``apps/webapp/app/api/graph/graph-schema.json``, the JSON that circuit-tracer's
+Schema: Neuronpedia ``apps/webapp/app/api/graph/graph-schema.json`` (bundled as
+``featcirc/export/schemas/neuronpedia-graph.schema.json``; :func:`validate_neuronpedia` checks the
+structure with it), the JSON that circuit-tracer's
 ``create_graph_files`` writes (``circuit_tracer/frontend/graph_models.py``). Both viewers key a
 node by ``featureId = f"{layer}_{feature}_{ctx_idx}"`` (plus a suffix for error nodes), so two
 nodes with the same layer, ``feature`` number and position are merged into one. The mapping below
@@ -90,13 +92,17 @@ file path is written (paths in ``info`` are cut to their file name).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import re
+from importlib import resources
 from typing import Any, Iterable, Optional
 
+import jsonschema
 import networkx as nx
+from jsonschema.exceptions import best_match
 
 from featcirc.circuit import graph_n_layers, magnitude, node_label
 from featcirc.io import jsonable, write_text
@@ -501,6 +507,20 @@ def _version() -> str:
 
 
 # ---------------------------------------------------------------------------------- validation
+SCHEMA_FILE = "neuronpedia-graph.schema.json"
+"""Neuronpedia's published attribution-graph schema, bundled in ``featcirc/export/schemas/`` (its
+source and commit are in the README there)."""
+
+
+@functools.lru_cache(maxsize=1)
+def graph_schema_validator() -> jsonschema.Draft7Validator:
+    """A validator for Neuronpedia's graph schema (draft-07, as Neuronpedia's Ajv compiles it)."""
+    text = resources.files("featcirc.export").joinpath("schemas", SCHEMA_FILE).read_text(encoding="utf-8")
+    schema = json.loads(text)
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
 def _strings(x: Any) -> Iterable[str]:
     if isinstance(x, str):
         yield x
@@ -513,104 +533,76 @@ def _strings(x: Any) -> Iterable[str]:
             yield from _strings(v)
 
 
+def _non_finite(x: Any, path: str = "$") -> Optional[str]:
+    """The JSON path of the first NaN / infinity in ``x`` (strict JSON has none), else None."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return path
+    items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else ()
+    for k, v in items:
+        found = _non_finite(v, f"{path}[{k}]" if isinstance(k, int) else f"{path}.{k}")
+        if found:
+            return found
+    return None
+
+
 def validate_neuronpedia(data: dict, *, local_viewer: bool = False) -> None:
-    """Check an attribution-graph dict against Neuronpedia's schema, its upload's checks and what
-    the viewers assume: required keys and types at every level, ``scan`` and ``slug`` of letters,
-    digits, ``_``, ``.``, ``-`` only (Neuronpedia's upload rejects anything else,
-    :func:`check_scan`), unique node ids, node keys ``(layer, feature, ctx_idx)`` unique among
-    non-error and among error nodes (the viewers merge equal keys), at most one embedding node
-    per position, links between existing nodes, a logit label with ``(p=X)`` where X is a
-    probability or ``n/a`` and a ``token_prob`` in [0, 1], strict JSON, no absolute paths.
+    """Check an attribution-graph dict: first its structure against Neuronpedia's published graph
+    schema (:func:`graph_schema_validator`: required keys and types at every level; a
+    ``ValueError`` naming the JSON path of the violation), then what the schema cannot say: strict
+    JSON (no NaN or infinity), ``scan`` and ``slug`` of letters, digits, ``_``, ``.``, ``-`` only
+    (Neuronpedia's upload rejects anything else, :func:`check_scan`), unique ``node_id`` and
+    ``jsNodeId``, node keys ``(layer, feature, ctx_idx)`` unique among non-error and among error
+    nodes (the viewers merge equal keys), ``ctx_idx`` indexing a prompt token, at most one
+    embedding node per position, links between existing nodes, a logit label with ``(p=X)`` where
+    X is a probability or ``n/a`` and a ``token_prob`` in [0, 1], no absolute paths in the metadata.
     ``local_viewer``: the graph is for circuit-tracer's local server (``graph_files/``), whose
     ``scan`` may be a ``./`` path to its feature files; such a graph cannot be uploaded. Raise
-    ``ValueError`` listing every problem."""
+    ``ValueError``: the first schema violation, else every other problem."""
+    err = best_match(graph_schema_validator().iter_errors(data))
+    if err is not None:
+        raise ValueError(f"invalid Neuronpedia graph: {err.json_path}: {err.message} "
+                         f"(Neuronpedia's graph schema, rule {err.validator!r})")
     errs: list[str] = []
-
-    def num(x: Any, nullable: bool) -> bool:
-        if x is None:
-            return nullable
-        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-    if not isinstance(data, dict):
-        raise ValueError("an attribution graph is a JSON object")
-    for k, t in (("metadata", dict), ("qParams", dict), ("nodes", list), ("links", list)):
-        if not isinstance(data.get(k), t):
-            errs.append(f"top level: '{k}' missing or not a {t.__name__}")
-    if errs:
-        raise ValueError("invalid Neuronpedia graph:\n  " + "\n  ".join(errs))
+    bad = _non_finite(data)
+    if bad:
+        errs.append(f"{bad} is not a finite number: not strict JSON")
+    try:  # extra keys (the schema allows any) may still hold something JSON has no type for
+        json.dumps(data)
+    except (TypeError, ValueError) as e:
+        errs.append(f"not JSON: {e}")
     md = data["metadata"]
-    for k in ("slug", "scan", "prompt"):
-        if not isinstance(md.get(k), str):
-            errs.append(f"metadata.{k} missing or not a string")
-    if isinstance(md.get("slug"), str) and not SLUG_RE.match(md["slug"]):
+    if not SLUG_RE.match(md["slug"]):
         errs.append(f"metadata.slug {md['slug']!r} has characters other than letters, digits, '-', '_', '.'")
-    if isinstance(md.get("scan"), str):
-        try:
-            check_scan(md["scan"], local_viewer=local_viewer)
-        except ValueError as e:
-            errs.append(f"metadata.{e}")
-    toks = md.get("prompt_tokens")
-    if not isinstance(toks, list) or not all(isinstance(t, str) for t in toks):
-        errs.append("metadata.prompt_tokens missing or not a list of strings")
-        toks = None
-    if "node_threshold" in md and not num(md["node_threshold"], True):
-        errs.append("metadata.node_threshold is not a number")
-    if "info" in md and not isinstance(md["info"], dict):
-        errs.append("metadata.info is not an object")
-    qp = data["qParams"]
-    if not (isinstance(qp.get("pinnedIds"), list) and all(isinstance(x, str) for x in qp["pinnedIds"])):
-        errs.append("qParams.pinnedIds missing or not a list of strings")
-    if not isinstance(qp.get("supernodes"), list):
-        errs.append("qParams.supernodes missing or not a list")
-    if not isinstance(qp.get("linkType"), str):
-        errs.append("qParams.linkType missing or not a string")
+    try:
+        check_scan(md["scan"], local_viewer=local_viewer)
+    except ValueError as e:
+        errs.append(f"metadata.{e}")
+    n_tokens = len(md["prompt_tokens"])
     ids: set[str] = set()
     js_ids: set[str] = set()
     keys: dict[tuple, str] = {}
     emb_pos: set[int] = set()
     for i, nd in enumerate(data["nodes"]):
-        where = f"nodes[{i}]"
-        if not isinstance(nd, dict):
-            errs.append(f"{where} is not an object")
-            continue
-        for k in ("node_id", "feature_type", "jsNodeId", "clerp"):
-            if not isinstance(nd.get(k), str):
-                errs.append(f"{where}.{k} missing or not a string")
-        f = nd.get("feature", "missing")
-        if not (f is None or (isinstance(f, int) and not isinstance(f, bool))):
-            errs.append(f"{where}.feature missing or not an integer/null")
-        if not isinstance(nd.get("layer"), (str, int)) or isinstance(nd.get("layer"), bool):
-            errs.append(f"{where}.layer missing or not a string/integer")
-        c = nd.get("ctx_idx")
-        if not (isinstance(c, int) and not isinstance(c, bool) and c >= 0):
-            errs.append(f"{where}.ctx_idx missing or not a non-negative integer")
-        elif toks and c >= len(toks):
-            errs.append(f"{where}.ctx_idx={c} is past the {len(toks)} prompt tokens")
-        for k in ("influence", "activation"):
-            if k in nd and not num(nd[k], True):
-                errs.append(f"{where}.{k} is not a finite number or null")
-        nid = nd.get("node_id")
-        if isinstance(nid, str):
-            if nid in ids:
-                errs.append(f"{where}.node_id {nid!r} is not unique")
-            ids.add(nid)
-        jid = nd.get("jsNodeId")
-        if isinstance(jid, str):
-            if jid in js_ids:
-                errs.append(f"{where}.jsNodeId {jid!r} is not unique")
-            js_ids.add(jid)
-        ftype = str(nd.get("feature_type", ""))
-        key = (str(nd.get("layer")), nd.get("feature"), nd.get("ctx_idx"), "error" in ftype)
+        where, nid, c, ftype = f"nodes[{i}]", nd["node_id"], nd["ctx_idx"], nd["feature_type"]
+        if c < 0 or (n_tokens and c >= n_tokens):
+            errs.append(f"{where}.ctx_idx={c} does not index one of the {n_tokens} prompt tokens")
+        if nid in ids:
+            errs.append(f"{where}.node_id {nid!r} is not unique")
+        ids.add(nid)
+        if nd["jsNodeId"] in js_ids:
+            errs.append(f"{where}.jsNodeId {nd['jsNodeId']!r} is not unique")
+        js_ids.add(nd["jsNodeId"])
+        key = (str(nd["layer"]), nd["feature"], c, "error" in ftype)
         if key in keys:
             errs.append(f"{where} ({nid}) has the viewer key layer={key[0]}, feature={key[1]}, "
                         f"ctx_idx={key[2]} of {keys[key]}: the viewers would merge them")
-        keys.setdefault(key, str(nid))
-        if ftype == "embedding" and isinstance(c, int):
+        keys.setdefault(key, nid)
+        if ftype == "embedding":
             if c in emb_pos:
                 errs.append(f"{where}: a second embedding node at ctx_idx={c}")
             emb_pos.add(c)
         if ftype == "logit":
-            pm = _P_RE.search(str(nd.get("clerp", "")))
+            pm = _P_RE.search(nd["clerp"])
             pv = pm.group(1) if pm else None
             try:
                 ok = pv == "n/a" or (pv is not None and 0.0 <= float(pv) <= 1.0)
@@ -618,26 +610,14 @@ def validate_neuronpedia(data: dict, *, local_viewer: bool = False) -> None:
                 ok = False
             if not ok:
                 errs.append(f"{where}: a logit node's clerp must contain '(p=X)', X a probability or 'n/a' "
-                            f"(the viewers parse it), got {nd.get('clerp')!r}")
-            tp = nd.get("token_prob", 0.0)
-            if not (num(tp, False) and 0.0 <= tp <= 1.0):
+                            f"(the viewers parse it), got {nd['clerp']!r}")
+            tp = nd.get("token_prob", 0.0)  # not in the schema: circuit-tracer's key, read by Neuronpedia's scores
+            if not (isinstance(tp, (int, float)) and not isinstance(tp, bool) and 0.0 <= tp <= 1.0):
                 errs.append(f"{where}.token_prob {tp!r} is not a number in [0, 1]")
     for i, ln in enumerate(data["links"]):
-        where = f"links[{i}]"
-        if not isinstance(ln, dict):
-            errs.append(f"{where} is not an object")
-            continue
         for k in ("source", "target"):
-            if not isinstance(ln.get(k), str):
-                errs.append(f"{where}.{k} missing or not a string")
-            elif ln[k] not in ids:
-                errs.append(f"{where}.{k} {ln[k]!r} is not a node_id")
-        if not num(ln.get("weight"), False):
-            errs.append(f"{where}.weight missing or not a finite number")
-    try:
-        json.dumps(data, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        errs.append(f"not strict JSON: {e}")
+            if ln[k] not in ids:
+                errs.append(f"links[{i}].{k} {ln[k]!r} is not a node_id")
     described = {k: v for k, v in md.items() if k not in ("prompt", "prompt_tokens", "feature_details")}
     paths = sorted({m.group(0) for s in _strings(described) for m in _ABS_PATH_RE.finditer(s)})
     if paths:
@@ -658,4 +638,5 @@ __all__ = ["SCHEMA_VERSION", "NEURONPEDIA_ID_RE", "TC_SITE_CODE_BASE", "cantor_p
            "feature_number", "feature_description",
            "vector_feature_number", "graph_digest", "default_slug", "neuronpedia_model_id", "check_scan",
            "check_slug", "slug_part", "strip_paths", "display_token", "influence_scores", "check_example",
-           "metric_clerp", "to_neuronpedia", "validate_neuronpedia", "write_neuronpedia"]
+           "metric_clerp", "to_neuronpedia", "graph_schema_validator", "validate_neuronpedia",
+           "write_neuronpedia"]
