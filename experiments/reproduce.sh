@@ -36,6 +36,7 @@ tiny() {
   python experiments/candidate_pool.py --task sva-nounpp --pairs 64 --pools 250,500,1000,2000,4000 > $R/mask/pool_tiny_sva.txt
   python experiments/candidate_pool.py --data $TINY/heldout_ioi.jsonl --pairs 100 --pools 500,1000,2000,4000,8000 \
     > $R/mask/pool_tiny_ioi.txt
+  bash experiments/transcoders_vs_saes.sh runs/transcoders-vs-saes  # transcoders vs SAEs -> $R/transcoders/
   python experiments/rule_variants.py --model tiny --saes tiny --data $TINY/heldout_sva_nounpp.jsonl \
     > $R/rule_variants/tiny_feature_sva.txt
   python experiments/rule_variants.py --model tiny --data $TINY/heldout_ioi.jsonl > $R/rule_variants/tiny_component_ioi.txt
