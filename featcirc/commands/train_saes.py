@@ -170,47 +170,29 @@ def _plan(args) -> Plan:
                 n_ctx=n_ctx, transcoders=transcoders)
 
 
-def check_sites(spec: str, n_layers: Optional[int]) -> None:
-    """Site names parse, none is listed twice and (where the model's depth is known) none is beyond
-    the model; ``all`` and ``all-resid`` always fit."""
+def check_sites(spec: str, n_layers: Optional[int], transcoders: bool = False) -> None:
+    """Site names parse, none is listed twice and (where the model's depth is known) none is beyond the
+    model. SAE sites, or with ``transcoders`` ``tc.L`` sites (block L's MLP input -> output); ``all``
+    (and for SAEs ``all-resid``) always fit."""
     from featcirc.sites import Site
 
     text = str(spec).strip()
-    if text in ("all", "all-resid"):
-        return
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    if not names:
-        raise ValueError("no sites given: write e.g. --sites embed,resid.0,resid.1 or --sites all-resid")
-    seen = set()
-    for name in names:
-        site = Site.parse(name)
-        if site.is_transcoder:
-            raise ValueError(f"{site.name} is a transcoder site: train transcoders with --transcoders (and SAEs "
-                             "in a separate run)")
-        if n_layers is not None and site.layer >= n_layers:
-            raise ValueError(f"site {site.name} is beyond the model: it has {n_layers} layers (0..{n_layers - 1})")
-        if site in seen:
-            raise ValueError(f"site {site.name} is listed twice in --sites {spec}")
-        seen.add(site)
-
-
-def check_transcoder_sites(spec: str, n_layers: Optional[int]) -> None:
-    """``--transcoders``: the sites are ``all`` (every layer) or ``tc.L`` names, none twice and (where the
-    model's depth is known) none beyond the model."""
-    from featcirc.sites import Site
-
-    text = str(spec).strip()
-    if text == "all":
+    if text == "all" or (text == "all-resid" and not transcoders):
         return
     if text == "all-resid":
         raise ValueError("--sites all-resid names SAE sites; with --transcoders give tc.L names (tc.0,tc.1) or all")
     names = [s.strip() for s in text.split(",") if s.strip()]
     if not names:
-        raise ValueError("no sites given: with --transcoders write e.g. --sites tc.0,tc.1 or --sites all")
+        raise ValueError("no sites given: " + ("with --transcoders write e.g. --sites tc.0,tc.1 or --sites all"
+                                              if transcoders else
+                                              "write e.g. --sites embed,resid.0,resid.1 or --sites all-resid"))
     seen = set()
     for name in names:
         site = Site.parse(name)
-        if not site.is_transcoder:
+        if site.is_transcoder and not transcoders:
+            raise ValueError(f"{site.name} is a transcoder site: train transcoders with --transcoders (and SAEs "
+                             "in a separate run)")
+        if transcoders and not site.is_transcoder:
             raise ValueError(f"--transcoders trains tc.L sites (block L's MLP input -> output), not {site.name}: "
                              "train SAEs and transcoders in separate runs")
         if n_layers is not None and site.layer >= n_layers:
@@ -254,7 +236,7 @@ def check(args) -> Plan:
     plan = _plan(args)
     shape = model_shape(plan.model)
     n_layers = int(shape["n_layers"]) if shape and shape.get("n_layers") else None
-    (check_transcoder_sites if plan.transcoders else check_sites)(plan.sites, n_layers)
+    check_sites(plan.sites, n_layers, transcoders=plan.transcoders)
     TrainSettings(**plan.settings).check(n_ctx=plan.n_ctx)
     size_spec = plan.sites
     if plan.transcoders and str(plan.sites).strip() == "all":  # one transcoder (2 x d_model x width) per layer
