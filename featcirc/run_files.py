@@ -1,13 +1,20 @@
-"""Reading a run directory's JSON files back (docs/design.md §11-§12): ``run.json``, ``summary.json``
-(and its ``faithfulness``, in the shape of any featcirc version: :func:`faithfulness_by_ablation`),
-``circuit.json``, ``cards.json``. A run directory may come from someone else or from another featcirc
+"""The run directory's JSON records, typed, and reading its JSON files back (docs/design.md §11-§12):
+``run.json`` is a :class:`RunRecord` (the :class:`RunConfig` fields plus the split, alignment,
+environment, SAE fit and identity), ``summary.json`` a :class:`Summary` (with its ``faithfulness`` in the
+shape of any featcirc version: :func:`faithfulness_by_ablation`); both round-trip their file exactly
+(``RunRecord.from_json(d).to_json() == d``) and carry a ``format`` version (:data:`RUN_FORMAT`,
+:data:`SUMMARY_FORMAT`; a file without one is format 0, read as before; a newer one is refused). Every
+command and exporter reads and writes them through these types; ``circuit.json`` and ``cards.json`` are
+read with :func:`read_json_file`. A run directory may come from someone else or from another featcirc
 version, so every file is checked as it is read: a missing, truncated, foreign or out-of-range file
 is a ``ValueError`` / ``FileNotFoundError`` whose one-line message names the file (and, for
 ``run.json``, the field and the featcirc version that wrote it) and says what to do, which the
 command line prints as a one-line error (exit 2).
 
-Nothing here imports torch or networkx. The score files (``nodes.pt``, ``edges.pt``) are checked by
-:mod:`featcirc.attribution.scores`.
+Nothing here imports torch or networkx, nor a command (only the input checks,
+:mod:`featcirc.commands.checks`): :class:`RunConfig`, the schema of ``run.json``, lives here, below
+:mod:`featcirc.commands.common`, which re-exports it. The score files (``nodes.pt``, ``edges.pt``) are
+checked by :mod:`featcirc.attribution.scores`.
 """
 
 from __future__ import annotations
@@ -15,10 +22,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from featcirc.attribution import DEFAULT_MAX_NODES  # the package's constant: imports none of its modules
+from featcirc.commands.checks import (IG_STEPS_WHY, MAX_IG_STEPS, InputError, check_device_name, check_dtype_name,
+                                      check_float, check_int, check_memory_size, check_model_name, check_prune,
+                                      check_sae_spec, check_saes_level)
+from featcirc.data.tasks import MAX_PAIRS
 from featcirc.run_dir import RUN_JSON, SUMMARY_JSON, RunDir
+from featcirc.vocabulary import AGGREGATIONS, ALIGN_CHOICES, LEVELS, MASK_ABLATIONS, PRUNERS, TASKS
 
 RERUN = "rerun `featcirc discover ... --out DIR` to recreate it"
 """What to do about a damaged run file, unless the caller says otherwise."""
@@ -83,14 +97,99 @@ def run_version(run_dir: "str | os.PathLike[str]") -> Optional[str]:
     return version if isinstance(version, str) else None
 
 
+
+# ------------------------------------------------------------------------------------ RunConfig
+@dataclass
+class RunConfig:
+    """What a discover run used: the fields of ``run.json`` that name the run (:class:`RunRecord` holds
+    the rest). :mod:`featcirc.commands.common` re-exports it.
+
+    ``n``: discovery pairs (``--pairs``); ``eval_fraction``: the share of the pairs held out for
+    evaluation (0: none), or ``eval_data``: a file of evaluation pairs instead; ``eval_pairs``: how
+    many of them ``discover`` measures the exported circuit on (None: all; ``eval_pairs.jsonl``
+    keeps them all for ``evaluate``); ``max_memory``: the attribution's memory budget per process
+    (:func:`featcirc.memory.fit_to_budget`; None: batch size as given, records kept up to 1 GiB)."""
+
+    model: str
+    saes: Optional[str]
+    method: str
+    level: str
+    aggregation: str
+    data: Optional[str] = None
+    task: Optional[str] = None
+    n: Optional[int] = 64
+    seed: int = 0
+    batch_size: int = 16
+    ig_steps: int = 10
+    max_nodes: Optional[int] = DEFAULT_MAX_NODES
+    node_threshold: Optional[float] = None
+    top_k: Optional[int] = 100
+    edge_threshold: float = 0.0
+    eval_fraction: Optional[float] = 0.5
+    eval_data: Optional[str] = None
+    eval_pairs: Optional[int] = None
+    max_memory: Optional[str] = None
+    device: str = "auto"
+    dtype: str = "float32"
+    align: str = "auto"
+    prune: str = "threshold"
+    mask_ablation: str = "patch"
+
+    @property
+    def source(self) -> dict:
+        return dict(data=self.data, task=self.task, n=self.n, seed=self.seed, batch_size=self.batch_size)
+
+    def check(self) -> Optional[dict]:
+        """Every check that needs no model (options in range, known method, level and aggregation,
+        device and dtype names, model name, SAE directories); returns the model's shape where it is
+        known without loading it. Raises :class:`~featcirc.commands.checks.InputError`."""
+        from featcirc.attribution import get_method  # the registry, through the package's lazy names
+
+        if (self.data is None) == (self.task is None):
+            raise InputError("give exactly one of --data FILE or --task NAME")
+        if self.task is not None and self.task not in TASKS:
+            raise InputError(f"unknown --task {self.task!r}; choose one of {', '.join(TASKS)}")
+        method = get_method(self.method)  # UnknownMethodError (a ValueError) lists the known ones
+        if not method.has_edges:
+            raise InputError(f"--method {self.method} scores nodes only (no edges), so it cannot build a circuit; "
+                             "use relp, atp or ig (compare runs exact patching against them)")
+        if self.level not in LEVELS:
+            raise InputError(f"unknown --level {self.level!r}; choose {' or '.join(LEVELS)}")
+        if self.aggregation not in AGGREGATIONS:
+            raise InputError(f"unknown --aggregation {self.aggregation!r}; choose {' or '.join(AGGREGATIONS)}")
+        if self.align not in ALIGN_CHOICES:
+            raise InputError(f"unknown --align {self.align!r}; choose one of {', '.join(ALIGN_CHOICES)}")
+        if self.aggregation == "sum" and self.align not in ("auto", "sum"):
+            raise InputError(f"--aggregation sum sums positions; it does not go with --align {self.align}")
+        if self.level == "feature" and not self.saes:
+            raise InputError("feature-level circuits need SAEs: pass --saes (e.g. --saes tiny), or use --level component")
+        check_saes_level(self.saes, self.level)
+        check_int(self.n, "--pairs", what="the prompt pairs to discover the circuit on", maximum=MAX_PAIRS,
+                  why="every pair is scored by forward and backward passes: more would run for days")
+        check_int(self.seed, "--seed", minimum=0, allow_none=False)
+        check_int(self.batch_size, "--batch-size", allow_none=False)
+        check_int(self.ig_steps, "--ig-steps", allow_none=False, what="interpolation steps of integrated gradients",
+                  maximum=MAX_IG_STEPS, why=IG_STEPS_WHY)
+        check_int(self.max_nodes, "--max-nodes", what="edges are scored among the top N nodes")
+        check_int(self.top_k, "--top-k", what="nodes kept in the circuit")
+        check_float(self.node_threshold, "--node-threshold")
+        check_float(self.edge_threshold, "--edge-threshold", allow_none=False)
+        check_prune(self.prune, self.mask_ablation, self.top_k, self.node_threshold)
+        check_int(self.eval_pairs, "--eval-pairs", what="held-out pairs to measure the circuit on")
+        if self.eval_data is None:
+            check_float(self.eval_fraction, "--eval-fraction", below=1.0, what="share of the pairs held out; 0: none")
+        check_memory_size(self.max_memory)
+        check_device_name(self.device)
+        check_dtype_name(self.dtype)
+        shape = check_model_name(self.model)
+        check_sae_spec(self.saes, shape)
+        return shape
+
+
 # ------------------------------------------------------------------------------------------ run.json
 def _field_checks(known_task: bool = True) -> dict:
-    """``{field: check(value, option)}`` for :class:`~featcirc.commands.common.RunConfig`'s fields: the
+    """``{field: check(value, option)}`` for :class:`RunConfig`'s fields: the
     same checks, with the same ranges, as :meth:`RunConfig.check` runs on the command line."""
-    from featcirc.commands.checks import (check_device_name, check_dtype_name, check_float, check_int,
-                                          check_memory_size)
-    from featcirc.vocabulary import AGGREGATIONS, ALIGN_CHOICES, LEVELS, MASK_ABLATIONS, PRUNERS, TASKS
-
     def text(value, option, *, allow_none=True, choices=None):
         if value is None and allow_none:
             return
@@ -100,7 +199,7 @@ def _field_checks(known_task: bool = True) -> dict:
             raise ValueError(f"unknown {option} {value!r}; known: {', '.join(choices)}")
 
     def method(value, option):
-        from featcirc.attribution.methods import get_method, method_names
+        from featcirc.attribution import get_method, method_names  # the registry, through the package's lazy names
 
         text(value, option, allow_none=False)
         get_method(value)  # UnknownMethodError (a ValueError) lists the known ones
@@ -142,15 +241,13 @@ def _check_choice(v, choices: tuple[str, ...]) -> None:
 
 
 def check_run_values(raw: dict, path: "str | os.PathLike[str]" = RUN_JSON, *, known_task: bool = True) -> dict:
-    """Check the :class:`~featcirc.commands.common.RunConfig` fields that ``run.json``'s content
+    """Check the :class:`RunConfig` fields that ``run.json``'s content
     (``raw``, a dict) has, as :meth:`RunConfig.check` checks the options they came from: types, ranges,
     known method, level, aggregation, device and dtype names (and task, with ``known_task``); missing
     fields are not an error here (:func:`check_run_config` requires them). Checks that depend on this
     machine (the model and SAEs can be loaded here) are left to loading. A bad value is a
     ``ValueError`` naming ``path``, the field and the featcirc version that wrote the file. Returns
     the fields found, ``{name: value}``."""
-    from featcirc.commands.common import RunConfig
-
     by = written_by(raw)
     checks = _field_checks(known_task)
     values = {f.name: raw[f.name] for f in dataclasses.fields(RunConfig) if f.name in raw}
@@ -174,11 +271,9 @@ def check_run_values(raw: dict, path: "str | os.PathLike[str]" = RUN_JSON, *, kn
 
 
 def check_run_config(raw: dict, path: "str | os.PathLike[str]" = RUN_JSON):
-    """``run.json``'s content (``raw``, a dict) as a :class:`~featcirc.commands.common.RunConfig`
+    """``run.json``'s content (``raw``, a dict) as a :class:`RunConfig`
     (unknown keys ignored): the fields without a default must be there, every field is checked
     (:func:`check_run_values`) and exactly one of ``data`` / ``task`` names the pairs."""
-    from featcirc.commands.common import RunConfig
-
     by = written_by(raw)
     missing = [f.name for f in dataclasses.fields(RunConfig) if f.default is dataclasses.MISSING and f.name not in raw]
     if missing:
@@ -196,15 +291,11 @@ def _short(value: Any, limit: int = 60) -> str:
 
 
 def read_run_json(run_dir: "str | os.PathLike[str]"):
-    """A run directory's ``run.json``, read and checked: ``(RunConfig, raw dict)``. A directory without
-    one is a ``FileNotFoundError`` that says how to make a run directory."""
-    run_dir = Path(run_dir)
-    path = RunDir(run_dir).run_json
-    if not path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a featcirc run directory (no {RUN_JSON}); "
-                                "make one with `featcirc discover ... --out DIR`")
-    raw = read_json_file(path, "run configuration")
-    return check_run_config(raw, path), raw
+    """A run directory's ``run.json``, read and checked (:meth:`RunRecord.read`, :meth:`RunRecord.run_config`):
+    ``(RunConfig, raw dict)``. A directory without one is a ``FileNotFoundError`` that says how to make
+    a run directory."""
+    record = RunRecord.read(run_dir)
+    return record.run_config(), record.to_json()
 
 
 # ------------------------------------------------------------------------------ summary.json's faithfulness
@@ -236,5 +327,215 @@ def faithfulness_by_ablation(value: Any, where: str = SUMMARY_JSON) -> Optional[
     return out
 
 
-__all__ = ["RERUN", "FAITHFULNESS_RECORD_KEYS", "check_run_config", "check_run_values", "faithfulness_by_ablation",
-           "read_json_file", "read_run_json", "run_version", "written_by"]
+# ------------------------------------------------------------------------------------ format versions
+FORMAT_KEY = "format"
+RUN_FORMAT = 1
+"""``run.json``'s format: 1 since it carries one; a file without ``format`` is format 0 (read the same)."""
+SUMMARY_FORMAT = 1
+"""``summary.json``'s format: 1 since it carries one; a file without ``format`` is format 0 (read the same)."""
+
+
+def _file_format(raw: Mapping, path: "str | os.PathLike[str]", newest: int, what: str) -> int:
+    """The ``format`` of a run file's content ``raw`` (0 when it has none): a newer one than this
+    featcirc reads (``newest``) is a ``ValueError`` that says to upgrade; anything but a whole number
+    >= 0 one that names the file."""
+    if FORMAT_KEY not in raw:
+        return 0
+    version = raw[FORMAT_KEY]
+    by = written_by(raw)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise ValueError(f"{path}: field 'format' = {_short(version)} is not a format version (a whole number >= 0); "
+                         f"not a featcirc {what} file; {by}; {RERUN}")
+    if version > newest:
+        from featcirc import __version__
+
+        raise ValueError(f"{path} is {what} format {version}, written by a newer featcirc ({by}); featcirc "
+                         f"{__version__} reads up to format {newest}: upgrade featcirc to read it")
+    return version
+
+
+# ------------------------------------------------------------------------------------------ RunRecord
+RUN_SECTIONS = ("split", "alignment", "environment", "sae_fit", "identity")
+"""``run.json``'s objects besides the :class:`RunConfig` fields, in the order they are written."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """``run.json``: what was run. ``config``: the :class:`RunConfig` fields as the file has them (and
+    any field this featcirc does not know, kept), in the file's order; ``split`` (the held-out split),
+    ``alignment`` (docs/design.md §14), ``environment`` (versions, device, dtype), ``sae_fit``
+    (docs/design.md §10b), ``identity`` (model and SAE set hashes); ``format`` (:data:`RUN_FORMAT`; 0:
+    written before formats). ``absent``: the sections an older file lacks, so that
+    ``RunRecord.from_json(d).to_json() == d``."""
+
+    config: Mapping[str, Any]
+    split: Optional[dict] = None
+    alignment: Optional[dict] = None
+    environment: Optional[dict] = None
+    sae_fit: Optional[dict] = None
+    identity: Optional[dict] = None
+    format: int = RUN_FORMAT
+    absent: frozenset = field(default=frozenset(), repr=False)
+
+    @classmethod
+    def of_run(cls, cfg: RunConfig, **sections: Any) -> "RunRecord":
+        """The record of a run configured by ``cfg`` with ``sections`` (:data:`RUN_SECTIONS`), at the
+        current format (what ``discover`` writes)."""
+        unknown = set(sections) - set(RUN_SECTIONS)
+        if unknown:
+            raise TypeError(f"not a section of {RUN_JSON}: {', '.join(sorted(unknown))}")
+        return cls(config=dataclasses.asdict(cfg), **sections)
+
+    @classmethod
+    def from_json(cls, raw: Any, path: "str | os.PathLike[str]" = RUN_JSON) -> "RunRecord":
+        """The record of ``run.json``'s content ``raw``: its format known (:func:`_file_format`), its
+        sections JSON objects and the :class:`RunConfig` fields it has valid
+        (:func:`check_run_values`, any task name); a problem is a ``ValueError`` naming ``path``."""
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"{path} holds {_json_type(raw)}, not a JSON object: not a featcirc run configuration "
+                             f"file; {RERUN}")
+        version = _file_format(raw, path, RUN_FORMAT, "run configuration")
+        check_run_values(dict(raw), path, known_task=False)  # the sections' types too
+        config = {k: v for k, v in raw.items() if k != FORMAT_KEY and k not in RUN_SECTIONS}
+        return cls(config=config, **{k: raw[k] for k in RUN_SECTIONS if k in raw}, format=version,
+                   absent=frozenset(k for k in RUN_SECTIONS if k not in raw))
+
+    @classmethod
+    def read(cls, run_dir: "str | os.PathLike[str]") -> "RunRecord":
+        """A run directory's ``run.json`` (:meth:`from_json`); a directory without one is a
+        ``FileNotFoundError`` that says how to make a run directory."""
+        path = RunDir(run_dir).run_json
+        if not path.exists():
+            raise FileNotFoundError(f"{Path(run_dir)} is not a featcirc run directory (no {RUN_JSON}); "
+                                    "make one with `featcirc discover ... --out DIR`")
+        return cls.from_json(read_json_file(path, "run configuration"), path)
+
+    def to_json(self) -> dict:
+        """The content of ``run.json``: ``format`` (none at format 0), the configuration, the sections."""
+        out: dict = {} if self.format == 0 else {FORMAT_KEY: self.format}
+        out.update(self.config)
+        out.update((k, getattr(self, k)) for k in RUN_SECTIONS if k not in self.absent)
+        return out
+
+    def write(self, run_dir: "str | os.PathLike[str]") -> Path:
+        """Write ``run_dir/run.json`` atomically."""
+        from featcirc.io import write_json
+
+        return write_json(RunDir(run_dir).run_json, self.to_json())
+
+    def run_config(self, path: "str | os.PathLike[str]" = RUN_JSON) -> RunConfig:
+        """The :class:`RunConfig` of the record, every field checked (:func:`check_run_config`)."""
+        return check_run_config(self.to_json(), path)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A field of ``run.json`` by its name (a configuration field or a section), or ``default``."""
+        if key in RUN_SECTIONS:
+            return default if key in self.absent else getattr(self, key)
+        return self.config.get(key, default)
+
+    @property
+    def model(self) -> Optional[str]:
+        return self.config.get("model")
+
+    @property
+    def saes(self) -> Optional[str]:
+        return self.config.get("saes")
+
+    @property
+    def method(self) -> Optional[str]:
+        return self.config.get("method")
+
+    @property
+    def level(self) -> Optional[str]:
+        return self.config.get("level")
+
+    @property
+    def dtype(self) -> Optional[str]:
+        return self.config.get("dtype")
+
+    @property
+    def data_name(self) -> Optional[str]:
+        """The run's task name, else its data file's stem."""
+        if self.config.get("task"):
+            return str(self.config["task"])
+        if self.config.get("data"):
+            return Path(str(self.config["data"])).stem
+        return None
+
+
+# --------------------------------------------------------------------------------------------- Summary
+SUMMARY_OBJECTS = ("example", "faithfulness", "model_info", "prune", "example_tokens", "evaluations", "environment")
+"""``summary.json``'s fields that, when there and not null, are JSON objects."""
+
+
+@dataclass(frozen=True)
+class Summary:
+    """``summary.json`` (docs/design.md §11): ``fields``, its content in the file's order (counts, cost,
+    the exported circuit's ``faithfulness``, the example pair, ``evaluations``, ...), and ``format``
+    (:data:`SUMMARY_FORMAT`; 0: written before formats). ``Summary.from_json(d).to_json() == d``."""
+
+    fields: Mapping[str, Any]
+    format: int = SUMMARY_FORMAT
+
+    @classmethod
+    def from_json(cls, raw: Any, path: "str | os.PathLike[str]" = SUMMARY_JSON, *, fix: str = RERUN) -> "Summary":
+        """The summary of ``summary.json``'s content ``raw``: its format known, its objects (:data:`SUMMARY_OBJECTS`)
+        objects and its ``faithfulness`` readable (:func:`faithfulness_by_ablation`); a problem is a
+        ``ValueError`` naming ``path`` and ending with ``fix``."""
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"{path} holds {_json_type(raw)}, not a JSON object: not a featcirc run summary file; {fix}")
+        version = _file_format(raw, path, SUMMARY_FORMAT, "run summary")
+        for key in SUMMARY_OBJECTS:
+            if raw.get(key) is not None and not isinstance(raw[key], Mapping):
+                raise ValueError(f"{path}: {key!r} is not a JSON object; {fix}")
+        faithfulness_by_ablation(raw.get("faithfulness"), str(path))
+        return cls(fields={k: v for k, v in raw.items() if k != FORMAT_KEY}, format=version)
+
+    @classmethod
+    def read(cls, run_dir: "str | os.PathLike[str]", *, fix: str = RERUN) -> "Summary":
+        """A run directory's ``summary.json`` (:meth:`from_json`; :func:`read_json_file`'s errors)."""
+        path = RunDir(run_dir).summary_json
+        return cls.from_json(read_json_file(path, "run summary", fix=fix), path, fix=fix)
+
+    def to_json(self) -> dict:
+        """The content of ``summary.json``: ``format`` (none at format 0), then the fields."""
+        out: dict = {} if self.format == 0 else {FORMAT_KEY: self.format}
+        out.update(self.fields)
+        return out
+
+    def write(self, path: "str | os.PathLike[str]") -> Path:
+        """Write the summary to ``path`` (a run directory's ``summary.json``, or a staging path) atomically."""
+        from featcirc.io import write_json
+
+        return write_json(path, self.to_json())
+
+    def with_evaluation(self, name: str, entry: Mapping[str, Any]) -> "Summary":
+        """The summary with ``evaluations[name] = entry`` (``featcirc evaluate``'s record), the rest as it was."""
+        evaluations = {**(self.fields.get("evaluations") or {}), name: dict(entry)}
+        return dataclasses.replace(self, fields={**self.fields, "evaluations": evaluations})
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A field of ``summary.json`` by its name, or ``default``."""
+        return self.fields.get(key, default)
+
+    @property
+    def faithfulness(self) -> Optional[dict]:
+        """``faithfulness`` as ``{ablation: record}``, whichever featcirc wrote it (:func:`faithfulness_by_ablation`)."""
+        return faithfulness_by_ablation(self.fields.get("faithfulness"))
+
+    @property
+    def example(self) -> Optional[dict]:
+        return self.fields.get("example")
+
+    @property
+    def prompt(self) -> Optional[str]:
+        return self.fields.get("prompt")
+
+    @property
+    def prompt_tokens(self) -> Optional[list]:
+        return self.fields.get("prompt_tokens")
+
+
+__all__ = ["RERUN", "FAITHFULNESS_RECORD_KEYS", "FORMAT_KEY", "RUN_FORMAT", "SUMMARY_FORMAT", "RUN_SECTIONS",
+           "SUMMARY_OBJECTS", "RunConfig", "RunRecord", "Summary", "check_run_config", "check_run_values",
+           "faithfulness_by_ablation", "read_json_file", "read_run_json", "run_version", "written_by"]

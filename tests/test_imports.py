@@ -2,7 +2,12 @@
 functions too: a lazy import is still a dependency). The cycles once closed through SAE loading and
 training (``saes.loading -> saes.trained -> saes.training -> saes.loading``) and between evaluation
 and export (``export.plot -> evaluate.stats``, ``evaluate.figure -> export.style``) stay broken:
-the shared pieces live a layer below (``saes.train_settings``, ``featcirc.colours``)."""
+the shared pieces live a layer below (``saes.train_settings``, ``featcirc.colours``). So do those once
+closed through the run files (``attribution.scores -> run_files -> commands.common -> distributed ->
+evaluate.faithfulness -> circuit -> attribution.scores``: ``RunConfig``, the schema of ``run.json``, now
+lives in ``run_files``) and between SAE loading and identity (``saes.identity -> saes.loading ->
+saes.identity``: reading a set description lives in ``saes.identity``). Over the whole package, the one
+cycle left is inside ``featcirc.attribution`` (the registry's estimators import their work when it runs)."""
 
 from __future__ import annotations
 
@@ -104,5 +109,39 @@ def test_the_modules_import_alone_in_dependency_order():
             "    importlib.import_module(m)\n"
             "    assert 'torch' not in sys.modules, m\n"
             "print('ok')\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
+
+
+ATTRIBUTION_CORE = {"featcirc.attribution.estimators", "featcirc.attribution.methods", "featcirc.attribution.nodes",
+                    "featcirc.attribution.rules", "featcirc.attribution.scores"}
+"""The one strongly connected set of modules left: the method registry and its estimators, which import
+the node pass when they run (``estimators -> nodes -> methods``), inside one package."""
+
+
+def test_no_import_cycle_in_the_whole_package_but_the_attribution_core():
+    G = import_graph()
+    cycles = [sorted(c) for c in nx.strongly_connected_components(G) if len(c) > 1]
+    assert [c for c in cycles if set(c) != ATTRIBUTION_CORE] == [], cycles
+    for a, b in [("featcirc.saes.loading", "featcirc.saes.identity"), ("featcirc.run_files", "featcirc.commands.common"),
+                 ("featcirc.circuit", "featcirc.run_files"), ("featcirc.attribution.scores", "featcirc.commands.common"),
+                 ("featcirc.run_files", "featcirc.attribution.scores")]:
+        assert _cycle(G, a, b) is None, " -> ".join(_cycle(G, a, b))
+
+
+def test_the_run_files_sit_below_every_stage():
+    """``run_dir`` and ``run_files`` (the run directory's names and records) import no stage: no command
+    but the input checks, no attribution module (the method registry through the package's lazy names),
+    nothing of export (but its leaf of names), features, view or evaluate; and ``run_files`` imports neither torch nor networkx."""
+    G = import_graph()
+    below = nx.descendants(G, "featcirc.run_files")
+    stages = ("featcirc.commands.common", "featcirc.commands.discover", "featcirc.attribution.", "featcirc.export",
+              "featcirc.features", "featcirc.view", "featcirc.evaluate", "featcirc.circuit", "featcirc.distributed")
+    leaves = {"featcirc.export.names"}  # the names Neuronpedia accepts (--slug / --scan checks): imports nothing
+    assert all(nx.descendants(G, m) == set() for m in leaves)
+    assert [m for m in below - leaves if m.startswith(stages)] == [], sorted(below)
+    assert nx.descendants(G, "featcirc.run_dir") == set()
+    code = ("import sys\nimport featcirc.run_files\n"
+            "assert 'torch' not in sys.modules and 'networkx' not in sys.modules, sorted(sys.modules)\nprint('ok')\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]

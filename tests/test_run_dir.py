@@ -81,14 +81,29 @@ def test_no_other_module_spells_a_run_file_name():
     assert found == {}, f"use featcirc.run_dir (RunDir or its constants): {found}"
 
 
-def test_a_tiny_discover_writes_exactly_the_files_run_dir_names(tmp_path):
+def test_a_tiny_discover_writes_exactly_the_files_run_dir_names(tmp_path, monkeypatch):
     """8 tiny pairs with cards: every file of the run directory is one RunDir names, and every name
-    is there (eval_pairs.jsonl with the default held-out split, cards.json with --cards)."""
+    is there (eval_pairs.jsonl with the default held-out split, cards.json with --cards). ``discover``
+    passes what it wrote on in memory: it reads none of its JSON files back (docs/design.md §11)."""
+    import featcirc.export.formats
+    import featcirc.run_files
     from featcirc.cli import main
 
+    read_back = []
+
+    def refuse(real):
+        def read(path, *args, **kwargs):
+            if Path(path).name in FILES:
+                read_back.append(Path(path).name)
+            return real(path, *args, **kwargs)
+        return read
+
+    monkeypatch.setattr(featcirc.run_files, "read_json_file", refuse(featcirc.run_files.read_json_file))
+    monkeypatch.setattr(featcirc.export.formats, "read_json", refuse(featcirc.export.formats.read_json))
     out = tmp_path / "run"
     assert main(["-q", "--threads", "1", "discover", "--model", "tiny", "--saes", "tiny", "--task", "sva-nounpp",
                  "--pairs", "8", "--cards", "--cards-tokens", "256", "--out", str(out)]) == 0
+    assert read_back == [], read_back  # run.json, circuit.json, summary.json: never read back
     files = RunDir(out)
     written = sorted(p.name for p in out.iterdir())
     assert written == sorted(FILES), set(written) ^ set(FILES)

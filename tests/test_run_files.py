@@ -233,3 +233,58 @@ def test_read_json_file_messages(tmp_path):
         read_json_file(tmp_path / "x.json", "thing")
     (tmp_path / "x.json").write_text('{"a": 1}')
     assert read_json_file(tmp_path / "x.json", "thing") == {"a": 1}
+
+
+# ------------------------------------------------------------------ RunRecord, Summary, format versions
+def test_run_json_and_summary_json_round_trip_through_their_types(run_dir):
+    from featcirc.run_files import RUN_FORMAT, SUMMARY_FORMAT, RunConfig, RunRecord, Summary
+
+    raw = json.loads((run_dir / "run.json").read_text())
+    assert list(raw)[0] == "format" and raw["format"] == RUN_FORMAT  # written from now on, first
+    record = RunRecord.read(run_dir)
+    assert record.to_json() == raw and list(record.to_json()) == list(raw)  # the same file, key order included
+    assert RunRecord.from_json(raw).to_json() == raw
+    assert isinstance(record.run_config(), RunConfig) and record.model == "tiny" and record.data_name == "sva-nounpp"
+    assert record.get("identity") == raw["identity"] and record.get("split") == raw["split"]
+    summ = json.loads((run_dir / "summary.json").read_text())
+    assert list(summ)[0] == "format" and summ["format"] == SUMMARY_FORMAT
+    summary = Summary.read(run_dir)
+    assert summary.to_json() == summ and list(summary.to_json()) == list(summ)
+    assert set(summary.faithfulness) == {"mean", "patch"} and summary.prompt == summ["prompt"]
+    added = summary.with_evaluation("mean", {"file": "faithfulness-mean.json"})
+    assert added.get("evaluations") == {"mean": {"file": "faithfulness-mean.json"}} and summary.get("evaluations") is None
+    assert {k: v for k, v in added.to_json().items() if k != "evaluations"} == summ
+    # files written before format versions (format 0), an older run without identity or fit: read, kept as they were
+    old = {k: v for k, v in raw.items() if k not in ("format", "identity", "sae_fit")}
+    rec = RunRecord.from_json(old)
+    assert rec.format == 0 and rec.to_json() == old and list(rec.to_json()) == list(old) and rec.get("identity") is None
+    old_summary = {k: v for k, v in summ.items() if k != "format"}
+    assert Summary.from_json(old_summary).format == 0 and Summary.from_json(old_summary).to_json() == old_summary
+    (run_dir / "run.json").write_text(json.dumps(old))
+    cfg, again = read_run_json(run_dir)
+    assert again == old and cfg == record.run_config()
+
+
+@pytest.mark.parametrize("command", ["view", "evaluate", "export"])
+@pytest.mark.parametrize("name", ["run.json", "summary.json"])
+def test_a_newer_format_says_upgrade_and_a_bad_one_names_the_file(run_dir, capsys, command, name):
+    raw = json.loads((run_dir / name).read_text())
+    (run_dir / name).write_text(json.dumps(dict(raw, format=99)))
+    fails_with_one_line(capsys, COMMANDS[command](run_dir), name, "format 99", "written by a newer featcirc",
+                        "upgrade featcirc")
+    (run_dir / name).write_text(json.dumps(dict(raw, format="one")))
+    fails_with_one_line(capsys, COMMANDS[command](run_dir), name, "field 'format'", "not a format version")
+
+
+def test_summary_objects_are_checked_naming_the_file(run_dir, capsys):
+    from featcirc.run_files import Summary
+
+    raw = json.loads((run_dir / "summary.json").read_text())
+    for key, value in (("example", [1]), ("faithfulness", "high"), ("evaluations", 3)):
+        with pytest.raises(ValueError, match=f"summary.json.*{key}") as e:
+            Summary.from_json(dict(raw, **{key: value}), run_dir / "summary.json")
+        assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="holds an array"):
+        Summary.from_json([raw])
+    (run_dir / "summary.json").write_text(json.dumps(dict(raw, example="x")))
+    fails_with_one_line(capsys, COMMANDS["view"](run_dir), "summary.json", "'example' is not a JSON object")

@@ -1,4 +1,5 @@
-"""What the commands share (docs/design.md §12): the run configuration (``run.json``) and its checks,
+"""What the commands share (docs/design.md §12): the run configuration (``run.json``; :class:`RunConfig`,
+defined in :mod:`featcirc.run_files` with the run files it is read from),
 the shared options, starting torch (threads, device, dtype), loading a model with its SAEs and the
 data, the phase hook, and CSV output.
 
@@ -22,17 +23,13 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from featcirc.attribution import DEFAULT_MAX_NODES
-from featcirc.commands.checks import (DTYPE_NAMES, IG_STEPS_WHY, MAX_IG_STEPS, InputError, check_device_name,
-                                      check_dtype_name, check_float, check_int, check_memory_size, check_model_name,
-                                      check_prune, check_sae_spec, check_saes_level, max_threads)
-from featcirc.data.tasks import MAX_PAIRS
+from featcirc.commands.checks import DTYPE_NAMES, InputError, check_int, max_threads
 from featcirc.io import write_text
-from featcirc.vocabulary import AGGREGATIONS, ALIGN_CHOICES, LEVELS, TASKS
+from featcirc.run_files import RunConfig  # run.json's schema lives with its reader, below the commands
+from featcirc.vocabulary import AGGREGATIONS, ALIGN_CHOICES, LEVELS, TASKS  # noqa: F401 - re-exported (§12)
 
 logger = logging.getLogger("featcirc")
 
@@ -47,92 +44,6 @@ waits (up to a minute) for a signal, so an interrupt can be sent at an exact poi
 
 TASK_CHOICES = TASKS
 """``--task`` values (:data:`featcirc.vocabulary.TASKS`)."""
-
-
-@dataclass
-class RunConfig:
-    """What a discover run used; stored as ``run.json`` (with the data split under ``"split"``).
-
-    ``n``: discovery pairs (``--pairs``); ``eval_fraction``: the share of the pairs held out for
-    evaluation (0: none), or ``eval_data``: a file of evaluation pairs instead; ``eval_pairs``: how
-    many of them ``discover`` measures the exported circuit on (None: all; ``eval_pairs.jsonl``
-    keeps them all for ``evaluate``); ``max_memory``: the attribution's memory budget per process
-    (:func:`featcirc.memory.fit_to_budget`; None: batch size as given, records kept up to 1 GiB)."""
-
-    model: str
-    saes: Optional[str]
-    method: str
-    level: str
-    aggregation: str
-    data: Optional[str] = None
-    task: Optional[str] = None
-    n: Optional[int] = 64
-    seed: int = 0
-    batch_size: int = 16
-    ig_steps: int = 10
-    max_nodes: Optional[int] = DEFAULT_MAX_NODES
-    node_threshold: Optional[float] = None
-    top_k: Optional[int] = 100
-    edge_threshold: float = 0.0
-    eval_fraction: Optional[float] = 0.5
-    eval_data: Optional[str] = None
-    eval_pairs: Optional[int] = None
-    max_memory: Optional[str] = None
-    device: str = "auto"
-    dtype: str = "float32"
-    align: str = "auto"
-    prune: str = "threshold"
-    mask_ablation: str = "patch"
-
-    @property
-    def source(self) -> dict:
-        return dict(data=self.data, task=self.task, n=self.n, seed=self.seed, batch_size=self.batch_size)
-
-    def check(self) -> Optional[dict]:
-        """Every check that needs no model (options in range, known method, level and aggregation,
-        device and dtype names, model name, SAE directories); returns the model's shape where it is
-        known without loading it. Raises :class:`~featcirc.commands.checks.InputError`."""
-        from featcirc.attribution.methods import get_method
-
-        if (self.data is None) == (self.task is None):
-            raise InputError("give exactly one of --data FILE or --task NAME")
-        if self.task is not None and self.task not in TASK_CHOICES:
-            raise InputError(f"unknown --task {self.task!r}; choose one of {', '.join(TASK_CHOICES)}")
-        method = get_method(self.method)  # UnknownMethodError (a ValueError) lists the known ones
-        if not method.has_edges:
-            raise InputError(f"--method {self.method} scores nodes only (no edges), so it cannot build a circuit; "
-                             "use relp, atp or ig (compare runs exact patching against them)")
-        if self.level not in LEVELS:
-            raise InputError(f"unknown --level {self.level!r}; choose {' or '.join(LEVELS)}")
-        if self.aggregation not in AGGREGATIONS:
-            raise InputError(f"unknown --aggregation {self.aggregation!r}; choose {' or '.join(AGGREGATIONS)}")
-        if self.align not in ALIGN_CHOICES:
-            raise InputError(f"unknown --align {self.align!r}; choose one of {', '.join(ALIGN_CHOICES)}")
-        if self.aggregation == "sum" and self.align not in ("auto", "sum"):
-            raise InputError(f"--aggregation sum sums positions; it does not go with --align {self.align}")
-        if self.level == "feature" and not self.saes:
-            raise InputError("feature-level circuits need SAEs: pass --saes (e.g. --saes tiny), or use --level component")
-        check_saes_level(self.saes, self.level)
-        check_int(self.n, "--pairs", what="the prompt pairs to discover the circuit on", maximum=MAX_PAIRS,
-                  why="every pair is scored by forward and backward passes: more would run for days")
-        check_int(self.seed, "--seed", minimum=0, allow_none=False)
-        check_int(self.batch_size, "--batch-size", allow_none=False)
-        check_int(self.ig_steps, "--ig-steps", allow_none=False, what="interpolation steps of integrated gradients",
-                  maximum=MAX_IG_STEPS, why=IG_STEPS_WHY)
-        check_int(self.max_nodes, "--max-nodes", what="edges are scored among the top N nodes")
-        check_int(self.top_k, "--top-k", what="nodes kept in the circuit")
-        check_float(self.node_threshold, "--node-threshold")
-        check_float(self.edge_threshold, "--edge-threshold", allow_none=False)
-        check_prune(self.prune, self.mask_ablation, self.top_k, self.node_threshold)
-        check_int(self.eval_pairs, "--eval-pairs", what="held-out pairs to measure the circuit on")
-        if self.eval_data is None:
-            check_float(self.eval_fraction, "--eval-fraction", below=1.0, what="share of the pairs held out; 0: none")
-        check_memory_size(self.max_memory)
-        check_device_name(self.device)
-        check_dtype_name(self.dtype)
-        shape = check_model_name(self.model)
-        check_sae_spec(self.saes, shape)
-        return shape
 
 
 # ------------------------------------------------------------------------------------- options

@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 
 from featcirc.commands.common import RunConfig, phase
 from featcirc.run_dir import CIRCUIT_HTML, CIRCUIT_JSON, CIRCUIT_PNG, SUMMARY_JSON, RunDir
+from featcirc.run_files import RunRecord, Summary
 from featcirc.vocabulary import FAITHFULNESS_ABLATIONS
 
 logger = logging.getLogger("featcirc")
@@ -185,19 +186,21 @@ def _load_data(cfg: RunConfig, files: RunDir, pairs, model, seconds: dict) -> _S
                    split=split, env={})
 
 
-def _write_run_json(cfg: RunConfig, files: RunDir, scored: _Scored, model, saes, ctx) -> dict:
+def _write_run_json(cfg: RunConfig, files: RunDir, scored: _Scored, model, saes, ctx) -> RunRecord:
     """``run.json``: what was run, the split, the alignment, the environment, the SAEs' fit and the
-    identity of the model and SAEs (docs/design.md §11). Returns what was written."""
+    identity of the model and SAEs (docs/design.md §11). Returns what was written, which the later
+    steps pass on (nothing reads it back)."""
     from featcirc.environment import environment
-    from featcirc.io import jsonable, write_json
+    from featcirc.io import jsonable
     from featcirc.saes.identity import run_identity  # what evaluate / features check (docs/design.md §11)
     from featcirc.saes.fit import fit_record  # what load_model_and_saes measured (docs/design.md §10b)
 
     scored.env = environment(ctx.device, model.cfg.dtype)
-    record = jsonable(dict(asdict(cfg), split=scored.split, alignment=scored.choice.to_json(scored.alignment),
-                           environment=scored.env, sae_fit=fit_record(saes),
-                           identity=run_identity(cfg.model, cfg.saes, saes)))
-    write_json(files.run_json, record)
+    record = RunRecord(config=jsonable(asdict(cfg)),
+                       **jsonable(dict(split=scored.split, alignment=scored.choice.to_json(scored.alignment),
+                                       environment=scored.env, sae_fit=fit_record(saes),
+                                       identity=run_identity(cfg.model, cfg.saes, saes))))
+    record.write(files.path)
     return record
 
 
@@ -309,23 +312,24 @@ def _summary(cfg: RunConfig, scored: _Scored, circuit: _Circuit, faith: dict, mo
 
 
 def _write_outputs(cfg: RunConfig, out: Path, files: RunDir, scored: _Scored, circuit: _Circuit, faith: dict,
-                   summ: dict, run_record: dict, model, saes, cards: Optional[CardOptions], export: ExportOptions,
+                   summ: dict, run_record: RunRecord, model, saes, cards: Optional[CardOptions], export: ExportOptions,
                    seconds: dict, progress: bool) -> None:
     """What the main process writes last: feature cards (``--cards``), ``summary.json``,
-    ``neuronpedia.json`` / ``graph_files/`` and the viewer."""
+    ``neuronpedia.json`` / ``graph_files/`` and the viewer, from what is in memory (``run_record``,
+    the circuit, the summary): no file of the run is read back."""
     from featcirc.export.graph_files import export_run_graphs
-    from featcirc.io import jsonable, write_json
+    from featcirc.io import jsonable
     from featcirc.view import write_viewer
 
     cards_doc = None
     if cards is not None:
         t0 = time.perf_counter()
-        cards_doc = _write_cards(out, model, saes, cards, cfg, progress)
+        cards_doc = _write_cards(out, model, saes, cards, cfg, run_record, circuit.C, progress)
         seconds["cards"] = time.perf_counter() - t0
-    summary_record = jsonable(summ)
-    write_json(files.summary_json, summary_record)
+    summary = Summary(fields=jsonable(summ))
+    summary.write(files.summary_json)
     export_run_graphs(out, slug=export.slug, scan=export.scan, node_threshold=1.0,
-                      feature_json_base_url=export.feature_url, run=run_record, summary=summary_record)
+                      feature_json_base_url=export.feature_url, run=run_record, summary=summary, circuit=circuit.C)
     write_viewer(circuit.G, files.circuit_html, circuit=circuit.C, tokens=circuit.tokens, cards=cards_doc,
                  title=circuit.title, example=circuit.example, faithfulness=faith)
 
@@ -386,17 +390,17 @@ def _fit_memory(cfg: RunConfig, model, saes, data, discovery, *, world: int, n_s
     return data, dict(max_rows=fit.max_rows, record_bytes=fit.record_bytes)
 
 
-def _write_cards(out: Path, model, saes, opts: CardOptions, cfg: RunConfig, progress: bool) -> Optional[dict]:
-    import json
-
-    from featcirc.features.run import DEFAULT_MAX_TOKENS, write_run_cards
+def _write_cards(out: Path, model, saes, opts: CardOptions, cfg: RunConfig, run_record: RunRecord, C,
+                 progress: bool) -> Optional[dict]:
+    """The circuit ``C``'s feature cards, written into ``out``; returns the ``cards.json`` document."""
+    from featcirc.features.run import DEFAULT_MAX_TOKENS, run_cards
 
     if cfg.level != "feature":
         logger.warning("--cards: a component-level run has no SAE features; no cards written")
         return None
-    path = write_run_cards(out, model=model, saes=saes, corpus=opts.corpus,
-                           max_tokens=opts.max_tokens or DEFAULT_MAX_TOKENS, top_k=opts.top_k, progress=progress)
-    return json.loads(path.read_text(encoding="utf-8"))
+    _, doc = run_cards(out, model=model, saes=saes, run=run_record, circuit=C, corpus=opts.corpus,
+                       max_tokens=opts.max_tokens or DEFAULT_MAX_TOKENS, top_k=opts.top_k, progress=progress)
+    return doc
 
 
 # ----------------------------------------------------------------------------- command line

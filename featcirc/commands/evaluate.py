@@ -11,7 +11,6 @@ smallest circuit with F >= 0.8 under each.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from dataclasses import dataclass, replace
@@ -20,6 +19,7 @@ from typing import Any, Optional, Sequence
 from featcirc.commands.common import RunConfig, write_csv
 from featcirc.io import write_json
 from featcirc.run_dir import CIRCUIT_JSON, EVAL_PAIRS_JSONL, EVALUATION_EXTENSIONS, RunDir, evaluation_name
+from featcirc.run_files import RunRecord, Summary
 from featcirc.vocabulary import ABLATIONS
 
 logger = logging.getLogger("featcirc")
@@ -28,20 +28,23 @@ EVAL_ABLATIONS = ABLATIONS
 SPLIT_HELD_OUT, SPLIT_IN_SAMPLE, SPLIT_GIVEN = "held-out", "in-sample", "given"
 
 
-def read_run_config(run_dir: Path) -> tuple[RunConfig, dict]:
+def read_run_config(run_dir: Path) -> tuple[RunConfig, RunRecord]:
     """``run.json`` as a :class:`RunConfig` (unknown keys ignored, every field checked:
-    :func:`featcirc.run_files.read_run_json`) and as the raw dict. ``summary.json`` (which an
-    evaluation updates) and ``circuit.json``, when there, must be JSON objects too, so a damaged
-    file fails here, before the model loads, not after the evaluation."""
-    from featcirc.run_files import read_json_file, read_run_json
+    :meth:`RunRecord.run_config`) and as its :class:`~featcirc.run_files.RunRecord`. ``summary.json``
+    (which an evaluation updates: :class:`~featcirc.run_files.Summary`) and ``circuit.json``, when
+    there, are read and checked too, so a damaged file fails here, before the model loads, not after
+    the evaluation."""
+    from featcirc.run_files import read_json_file
 
     run_dir = Path(run_dir)
-    cfg, raw = read_run_json(run_dir)
     files = RunDir(run_dir)
-    for path, what in ((files.summary_json, "run summary"), (files.circuit_json, "circuit")):
-        if path.exists():
-            read_json_file(path, what)
-    return cfg, raw
+    record = RunRecord.read(run_dir)
+    cfg = record.run_config(files.run_json)
+    if files.summary_json.exists():
+        Summary.read(run_dir)
+    if files.circuit_json.exists():
+        read_json_file(files.circuit_json, "circuit")
+    return cfg, record
 
 
 def evaluation_source(run_dir: Path, cfg: RunConfig, *, data: Optional[str] = None, task: Optional[str] = None,
@@ -146,10 +149,10 @@ def plan_evaluation(run_dir: "str | Path", request: Optional[EvaluationRequest] 
     fractions = tuple(MIB_FRACTIONS if req.fractions is None else req.fractions)
     _check_request(ablation, sizes, fractions, req.n_resamples)
     check_pair_count(req.n)
-    cfg, raw = read_run_config(run_dir)
+    cfg, run = read_run_config(run_dir)
     from featcirc.saes.identity import checked_run_config
 
-    cfg = checked_run_config(cfg, raw, run_dir, saes=req.saes_spec)
+    cfg = checked_run_config(cfg, run, run_dir, saes=req.saes_spec)
     files = RunDir(run_dir)
     for path in (files.nodes_pt, files.edges_pt):
         if not path.exists():
@@ -164,7 +167,7 @@ def plan_evaluation(run_dir: "str | Path", request: Optional[EvaluationRequest] 
 
     check_writable_dir(paths["json"].parent, option="--out" if out is not None else "the run directory",
                        out=out if out is not None else run_dir)  # before any work, read-only file systems included
-    return dict(run_dir=run_dir, cfg=cfg, raw=raw, src=src, split=split, paths=paths, fractions=fractions,
+    return dict(run_dir=run_dir, cfg=cfg, run=run, src=src, split=split, paths=paths, fractions=fractions,
                 request=req)
 
 
@@ -199,7 +202,7 @@ def _evaluate(plan: dict, *, model, saes, ctx):
     from featcirc.export.formats import read_json as read_circuit
     from featcirc.io import atomic_paths, jsonable
 
-    run_dir, cfg, raw, src, split, paths = (plan[k] for k in ("run_dir", "cfg", "raw", "src", "split", "paths"))
+    run_dir, cfg, run, src, split, paths = (plan[k] for k in ("run_dir", "cfg", "run", "src", "split", "paths"))
     req: EvaluationRequest = plan["request"]
     ablation, sizes, progress, run_name = req.ablation, req.sizes, req.progress, req.run_name
     if model is None:
@@ -235,7 +238,7 @@ def _evaluate(plan: dict, *, model, saes, ctx):
     report.info.update(
         model=cfg.model, method=cfg.method, level=cfg.level, data=dataset.source, split=split,
         in_sample=split == SPLIT_IN_SAMPLE, pairs_dropped=dataset.dropped,
-        run_split=raw.get("split"), exported_circuit=None if exported is None else CIRCUIT_JSON)
+        run_split=run.split, exported_circuit=None if exported is None else CIRCUIT_JSON)
     if ctx is not None and not ctx.is_main:
         return report, paths
     best = report.smallest_faithful()
@@ -250,10 +253,9 @@ def _evaluate(plan: dict, *, model, saes, ctx):
         write_json(tmp[1], report.to_json())
         plot_report(report, tmp[2], title=title)
         if in_run:
-            summ = json.loads(summary_path.read_text(encoding="utf-8"))
-            summ.setdefault("evaluations", {})[evaluation_name(ablation, sizes)] = jsonable(
-                evaluation_entry(report, paths["json"].name))
-            write_json(tmp[3], summ)
+            summary = Summary.read(run_dir).with_evaluation(evaluation_name(ablation, sizes),
+                                                            jsonable(evaluation_entry(report, paths["json"].name)))
+            summary.write(tmp[3])
     phase("written")
     return report, paths
 
@@ -264,13 +266,13 @@ def _load_run_model(plan: dict, *, device, dtype):
     from featcirc.commands.common import load_model_and_saes, phase
     from featcirc.saes.identity import check_run_identity  # named sets: their files are known now
 
-    cfg, raw = plan["cfg"], plan["raw"]
+    cfg, run = plan["cfg"], plan["run"]
     if dtype is None:
         from featcirc.models.device import resolve_dtype
 
-        dtype = resolve_dtype(raw.get("dtype") or "float32")
+        dtype = resolve_dtype(run.dtype or "float32")
     model, saes = load_model_and_saes(cfg.model, cfg.saes, cfg.level, device=device, dtype=dtype)
-    check_run_identity(raw, model_name=cfg.model, saes_spec=cfg.saes, saes=saes, run_dir=plan["run_dir"])
+    check_run_identity(run, model_name=cfg.model, saes_spec=cfg.saes, saes=saes, run_dir=plan["run_dir"])
     phase("loaded")
     return model, saes
 
@@ -415,7 +417,7 @@ def run(args, progress: bool) -> int:
     start_torch(args)
     from featcirc.models.device import resolve_dtype
 
-    dtype = resolve_dtype(args.dtype or plans[0]["raw"].get("dtype") or "float32")  # default: the run's dtype
+    dtype = resolve_dtype(args.dtype or plans[0]["run"].dtype or "float32")  # default: the run's dtype
     reports = []
     with process_context(args.device) as ctx:
         model, saes = _load_run_model(plans[0], device=ctx.device, dtype=dtype)

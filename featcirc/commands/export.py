@@ -45,13 +45,15 @@ def export_run(run_dir: "str | Path", fmt: str, *, slug: Optional[str] = None, s
 
 
 def _title(run_dir: Path) -> str:
-    from featcirc.commands.view import _read_json, run_title
-
-    def read(path: Path) -> dict:  # a missing file is no title; a damaged one an error naming it
-        return _read_json(path, f"rerun `featcirc discover ... --out {run_dir}`") if path.exists() else {}
+    """The DOT file's title (:func:`featcirc.commands.view.run_title`); a missing ``summary.json`` or
+    ``run.json`` is no title, a damaged one an error naming it."""
+    from featcirc.commands.view import run_title
+    from featcirc.run_files import RunRecord, Summary
 
     files = RunDir(run_dir)
-    return run_title(read(files.summary_json), read(files.run_json))
+    summary = Summary.read(run_dir, fix=f"rerun `featcirc discover ... --out {run_dir}`") \
+        if files.summary_json.exists() else {}
+    return run_title(summary, RunRecord.read(run_dir) if files.run_json.exists() else None)
 
 
 def add_arguments(p) -> None:

@@ -28,7 +28,6 @@ def add_arguments(p) -> None:
 
 
 def run(args, progress: bool) -> int:
-    import json
     from pathlib import Path
 
     from featcirc.commands.checks import check_device_name, check_dtype_name, check_int
@@ -48,26 +47,26 @@ def run(args, progress: bool) -> int:
     run_json = RunDir(run_dir).run_json
     if not run_json.exists():
         raise FileNotFoundError(f"{run_json} not found; run `featcirc discover ... --out {run_dir}` first")
-    cfg, raw = read_run_config(run_dir)
+    cfg, record = read_run_config(run_dir)
     if cfg.level != "feature" or not cfg.saes:
         raise ValueError(f"{run_dir} is a component-level run (no SAEs): feature cards need a run with --saes")
     from featcirc.saes.identity import check_run_identity, checked_run_config
 
-    cfg = checked_run_config(cfg, raw, run_dir, saes=args.saes, command="features")
+    cfg = checked_run_config(cfg, record, run_dir, saes=args.saes, command="features")
     phase("checked")
     device, _ = start_torch(args)
     from featcirc.commands.common import load_model_and_saes
-    from featcirc.features.run import DEFAULT_MAX_TOKENS, write_run_cards
+    from featcirc.features.run import DEFAULT_MAX_TOKENS, run_cards
     from featcirc.models.device import resolve_dtype
 
-    dtype = resolve_dtype(args.dtype or raw.get("dtype") or "float32")  # default: the run's dtype
+    dtype = resolve_dtype(args.dtype or record.dtype or "float32")  # default: the run's dtype
     model, saes = load_model_and_saes(cfg.model, cfg.saes, cfg.level, device=device, dtype=dtype)
-    check_run_identity(raw, model_name=cfg.model, saes_spec=cfg.saes, saes=saes, run_dir=run_dir, command="features")
+    check_run_identity(record, model_name=cfg.model, saes_spec=cfg.saes, saes=saes, run_dir=run_dir, command="features")
     phase("loaded")
-    path = write_run_cards(run_dir, model=model, saes=saes, corpus=args.corpus, extra_features=args.feature,
-                           top_k=args.top_k, max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS,
-                           batch_size=args.batch_size, use_cache=not args.no_cache, progress=progress)
-    doc = json.loads(path.read_text(encoding="utf-8"))
+    path, doc = run_cards(run_dir, model=model, saes=saes, run=record, corpus=args.corpus,
+                          extra_features=args.feature, top_k=args.top_k,
+                          max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS, batch_size=args.batch_size,
+                          use_cache=not args.no_cache, progress=progress)
     print(f"{len(doc['cards'])} feature cards over {doc['corpus']['n_tokens']} tokens of corpus "
           f"{doc['corpus']['name']!r} -> {path} (and graph_files/features/ for circuit-tracer)")
     return 0

@@ -9,29 +9,23 @@ from __future__ import annotations
 import logging
 import pickle
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from featcirc.run_dir import CARDS_JSON, CIRCUIT_JSON, EDGES_PT, NODES_PT, RUN_JSON, RunDir
+from featcirc.run_dir import CARDS_JSON, CIRCUIT_JSON, EDGES_PT, NODES_PT, RunDir
+
+if TYPE_CHECKING:
+    from featcirc.run_files import RunRecord, Summary
 
 logger = logging.getLogger("featcirc")
 
 _MAKE_ONE = "run `featcirc discover ... --out DIR` (or `featcirc demo --out DIR`) first"
 
 
-def _read_json(path: Path, what: str) -> dict:
-    """A JSON object file of the run (``what``: what to do if it is damaged); ``run.json`` has the
-    fields it holds checked (:func:`featcirc.run_files.check_run_values`)."""
-    from featcirc.run_files import check_run_values, read_json_file
-
-    data = read_json_file(path, path.stem.replace("_", " "), fix=what)
-    if path.name == RUN_JSON:
-        check_run_values(data, path, known_task=False)
-    return data
-
-
-def run_title(summary: dict, run: Optional[dict] = None) -> str:
-    """``model · method level circuit · data``, with the data file's name only (no directories)."""
-    run = run or {}
+def run_title(summary: "Summary | dict", run: "RunRecord | dict | None" = None) -> str:
+    """``model · method level circuit · data``, with the data file's name only (no directories), from a
+    run's :class:`~featcirc.run_files.Summary` and :class:`~featcirc.run_files.RunRecord` (or their
+    JSON content)."""
+    run = {} if run is None else run
     data = run.get("task") or run.get("data") or summary.get("data") or ""
     if data and ("/" in data or "\\" in data) and not data.startswith("task "):
         data = Path(data).name
@@ -76,19 +70,15 @@ def view_run(run_dir: "str | Path", out: "str | Path | None" = None, *, max_node
     out = check_inputs(run_dir, out, max_nodes=max_nodes)
     run_dir = Path(run_dir)
     files = RunDir(run_dir)
-    summary = _read_json(files.summary_json, f"rerun the discovery ({_MAKE_ONE})")
-    run = _read_json(files.run_json, "rerun the discovery") if files.run_json.is_file() else {}
+    from featcirc.run_files import RunRecord, Summary, read_json_file
+
+    summary = Summary.read(run_dir, fix=f"rerun the discovery ({_MAKE_ONE})")  # its objects checked
+    run = RunRecord.read(run_dir) if files.run_json.is_file() else None
     cards = None
     if files.cards_json.is_file():
-        cards = _read_json(files.cards_json, f"regenerate the feature cards or delete {CARDS_JSON}")
-    for key in ("example", "faithfulness"):
-        if summary.get(key) is not None and not isinstance(summary[key], dict):
-            raise ValueError(f"{files.summary_json}: {key!r} is not a JSON object; rerun the discovery "
-                             f"({_MAKE_ONE})")
-    from featcirc.run_files import faithfulness_by_ablation
-
+        cards = read_json_file(files.cards_json, "cards", fix=f"regenerate the feature cards or delete {CARDS_JSON}")
     # ablation -> record; a run from before both ablations were reported has one record, read as such
-    faithfulness = faithfulness_by_ablation(summary.get("faithfulness"), str(files.summary_json))
+    faithfulness = summary.faithfulness
 
     from featcirc.attribution.scores import EdgeScores, NodeScores
     from featcirc.circuit import full_graph

@@ -38,14 +38,15 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import networkx as nx
 
 from featcirc.export.neuronpedia import (default_slug, neuronpedia_model_id, slug_part, to_neuronpedia,
                                          validate_neuronpedia)
 from featcirc.io import write_json, write_text
-from featcirc.run_dir import GRAPH_FILES_DIR, RUN_JSON, RunDir
+from featcirc.run_dir import GRAPH_FILES_DIR, RunDir
+from featcirc.run_files import RunRecord, Summary
 
 logger = logging.getLogger("featcirc")
 
@@ -129,33 +130,39 @@ def write_graph_files(G: nx.DiGraph, data_dir: "str | os.PathLike[str]", *, prom
 
 
 # ------------------------------------------------------------------------------- run directories
-def _read_json(path: Path) -> dict:
-    """A run directory's JSON object file, checked (:func:`featcirc.run_files.read_json_file`;
-    ``run.json`` field by field)."""
-    from featcirc.run_files import check_run_values, read_json_file
-
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found; run `featcirc discover ... --out {path.parent}` first")
-    data = read_json_file(path, path.stem.replace("_", " "), fix=f"rerun `featcirc discover ... --out {path.parent}`")
-    if path.name == RUN_JSON:
-        check_run_values(data, path, known_task=False)
-    return data
+def _fix(run_dir: Path) -> str:
+    return f"rerun `featcirc discover ... --out {run_dir}`"
 
 
-def run_data_name(run: dict) -> Optional[str]:
-    """A run's task name, else its data file's stem (``run.json`` keys ``task`` / ``data``)."""
-    if run.get("task"):
-        return str(run["task"])
-    if run.get("data"):
-        return Path(str(run["data"])).stem
-    return None
+def read_run_record(run_dir: Path) -> RunRecord:
+    """``run_dir``'s ``run.json`` (:class:`~featcirc.run_files.RunRecord`: the fields it holds checked,
+    any task name)."""
+    files = RunDir(run_dir)
+    if not files.run_json.exists():
+        raise FileNotFoundError(f"{files.run_json} not found; run `featcirc discover ... --out {run_dir}` first")
+    return RunRecord.read(run_dir)
+
+
+def read_summary(run_dir: Path) -> Summary:
+    """``run_dir``'s ``summary.json`` (:class:`~featcirc.run_files.Summary`)."""
+    files = RunDir(run_dir)
+    if not files.summary_json.exists():
+        raise FileNotFoundError(f"{files.summary_json} not found; run `featcirc discover ... --out {run_dir}` first")
+    return Summary.read(run_dir, fix=_fix(run_dir))
+
+
+def run_data_name(run: "RunRecord | Mapping[str, Any]") -> Optional[str]:
+    """A run's task name, else its data file's stem (:attr:`featcirc.run_files.RunRecord.data_name`)."""
+    return (run if isinstance(run, RunRecord) else RunRecord(config=dict(run))).data_name
 
 
 def export_run_graphs(run_dir: "str | os.PathLike[str]", *, slug: Optional[str] = None,
                       scan: Optional[str] = None, node_threshold: float = 1.0,
                       feature_json_base_url: Optional[str] = None,
-                      graph_files_dir: "str | os.PathLike[str] | None" = None, run: Optional[dict] = None,
-                      summary: Optional[dict] = None) -> dict[str, Path]:
+                      graph_files_dir: "str | os.PathLike[str] | None" = None,
+                      run: "RunRecord | Mapping[str, Any] | None" = None,
+                      summary: "Summary | Mapping[str, Any] | None" = None,
+                      circuit: Optional[nx.DiGraph] = None) -> dict[str, Path]:
     """A run's attribution graphs from its ``circuit.json``, ``summary.json`` and ``run.json``
     (no model): ``RUN/neuronpedia.json`` (the file to upload to Neuronpedia; ``scan`` = the model
     id) and ``RUN/graph_files/`` (circuit-tracer's local server, feature panel reading
@@ -166,7 +173,8 @@ def export_run_graphs(run_dir: "str | os.PathLike[str]", *, slug: Optional[str] 
     :func:`featcirc.export.neuronpedia.neuronpedia_model_id`). ``summary.json``'s ``example`` (the
     example pair's own logit difference and answer probabilities), when there, labels the metric
     node (``to_neuronpedia(example=...)``); older runs without it get the mean-over-pairs label.
-    ``run`` / ``summary``: the content of ``run.json`` / ``summary.json`` when the caller holds it
+    ``run`` / ``summary`` / ``circuit``: the run's :class:`~featcirc.run_files.RunRecord`,
+    :class:`~featcirc.run_files.Summary` (or their JSON content) and circuit when the caller holds them
     already (``discover``, which has just written them), else read from ``run_dir``.
     Returns ``{"neuronpedia": path, "graph_files": path of {slug}.json}``.
     """
@@ -175,21 +183,25 @@ def export_run_graphs(run_dir: "str | os.PathLike[str]", *, slug: Optional[str] 
 
     run_dir = Path(run_dir)
     files = RunDir(run_dir)
-    summary = _read_json(files.summary_json) if summary is None else summary
-    run = _read_json(files.run_json) if run is None else run
-    if not files.circuit_json.exists():
-        raise FileNotFoundError(f"{files.circuit_json} not found; run `featcirc discover ... --out {run_dir}` first")
-    C = read_json(files.circuit_json)
-    prompt, tokens = summary.get("prompt"), summary.get("prompt_tokens")
+    summary = read_summary(run_dir) if summary is None else \
+        summary if isinstance(summary, Summary) else Summary.from_json(summary, files.summary_json)
+    run = read_run_record(run_dir) if run is None else \
+        run if isinstance(run, RunRecord) else RunRecord.from_json(run, files.run_json)
+    if circuit is None:
+        if not files.circuit_json.exists():
+            raise FileNotFoundError(f"{files.circuit_json} not found; run `featcirc discover ... --out {run_dir}` first")
+        circuit = read_json(files.circuit_json)
+    C = circuit
+    prompt, tokens = summary.prompt, summary.prompt_tokens
     if prompt is None or tokens is None:
         raise ValueError(f"{files.summary_json} has no prompt / prompt_tokens (written by an older "
                          "featcirc); rerun `featcirc discover`")
-    model, saes, method = run.get("model"), run.get("saes"), run.get("method")
+    model, saes, method = run.model, run.saes, run.method
     data_name = run_data_name(run)
     slug = slug or default_slug(C, model=model, data_name=data_name, method=method)
     info = dict(description=f"featcirc {method} circuit of {model} on {data_name} "
                             f"({summary.get('pairs_used')} prompt pairs)")
-    example = summary.get("example")
+    example = summary.example
     own = summary.get("example_tokens")  # an aligned run: the example's own tokens and their slots (§14)
     slots = None
     if isinstance(own, dict) and isinstance(own.get("tokens"), list) and isinstance(own.get("slots"), list):
@@ -199,7 +211,7 @@ def export_run_graphs(run_dir: "str | os.PathLike[str]", *, slug: Optional[str] 
                   info=info, example=example if isinstance(example, dict) else None)
     paths = {"neuronpedia": write_neuronpedia(C, files.neuronpedia_json,
                                               feature_json_base_url=feature_json_base_url, **common)}
-    feature_set = feature_set_name(model, saes) if saes and run.get("level") == "feature" else None
+    feature_set = feature_set_name(model, saes) if saes and run.level == "feature" else None
     out = Path(graph_files_dir) if graph_files_dir is not None else files.graph_files
     paths["graph_files"] = write_graph_files(C, out, feature_set=feature_set, title_prefix=f"featcirc {method}",
                                              **common)
@@ -207,4 +219,5 @@ def export_run_graphs(run_dir: "str | os.PathLike[str]", *, slug: Optional[str] 
 
 
 __all__ = ["GRAPH_METADATA", "GRAPH_FILES_DIR", "FEATURES_DIR", "feature_set_name", "features_scan",
-           "features_dir", "read_graph_metadata", "write_graph_files", "run_data_name", "export_run_graphs"]
+           "features_dir", "read_graph_metadata", "write_graph_files", "read_run_record", "read_summary", "run_data_name",
+           "export_run_graphs"]

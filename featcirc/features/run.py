@@ -26,6 +26,7 @@ import networkx as nx
 
 from featcirc.features.cards import CardSettings, card_key, compute_cards, normalize_request, parse_card_key
 from featcirc.run_dir import CARDS_JSON, RunDir
+from featcirc.run_files import RunRecord
 
 logger = logging.getLogger("featcirc")
 
@@ -182,18 +183,25 @@ def validate_cards(doc: Mapping) -> None:
         raise ValueError("invalid cards document:\n  " + "\n  ".join(errs[:20]))
 
 
-def write_run_cards(run_dir: "str | os.PathLike[str]", *, model=None, saes=None, corpus: Optional[str] = None,
-                    extra_features: Iterable[str] = (), top_k: Optional[int] = None,
-                    max_tokens: Optional[int] = DEFAULT_MAX_TOKENS, context_size: Optional[int] = None,
-                    pack: Optional[bool] = None, batch_size: int = 16, use_cache: bool = True,
-                    progress: bool = True) -> Path:
-    """Cards for a run: every feature node of ``RUN/circuit.json`` plus ``extra_features``
-    (``SITE/INDEX``), with the run's model and SAEs (``run.json``; pass ``model`` / ``saes`` when
-    they are loaded already, as ``discover`` has them). ``corpus``: ``"tiny"``, ``"default"`` or a
-    text path (default: ``tiny`` for the tiny model, else ``default``); ``pack``: as
-    :func:`build_cards`. Writes ``RUN/cards.json``
+def write_run_cards(run_dir: "str | os.PathLike[str]", **kwargs: Any) -> Path:
+    """:func:`run_cards` (same arguments), returning the path of ``cards.json``."""
+    return run_cards(run_dir, **kwargs)[0]
+
+
+def run_cards(run_dir: "str | os.PathLike[str]", *, model=None, saes=None, run: "RunRecord | None" = None,
+              circuit: Optional[nx.DiGraph] = None, corpus: Optional[str] = None,
+              extra_features: Iterable[str] = (), top_k: Optional[int] = None,
+              max_tokens: Optional[int] = DEFAULT_MAX_TOKENS, context_size: Optional[int] = None,
+              pack: Optional[bool] = None, batch_size: int = 16, use_cache: bool = True,
+              progress: bool = True) -> tuple[Path, dict]:
+    """Cards for a run: every feature node of its circuit plus ``extra_features`` (``SITE/INDEX``),
+    with the run's model and SAEs. ``run`` / ``circuit``: the run's :class:`~featcirc.run_files.RunRecord`
+    and circuit when the caller holds them (``discover``, which has just written them), else read from
+    ``RUN/run.json`` (every field checked) and ``RUN/circuit.json`` (when there); ``model`` / ``saes``:
+    when loaded already. ``corpus``: ``"tiny"``, ``"default"`` or a text path (default: ``tiny`` for
+    the tiny model, else ``default``); ``pack``: as :func:`build_cards`. Writes ``RUN/cards.json``
     and ``RUN/graph_files/features/{model}.{saes}/{n}.json`` (circuit-tracer's feature panel);
-    returns the path of ``cards.json``.
+    returns the path of ``cards.json`` and its document.
     """
     from featcirc.data.corpus import load_corpus
     from featcirc.export.formats import read_json
@@ -203,17 +211,18 @@ def write_run_cards(run_dir: "str | os.PathLike[str]", *, model=None, saes=None,
 
     run_dir = Path(run_dir)
     files = RunDir(run_dir)
-    run_path = files.run_json
-    if not run_path.exists():
-        raise FileNotFoundError(f"{run_path} not found; run `featcirc discover ... --out {run_dir}` first")
-    from featcirc.run_files import read_run_json
-
-    run = read_run_json(run_dir)[1]  # read and checked field by field
-    if run.get("level") != "feature" or not run.get("saes"):
+    if run is None:
+        if not files.run_json.exists():
+            raise FileNotFoundError(f"{files.run_json} not found; run `featcirc discover ... --out {run_dir}` first")
+        run = RunRecord.read(run_dir)
+        run.run_config(files.run_json)  # every field checked
+    if run.level != "feature" or not run.saes:
         raise ValueError(f"{run_dir} is a component-level run (no SAEs): feature cards need a run with --saes")
     features = parse_features(extra_features)
-    if files.circuit_json.exists():
-        for s, idx in circuit_features(read_json(files.circuit_json)).items():
+    if circuit is None and files.circuit_json.exists():
+        circuit = read_json(files.circuit_json)
+    if circuit is not None:
+        for s, idx in circuit_features(circuit).items():
             features[s] = sorted(set(features.get(s, [])) | set(idx))
     if not features:
         raise ValueError(f"{files.circuit_json} has no feature nodes; name features with --feature SITE/INDEX")
@@ -221,26 +230,26 @@ def write_run_cards(run_dir: "str | os.PathLike[str]", *, model=None, saes=None,
     if model is None:
         from featcirc.models.loading import load_model
 
-        model = load_model(run["model"])
+        model = load_model(run.model)
     if saes is None:
         from featcirc.saes.loading import load_saes
 
-        saes = load_saes(model, run["saes"])
+        saes = load_saes(model, run.saes)
     normalize_request(features, saes)  # unknown sites / indices fail here, before the corpus pass
-    corpus_obj = load_corpus(corpus or ("tiny" if str(run["model"]).lower() == "tiny" else "default"))
-    built = build_cards(model, saes, features, corpus_obj, model_name=run["model"], saes_name=run["saes"],
+    corpus_obj = load_corpus(corpus or ("tiny" if str(run.model).lower() == "tiny" else "default"))
+    built = build_cards(model, saes, features, corpus_obj, model_name=run.model, saes_name=run.saes,
                         context_size=context_size, max_tokens=max_tokens, settings=settings, pack=pack,
                         batch_size=batch_size,
                         use_cache=use_cache, progress=progress)
     doc = cards_document(built)
     validate_cards(doc)
     path = write_json(files.cards_json, doc, indent=None)
-    feature_set = feature_set_name(run["model"], run["saes"])
+    feature_set = feature_set_name(run.model, run.saes)
     write_tracer_features(doc["cards"], features_dir(files.graph_files, feature_set),
                           feature_set=feature_set, extras=built["_extras"])
-    return path
+    return path, doc
 
 
 __all__ = ["CARDS_FORMAT", "CARDS_FILE", "DEFAULT_MAX_TOKENS", "circuit_features", "parse_features", "corpus_windows",
            "build_cards",
-           "cards_document", "validate_cards", "write_run_cards", "short_name"]
+           "cards_document", "validate_cards", "run_cards", "write_run_cards", "short_name"]

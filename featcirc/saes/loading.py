@@ -62,8 +62,8 @@ from transformer_lens import HookedTransformer
 from featcirc.attribution.splice import is_transcoder
 from featcirc.commands.checks import TRANSCODER_ARCHITECTURES, InputError, check_sae_dir_name
 from featcirc.io import staged_dir
-from featcirc.saes.identity import loaded_files, record_sae_files
-from featcirc.saes.spec import SAESpec, named_sae_sets, parse_sae_spec, set_reference
+from featcirc.saes.identity import load_sae_set_description, loaded_files, record_sae_files  # noqa: F401 - re-exported
+from featcirc.saes.spec import SAESpec, named_sae_sets, parse_sae_spec
 from featcirc.saes.trained import trained_set_dir
 from featcirc.sites import Site, site_width, sort_sites, transcoder_site_from_hook_name
 from featcirc.sites import site_from_hook_name as _aliased_site
@@ -429,78 +429,6 @@ def save_saes(saes: Mapping[str, Any], directory: "str | os.PathLike[str]") -> P
 
 
 # --------------------------------------------------------------------------- named sets
-
-
-def load_sae_set_description(spec: "str | os.PathLike[str] | SAESpec") -> dict[str, Any]:
-    """Read a set description (a name in :data:`NAMED_SETS`, ``name:variant``, a path to a ``.json``
-    file, or a ``named`` :class:`~featcirc.saes.spec.SAESpec`; :func:`featcirc.saes.spec.set_reference`)
-    and check it.
-
-    Format: ``{"name", "model", "model_aliases", "n_layers", "d_model", "description", "notes",
-    "saes": {site: {"release", "sae_id", "hook_name"}}}``. A description may instead hold a
-    ``"template"``: ``{"releases": {site kind: release}, "layers": [...], "sae_id":
-    "...{layer}...{width}...{l0}{suffix}", "suffixes": {"affine": "_affine"}, "default": "16k-small"}``;
-    the variant (``gemma-3-270m:65k-medium``, ``gemma-3-270m-transcoders:16k-small-affine``) picks width,
-    L0 and an optional suffix (one of the template's ``suffixes``), and every SAE id is checked against
-    SAELens's registry. A template's ``releases`` map site kinds (``resid``, ``mlp``, ``z``, ``tc``) to
-    releases, so one set may hold SAEs and transcoders.
-    """
-    ref = spec if isinstance(spec, SAESpec) else set_reference(spec)
-    name, variant, path = ref.name if ref.name is not None else ref.text, ref.variant or "", ref.path
-    desc = json.loads(path.read_text(encoding="utf-8"))
-    if "template" in desc:
-        desc = _expand_template(desc, variant or desc["template"]["default"], path)
-    elif variant:
-        raise ValueError(f"SAE set {name!r} has no variants; use {name!r} alone")
-    for key in ("model", "n_layers", "d_model", "saes"):
-        if key not in desc:
-            raise ValueError(f"SAE set description {path} lacks the key {key!r}")
-    for site, entry in desc["saes"].items():
-        Site.parse(site)
-        for key in ("release", "sae_id"):
-            if key not in entry:
-                raise ValueError(f"SAE set description {path}: entry {site!r} lacks {key!r}")
-    desc.setdefault("name", path.stem)
-    return desc
-
-
-def _expand_template(desc: dict[str, Any], variant: str, path: Path) -> dict[str, Any]:
-    """``saes`` of a templated set for one variant (``<width>-<l0>[-<suffix>]``), checked against SAELens's
-    registry. A transcoder's ``hook_name`` is its input hook, as SAELens's config says
-    (``blocks.L.hook_mlp_in``)."""
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
-    t = desc["template"]
-    set_name = desc.get("name", path.stem)
-    width, _, rest = variant.partition("-")
-    l0, _, suffix_name = rest.partition("-")
-    suffixes = t.get("suffixes") or {}
-    registry = get_pretrained_saes_directory()
-
-    def variants(known: Iterable[str]) -> str:
-        return ", ".join(sorted({k.split("_width_")[-1].replace("_l0_", "-").replace("_", "-") for k in known}))
-
-    if suffix_name and suffix_name not in suffixes:
-        first = next(iter(t["releases"].values()), None)
-        known = registry[first].saes_map if first in registry else {}
-        raise ValueError(f"SAE set {set_name!r} has no variant {variant!r} (write <width>-<l0>"
-                         f"{'[-' + '|'.join(suffixes) + ']' if suffixes else ''}); variants: {variants(known)}")
-    suffix = suffixes.get(suffix_name, "") if suffix_name else ""
-    saes = {}
-    for kind, release in t["releases"].items():
-        known = registry[release].saes_map if release in registry else {}
-        for layer in t["layers"]:
-            sae_id = t["sae_id"].format(layer=layer, width=width, l0=l0, suffix=suffix)
-            if sae_id not in known:
-                raise ValueError(f"SAE set {set_name!r} has no variant {variant!r} "
-                                 f"({release}/{sae_id} is not in SAELens's registry); variants: {variants(known)}")
-            site = Site(kind, layer)
-            hook = f"blocks.{layer}.hook_mlp_in" if site.is_transcoder else site.hook_name
-            saes[site.name] = dict(release=release, sae_id=sae_id, hook_name=hook)
-    out = {k: v for k, v in desc.items() if k != "template"}
-    out["name"] = f"{desc.get('name', path.stem)}:{variant}"
-    out["saes"] = saes
-    return out
 
 
 def _check_set_model(model: HookedTransformer, desc: Mapping[str, Any]) -> None:
