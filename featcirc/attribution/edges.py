@@ -41,7 +41,7 @@ from featcirc.attribution.candidates import SiteCandidates
 from featcirc.attribution.methods import Method
 from featcirc.attribution.nodes import BatchRecord
 from featcirc.attribution.rules import lrp_rules
-from featcirc.attribution.scores import Cost
+from featcirc.attribution.cost import Cost
 from featcirc.attribution.splice import Splice
 from featcirc.sites import Site, sort_sites
 

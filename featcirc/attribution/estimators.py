@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from featcirc.attribution.methods import Method
     from featcirc.attribution.nodes import BatchRecord
-    from featcirc.attribution.scores import Cost
+    from featcirc.attribution.cost import Cost
     from featcirc.attribution.splice import SiteState, Splice
     from featcirc.data import PairBatch
     from featcirc.sites import Site

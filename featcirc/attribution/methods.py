@@ -18,24 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from featcirc.attribution.estimators import EXACT, GRADIENT, INTEGRATED, Estimator
-
-
-@dataclass(frozen=True)
-class LRPRules:
-    """Which rules are on. ``LRPRules()`` is RelP; ``LRPRules.none()`` is plain gradients (AtP)."""
-
-    ln: bool = True
-    attention: bool = True
-    activation: bool = True
-    gate: bool = True
-
-    @classmethod
-    def none(cls) -> "LRPRules":
-        return cls(False, False, False, False)
-
-    @property
-    def any(self) -> bool:
-        return self.ln or self.attention or self.activation or self.gate
+from featcirc.attribution.rule_set import LRPRules  # noqa: F401  (re-exported: a method carries its rules)
 
 
 class UnknownMethodError(ValueError):

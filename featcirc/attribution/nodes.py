@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 
 from featcirc.attribution.rules import LRPRules, lrp_rules
-from featcirc.attribution.scores import Cost
+from featcirc.attribution.cost import Cost
 from featcirc.attribution.splice import SiteState, Splice, record_resid_pre
 from featcirc.data import PairBatch
 from featcirc.metric import logit_diff_from_resid

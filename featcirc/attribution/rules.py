@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from featcirc.attribution.methods import LRPRules
+from featcirc.attribution.rule_set import LRPRules
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer

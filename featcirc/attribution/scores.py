@@ -18,27 +18,13 @@ from typing import Iterator, Optional
 
 import torch
 
+from featcirc.attribution.cost import Cost  # noqa: F401  (re-exported: scores files hold a Cost)
 from featcirc.io import atomic_path
 from featcirc.sites import METRIC, NodeRef, node_id, sort_sites
 from featcirc.vocabulary import AGGREGATIONS, LEVELS
 
 SCORES_FORMAT = 2
 """Version of the saved score files (1: edges as a list of id triples; 2: compact edges)."""
-
-
-@dataclass
-class Cost:
-    """What a scoring run cost: wall seconds and model passes (one batched call = one pass)."""
-
-    seconds: float = 0.0
-    forward_passes: int = 0
-    backward_passes: int = 0
-
-    def __iadd__(self, other: "Cost") -> "Cost":
-        self.seconds += other.seconds
-        self.forward_passes += other.forward_passes
-        self.backward_passes += other.backward_passes
-        return self
 
 
 class _Saved:
