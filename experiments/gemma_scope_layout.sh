@@ -8,6 +8,7 @@
 #     --out ~/.cache/featcirc/saes/gemma-3-270m-transcoders-local                    # (~30 min)
 #   bash experiments/gemma_scope_layout.sh [OUT]            # about 40 minutes on one thread
 #   SCOPE=DIR RUNS="sva sva+tc" bash experiments/gemma_scope_layout.sh   # another SAE set, some runs
+#   PAIRS=4 MAX_NODES=1000 ...                               # fewer discovery pairs and candidates: ~3x faster
 #
 # Every run scores the same 8 discovery pairs by exact, AtP, RelP and IG (exact on Gemma's features costs
 # minutes a pair) and measures F on 32 held-out pairs (--seed 0), under mean and patch ablation.
@@ -30,8 +31,9 @@ mkdir -p "$OUT/sets/$tag+tc"
 for d in "$scope_dir"/resid.*/ "$scope_dir"/z.*/ "$TC"/tc.*/; do
   ln -sfn "$(cd "$d" && pwd)" "$OUT/sets/$tag+tc/$(basename "$d")"
 done
-COMMON=(--model gemma-3-270m --pairs 8 --eval-pairs 32 --batch-size 8 --level feature --methods exact,atp,relp,ig
-        --sizes 50,100,200,500,1000 --ablation mean,patch)
+PAIRS=${PAIRS:-8}; MAX_NODES=${MAX_NODES:-4000}
+COMMON=(--model gemma-3-270m --pairs $PAIRS --eval-pairs 32 --batch-size 8 --level feature --methods exact,atp,relp,ig
+        --max-nodes $MAX_NODES --sizes 50,100,200,500,1000 --ablation mean,patch)
 R=experiments/results/gemma-scope-layout
 done_runs=()
 for r in $RUNS; do
