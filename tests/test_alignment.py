@@ -203,3 +203,22 @@ def test_one_template_keeps_start_alignment(tmp_path):
     run, summ, circ = _run(tmp_path, "sva", task="sva-nounpp")
     assert summ["alignment"]["mode"] == "start" and summ["alignment"]["warning"] is None
     assert not any(t.startswith("[") for t in summ["prompt_tokens"])
+
+
+def test_extending_an_alignment_covers_every_pair_of_an_unsplit_batch():
+    """Held-out pairs whose batch mixes token layouts (align() has not split it yet): the extended alignment
+    has a slot for every pair's labels, not only the first pair's (an IOI compare with 4 discovery pairs
+    failed with "has no slot 'S1+7'" before)."""
+    from featcirc.data import PairBatch, PairDataset, PromptPair
+
+    toks = torch.arange(1, 11).view(2, 5)
+    pos = [{"S1": 1, "IO": 2}, {"S1": 0, "IO": 3}]
+    batch = PairBatch(clean=toks, patch=toks.clone(), clean_answer=torch.tensor([1, 2]),
+                      patch_answer=torch.tensor([2, 1]), pairs=[PromptPair("a", "b", " x", " y")] * 2, positions=pos)
+    held = PairDataset(batches=[batch], n_pairs=2, dropped={}, source="test")
+    first = PairDataset(batches=[PairBatch(clean=toks[:1], patch=toks[:1].clone(), clean_answer=torch.tensor([1]),
+                                           patch_answer=torch.tensor([2]), pairs=[batch.pairs[0]], positions=pos[:1])],
+                        n_pairs=1, dropped={}, source="test")
+    alignment = make_alignment(first, "role").extended(held)
+    for b in align(held, alignment).batches:
+        assert len(alignment.index(b)) == 5  # raised "has no slot" for the second pair's layout before

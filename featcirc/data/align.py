@@ -90,7 +90,9 @@ class Alignment:
         pairs of another template): no node of a scored run sits at those slots."""
         if self.mode in ("sum", "start"):
             return self
-        new = [x for b in data.batches for x in self.labels(b) if x not in self._index]
+        # every pair's labels: a batch not yet split by align() may hold pairs of several layouts
+        new = [x for b in data.batches for pos in (b.positions or [{}])
+               for x in token_labels(self.mode, int(b.clean.shape[1]), pos) if x not in self._index]
         return Alignment.of(self.mode, self.slots + list(dict.fromkeys(new))) if new else self
 
     def to_json(self) -> dict:
