@@ -151,7 +151,7 @@ def test_sighup_closes_discover_like_sigterm(tmp_path):
     out.parent.mkdir()
     proc, tmpdir = _start([*ARGS, "--out", str(out)], tmp_path, "loaded")
     proc.send_signal(signal.SIGHUP)  # the terminal was closed
-    stdout, stderr = proc.communicate(timeout=60)
+    stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 129, stderr
     assert stderr.strip() == f"featcirc discover: interrupted; nothing written to {out}" and stdout == ""
     _check_left_as_it_was(out, had_previous=False)

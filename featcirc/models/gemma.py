@@ -105,8 +105,12 @@ def gemma_config(device: str = "cpu", dtype: torch.dtype = torch.float32) -> Hoo
 def load_hf_from_gguf(path: "str | os.PathLike[str]"):
     """The GGUF loaded by transformers' GGUF loader: an HF ``Gemma3ForCausalLM``, fp32, eval mode,
     no gradients. Raises ``ValueError`` when the GGUF's tensors do not fill the model exactly
-    (transformers would otherwise leave missing weights randomly initialised)."""
-    _require_extra()
+    (transformers would otherwise leave missing weights randomly initialised). Needs ``gguf`` (which
+    transformers reads GGUF files with), not the weights package: any Gemma-3 GGUF loads."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError as e:
+        raise GemmaUnavailableError(f"reading a GGUF needs the 'gguf' package ({e}); run: {INSTALL_HINT}") from e
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
