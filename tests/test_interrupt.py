@@ -121,12 +121,20 @@ def test_train_saes_interrupted_while_training_exits_cleanly(tmp_path, capsys, m
     assert {s: signal.getsignal(s) for s in HANDLED} == before
 
 
+def _default_signals() -> None:
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+
+
 def _start(argv, tmp_path, pause_at):
     tmpdir = tmp_path / "tmpdir"  # the process's $TMPDIR, to see what it leaves there
     tmpdir.mkdir(exist_ok=True)
     env = dict(os.environ, **{PAUSE_ENV: pause_at}, TMPDIR=str(tmpdir))
+    # the signals at their defaults in the child, as from a terminal: a test runner started under nohup
+    # (SIGHUP ignored) or in the background (SIGINT ignored) would pass that on, and featcirc rightly keeps it
     proc = subprocess.Popen([sys.executable, "-m", "featcirc", *argv], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
     line = proc.stderr.readline().strip()  # waits until it is there
     assert line == f"featcirc: paused at {pause_at}", line + proc.stderr.read()
     return proc, tmpdir
