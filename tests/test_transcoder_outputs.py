@@ -27,7 +27,7 @@ from featcirc.sites import METRIC, stream_index
 from featcirc.view import render_html, viewer_data
 from tests.conftest import D_VOCAB, make_dataset, make_model, make_saes, make_transcoders
 from test_export import check_neuronpedia_schema, viewer_keys
-from test_view import browse, needs_chromium
+from test_view import browse, chain_graph, needs_chromium
 
 TOKENS = ["<bos>", "a", "b", "c", "d", "e", "f", "g"]  # the dataset's prompts have up to 8 tokens
 TC_TEXT = "transcoder: MLP input \u2192 MLP output"
@@ -145,20 +145,7 @@ def test_drawing_colours_and_names_the_transcoder_rows(scored):
 def tc_graph() -> nx.DiGraph:
     """A 2-layer graph with transcoders at tc.0 and tc.1 (no mlp sites): a chain at position 5,
     embed -> attn.0 -> tc.0/7 -> resid.0 -> attn.1 -> tc.1/7 -> resid.1 -> metric."""
-    sites = ["embed"] + [f"{k}.{layer}" for layer in range(2) for k in ("attn", "tc", "resid")]
-    T, F = 6, 12
-    feats = {s: torch.zeros(T, F) for s in sites if s.startswith("tc.")}
-    vecs = {s: torch.zeros(T) for s in sites}
-    for i, s in enumerate(sites):
-        if s.startswith("tc."):
-            feats[s][5, 7] = 1.0 + i
-        else:
-            vecs[s][5] = 0.5 + i
-    ns = NodeScores(method="relp", level="feature", aggregation="none", sites=sites, features=feats,
-                    vectors=vecs, n_pairs=4, metric_clean=2.0, info={"n_layers": 2})
-    chain = [f"{s}/7@5" if s.startswith("tc.") else f"{s}/err@5" for s in sites] + [METRIC]
-    return full_graph(ns, EdgeScores(method="relp", aggregation="none",
-                                     edges={(u, v): 1.0 for u, v in zip(chain, chain[1:])}))
+    return chain_graph(["embed"] + [f"{k}.{layer}" for layer in range(2) for k in ("attn", "tc", "resid")], "tc", 7, 2)
 
 
 @needs_chromium

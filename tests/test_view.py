@@ -467,23 +467,29 @@ def test_page_runs_for_summed_and_edgeless_graphs_and_a_capped_one(tmp_path):
     assert set(browse(path, "#top=60", profile=profile).nodes) == set(prune(G, PruneSettings(top_k=60)))
 
 
-def z_graph() -> nx.DiGraph:
-    """A 3-layer graph whose attention sites are ``z.L`` (Gemma Scope 2's heads' outputs): one chain of
-    nodes at position 5, embed -> z.0/13 -> mlp.0 -> resid.0 -> z.1/13 -> ... -> resid.2 -> metric."""
-    sites = ["embed"] + [f"{k}.{layer}" for layer in range(3) for k in ("z", "mlp", "resid")]
-    T, F = 6, 20
-    feats = {s: torch.zeros(T, F) for s in sites}
+def chain_graph(sites: list, kind: str, feature: int, n_layers: int, T: int = 6) -> nx.DiGraph:
+    """One chain of nodes at position 5 through ``sites`` to the metric: feature ``feature`` at the sites of
+    ``kind`` (``z``, ``tc``), the error or component node elsewhere."""
+    is_feat = lambda s: s.startswith(kind + ".")  # noqa: E731
+    F = feature + 8
+    feats = {s: torch.zeros(T, F) for s in sites if is_feat(s)}
     vecs = {s: torch.zeros(T) for s in sites}
     for i, s in enumerate(sites):
-        if s.startswith("z."):
-            feats[s][5, 13] = 1.0 + i
+        if is_feat(s):
+            feats[s][5, feature] = 1.0 + i
         else:
             vecs[s][5] = 0.5 + i
     ns = NodeScores(method="relp", level="feature", aggregation="none", sites=sites, features=feats, vectors=vecs,
-                    n_pairs=4, metric_clean=2.0, info={"n_layers": 3})
-    chain = [f"{s}/13@5" if s.startswith("z.") else f"{s}/err@5" for s in sites] + [METRIC]
+                    n_pairs=4, metric_clean=2.0, info={"n_layers": n_layers})
+    chain = [f"{s}/{feature}@5" if is_feat(s) else f"{s}/err@5" for s in sites] + [METRIC]
     return full_graph(ns, EdgeScores(method="relp", aggregation="none",
                                      edges={(u, v): 1.0 for u, v in zip(chain, chain[1:])}))
+
+
+def z_graph() -> nx.DiGraph:
+    """A 3-layer graph whose attention sites are ``z.L`` (Gemma Scope 2's heads' outputs): one chain of
+    nodes at position 5, embed -> z.0/13 -> mlp.0 -> resid.0 -> z.1/13 -> ... -> resid.2 -> metric."""
+    return chain_graph(["embed"] + [f"{k}.{layer}" for layer in range(3) for k in ("z", "mlp", "resid")], "z", 13, 3)
 
 
 @needs_chromium
